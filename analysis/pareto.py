@@ -1,0 +1,109 @@
+"""The Pareto front of size against accuracy, the table of its trials, and the trial to zoom on.
+
+``pareto_front`` is pure (plain sequences in, indices out) so it can be checked by hand; the
+rest applies it to the trials table of one or several sweeps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from analysis.load import finished
+
+# Columns of pareto.csv / pareto.md, in order. Fractions stay fractions in the CSV.
+TABLE_COLUMNS = ("sweep", "trial_id", "gamma", "test_accuracy", "bits_fraction",
+                 "weights_kept_fraction", "mean_bits", "train_time_s")
+NEAR_BEST = 0.01  # "within 1 point of the best accuracy", as a fraction
+
+
+def pareto_front(size: Sequence[float], accuracy: Sequence[float]) -> list[int]:
+    """Indices of the points no other point beats, ordered by size (smallest first).
+
+    A point is dominated when another is no larger and no less accurate, and strictly
+    better in one of the two. Identical points do not dominate each other, so both stay.
+    Points with a NaN size or accuracy are never on the front.
+    """
+    if len(size) != len(accuracy):
+        raise ValueError(f"size has {len(size)} values but accuracy has {len(accuracy)}")
+    valid = [i for i in range(len(size))
+             if not (math.isnan(size[i]) or math.isnan(accuracy[i]))]
+    # Smallest first; among equal sizes the most accurate first, so the others are dominated.
+    order = sorted(valid, key=lambda i: (size[i], -accuracy[i]))
+    front: list[int] = []
+    for i in order:
+        if not front or accuracy[i] > accuracy[front[-1]]:
+            front.append(i)
+        elif accuracy[i] == accuracy[front[-1]] and size[i] == size[front[-1]]:
+            front.append(i)  # an exact duplicate of the last front point
+    return front
+
+
+def front_of(trials: pd.DataFrame, size_column: str = "bits_fraction") -> pd.DataFrame:
+    """The finished compress trials of ``trials`` on the front of ``size_column``, by size."""
+    done = finished(trials)
+    idx = pareto_front(done[size_column].astype(float).tolist(),
+                       done["test_accuracy"].astype(float).tolist())
+    return done.iloc[idx]
+
+
+def fronts_by_sweep(trials: pd.DataFrame, size_column: str = "bits_fraction"
+                    ) -> dict[str, pd.DataFrame]:
+    """One front per sweep (sweeps are compared, not pooled); empty fronts left out."""
+    fronts = {}
+    for sweep in dict.fromkeys(trials["sweep"]):
+        front = front_of(trials[trials["sweep"] == sweep], size_column)
+        if not front.empty:
+            fronts[sweep] = front
+    return fronts
+
+
+def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto-optimal trials (bits vs accuracy) of every sweep, in TABLE_COLUMNS."""
+    fronts = fronts_by_sweep(trials, "bits_fraction")
+    if not fronts:
+        return pd.DataFrame(columns=list(TABLE_COLUMNS))
+    table = pd.concat(fronts.values())
+    return table.loc[:, list(TABLE_COLUMNS)].reset_index(drop=True)
+
+
+def pick_layer_trial(trials: pd.DataFrame) -> str | None:
+    """The smallest Pareto-optimal trial within 1 point of the best accuracy (all sweeps)."""
+    front = front_of(trials, "bits_fraction")
+    if front.empty:
+        return None
+    near = front[front["test_accuracy"] >= front["test_accuracy"].max() - NEAR_BEST - 1e-12]
+    return str(near.sort_values("bits_fraction").iloc[0]["trial_id"])
+
+
+def _cell(column: str, value: object) -> str:
+    """One value of the Markdown table, in the units a reader expects."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if column in ("test_accuracy", "bits_fraction", "weights_kept_fraction"):
+        return f"{100 * float(value):.2f} %"
+    if column == "gamma":
+        return f"{float(value):.3g}"
+    if column == "mean_bits":
+        return f"{float(value):.2f}"
+    if column == "train_time_s":
+        return f"{float(value):.0f} s"
+    return str(value)
+
+
+HEADERS = {"sweep": "sweep", "trial_id": "trial", "gamma": "γ", "test_accuracy": "accuracy",
+           "bits_fraction": "size (% of float32)", "weights_kept_fraction": "weights kept",
+           "mean_bits": "mean bits", "train_time_s": "train time"}
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    """The Pareto table as a GitHub Markdown table, percentages and units spelled out."""
+    columns = list(TABLE_COLUMNS)
+    lines = ["| " + " | ".join(HEADERS[c] for c in columns) + " |",
+             "|" + "|".join("---" if c in ("sweep", "trial_id") else "---:" for c in columns)
+             + "|"]
+    for row in table.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(c, getattr(row, c)) for c in columns) + " |")
+    return "\n".join(lines) + "\n"

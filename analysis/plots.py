@@ -1,0 +1,189 @@
+"""``python -m analysis.plots``: the figures and the Pareto table of one or more sweeps.
+
+Reads the Parquet results (a sweep folder, or a folder of sweep folders; default
+``results/``), writes the figures and ``pareto.md``/``pareto.csv`` into ``--out`` (default
+``plots/`` inside the results folder), and prints what it wrote and a short summary. Bad
+input ends with exit status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.curves import epoch_time, size_over_training
+from analysis.figures import layers_figure, size_vs_accuracy
+from analysis.load import (
+    DEFAULT_RESULTS,
+    FAILED,
+    Results,
+    ResultsError,
+    count_by_status,
+    load_results,
+)
+from analysis.pareto import pareto_table, pick_layer_trial, to_markdown
+from analysis.style import save
+
+FORMATS = ("png", "svg", "pdf")
+
+
+@dataclass(frozen=True)
+class PlotsConfig:
+    """What to read, where to write, and which trial's layers to draw."""
+
+    results: tuple[Path, ...] = (DEFAULT_RESULTS,)  # sweep folders or folders of sweep folders
+    out: Path | None = None  # where figures go; None = plots/ inside the results folder
+    format: str = "png"  # png | svg | pdf
+    trial: str | None = None  # trial for layers.png; None = smallest near-best Pareto trial
+
+
+def parse_args(argv: Sequence[str] | None = None) -> PlotsConfig:
+    """Parse the command line into a PlotsConfig."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.plots", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", nargs="+", type=Path, default=[DEFAULT_RESULTS],
+                        metavar="PATH", help="sweep folder(s) or parent(s) of sweep folders "
+                        "(default: every sweep under results/)")
+    parser.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="output folder (default: plots/ inside the results folder)")
+    parser.add_argument("--format", choices=FORMATS, default="png", help="figure file format")
+    parser.add_argument("--trial", default=None, metavar="ID",
+                        help="trial_id for layers.png (default: the smallest Pareto-optimal "
+                        "trial within 1 point of the best accuracy)")
+    args = parser.parse_args(argv)
+    return PlotsConfig(results=tuple(args.results), out=args.out, format=args.format,
+                       trial=args.trial)
+
+
+def default_out(paths: Sequence[Path]) -> Path:
+    """plots/ inside the results folder (the common parent when several are given)."""
+    if len(paths) == 1:
+        return paths[0] / "plots"
+    return Path(os.path.commonpath([p.resolve() for p in paths])) / "plots"
+
+
+def layer_trial(results: Results, wanted: str | None) -> pd.Series | None:
+    """The trials row to draw layers.png for, or None (with a note) when there is none."""
+    if results.layers is None:
+        if wanted is not None:
+            raise ResultsError(f"--trial {wanted} needs layers.parquet, and no sweep under "
+                               f"{', '.join(map(str, results.folders))} has one")
+        return None
+    trial_id = wanted or pick_layer_trial(results.trials)
+    if trial_id is None:
+        results.notes.append("no finished compress trial yet: layers figure skipped")
+        return None
+    with_layers = results.layers["trial_id"].astype(str)
+    if wanted is None and trial_id not in set(with_layers):
+        results.notes.append(f"trial {trial_id} has no layers rows: layers figure skipped")
+        return None
+    if trial_id not in set(with_layers):
+        known = ", ".join(list(dict.fromkeys(with_layers))[:5]) or "none yet"
+        raise ResultsError(f"unknown --trial {trial_id!r}: pick a trial_id from pareto.md or "
+                           f"the trial_id column of trials.parquet (with layers: {known} ...)")
+    rows = results.trials[results.trials["trial_id"].astype(str) == trial_id]
+    if rows.empty:
+        raise ResultsError(f"trial {trial_id!r} has layers rows but no row in trials.parquet: "
+                           "the results folder is inconsistent, re-run the sweep")
+    return rows.iloc[0]
+
+
+def write_figures(results: Results, trial: pd.Series | None, out: Path, fmt: str,
+                  chosen: bool) -> list[Path]:
+    """Draw every figure the data allows into ``out``; note the ones skipped.
+
+    ``chosen``: the layers trial was picked here (not by --trial), which its figure says.
+    """
+    t, e = results.trials, results.epochs
+    why = "the smallest Pareto-optimal trial within 1 point of the best accuracy; " \
+          "pick another with --trial ID" if chosen else ""
+    figures = {
+        "bits_vs_accuracy": lambda: size_vs_accuracy(t, "bits_fraction"),
+        "weights_vs_accuracy": lambda: size_vs_accuracy(t, "weights_kept_fraction"),
+        "epoch_time": lambda: None if e is None else epoch_time(e, t),
+        "size_over_training": lambda: None if e is None else size_over_training(e, t),
+        "layers": lambda: None if trial is None else layers_figure(
+            trial_layers(results, trial), trial, why),
+    }
+    written = []
+    for name, draw in figures.items():
+        fig = draw()
+        if fig is None:
+            if name != "layers":  # layer_trial() has already said why there is no trial
+                results.notes.append(f"{name}.{fmt} skipped: no data for it yet")
+            continue
+        written.append(save(fig, out / f"{name}.{fmt}"))
+    return written
+
+
+def trial_layers(results: Results, trial: pd.Series) -> pd.DataFrame:
+    """The layers rows of one trial, in network order (the order they were written)."""
+    layers = results.layers
+    mine = (layers["sweep"] == trial["sweep"]) & (layers["trial_id"] == trial["trial_id"])
+    return layers[mine].reset_index(drop=True)
+
+
+def write_table(table: pd.DataFrame, out: Path) -> list[Path]:
+    """pareto.csv (raw fractions) and pareto.md (percentages) in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    csv, md = out / "pareto.csv", out / "pareto.md"
+    table.to_csv(csv, index=False)
+    md.write_text("# Pareto-optimal trials\n\nSmallest size (bits relative to the 32-bit float "
+                  "network) for its test accuracy, per sweep; failed and unfinished trials "
+                  "are left out.\n\n" + to_markdown(table), encoding="utf-8")
+    return [csv, md]
+
+
+def summary(results: Results) -> str:
+    """Trials found per kind, failed trials with their errors, unfinished trials."""
+    t = results.trials
+    kinds = ", ".join(f"{n} {k}" for k, n in t["kind"].value_counts(sort=False).items())
+    counts = count_by_status(t)
+    lines = [f"read {len(results.folders)} sweep folder(s): {len(t)} trials ({kinds}); "
+             f"{counts['failed']} failed, {counts['unfinished']} unfinished (left out of fronts)"]
+    for row in t[t["status"] == FAILED].itertuples():
+        error = str(row.error or "no error recorded").splitlines()[0][:120]
+        lines.append(f"  failed: {row.sweep}/{row.trial_id}: {error}")
+    return "\n".join(lines)
+
+
+def run(config: PlotsConfig) -> list[Path]:
+    """Load, draw and write everything; returns the paths written."""
+    results = load_results(config.results)
+    trial = layer_trial(results, config.trial)
+    out = config.out or default_out(config.results)
+    print(summary(results))
+    table = pareto_table(results.trials)
+    written = write_figures(results, trial, out, config.format, chosen=config.trial is None)
+    written += write_table(table, out)
+    for note in results.notes:
+        print(f"note: {note}")
+    print("\nPareto-optimal trials:\n" + (to_markdown(table) if len(table) else
+                                            "none yet: no compress trial has finished\n"))
+    for path in written:
+        print(f"wrote {path}")
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: exit status 2 with one line on stderr for bad input."""
+    config = parse_args(argv)
+    try:
+        run(config)
+    except ResultsError as exc:
+        print(f"scnn analysis: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:  # e.g. an --out folder that cannot be written
+        print(f"scnn analysis: error: cannot write {exc.filename or 'the output'}: "
+              f"{exc.strerror or exc}: pass --out DIR to a writable folder", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

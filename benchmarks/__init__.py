@@ -1,0 +1,1 @@
+"""scnn benchmarks."""

@@ -1,0 +1,1 @@
+"""scnn sweep: gamma swept on Ray Tune."""

@@ -1,0 +1,222 @@
+"""analysis: the Pareto front on hand-worked cases, and the figures from small results folders."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.load import ResultsError, load_results
+from analysis.pareto import pareto_front, pareto_table, pick_layer_trial
+from analysis.plots import main
+from trainer.results import EPOCHS_FILE, LAYERS_FILE, TRIALS_FILE, write_results
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("bits_vs_accuracy", "weights_vs_accuracy", "epoch_time", "size_over_training",
+           "layers")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+LAYERS = (("prep", 64), ("layer1", 128), ("res1.a", 128), ("res1.b", 128), ("layer2", 256),
+          ("layer3", 512), ("res3.a", 512), ("res3.b", 512), ("head", 10))
+# gamma, test accuracy, weights_kept_fraction, mean bits; bits_fraction = kept * bits / 32.
+# 1e-3 is dominated by 3e-4 (bigger and less accurate) in both bits and weights kept.
+COMPRESS = ((1e-4, 0.90, 0.80, 6.0), (3e-4, 0.89, 0.62, 5.0), (1e-3, 0.86, 0.66, 5.0),
+            (3e-3, 0.84, 0.35, 4.0), (1e-2, 0.78, 0.18, 3.5), (1e-1, 0.60, 0.06, 2.5))
+EPOCHS = 5
+
+
+def trial_row(sweep: str, tid: str, kind: str, gamma, acc, bits, kept, seed=0,
+              status="TERMINATED", error=None) -> dict:
+    done = status == "TERMINATED"
+    return dict(sweep=sweep, trial_id=tid, kind=kind, status=status, error=error, gamma=gamma,
+                seed=seed, preset="cpu", width=0.25, epochs=EPOCHS,
+                test_accuracy=acc if done else None, bits_fraction=bits if done else None,
+                weights_kept_fraction=kept if done else None,
+                size_bits=bits * 32 * 6.5e6 if done else None,
+                mean_bits=32 * bits / kept if done else None,
+                train_time_s=60.0 * (1 - 0.5 * (1 - kept)) if done else None, device="cpu")
+
+
+def epoch_rows(tid: str, acc: float, bits: float, kept: float, full_time: float,
+               epochs: int = EPOCHS) -> list[dict]:
+    """Shrinking fast early then slowly from 8 bits (25 %); time follows the weights kept."""
+    rows, total, start = [], 0.0, max(bits, 0.25)
+    for e in range(1, epochs + 1):
+        shrink = (1 - 0.5 ** e) / (1 - 0.5 ** EPOCHS)  # 0.52, 0.77, 0.90, 0.97, 1
+        b = start * (bits / start) ** shrink
+        k = 1 - (1 - kept) * shrink
+        t = full_time * (0.35 + 0.65 * k)
+        total += t + 1.5
+        rows.append(dict(trial_id=tid, epoch=e, train_loss=2.0 / e, test_accuracy=acc * shrink,
+                         size_bits=b * 32 * 6.5e6, bits_fraction=b, weights_kept_fraction=k,
+                         mean_bits=32 * b / k, channels_kept=int(2250 * k), epoch_time_s=t,
+                         time_total_s=total, lr=0.4 * (1 - e / epochs)))
+    return rows
+
+
+def layer_rows(tid: str, kept: float, mean_bits: float) -> list[dict]:
+    """Later, wider layers lose more channels and bits; res3.a dies in small networks."""
+    rows = []
+    for i, (name, width) in enumerate(LAYERS):
+        keep = 1.0 if name == "head" else min(1.0, kept ** 0.5 * (1.3 - 0.08 * i))
+        final = 0 if name == "res3.a" and kept < 0.1 else round(width * keep)
+        bits = mean_bits * (1.4 - 0.08 * i) if name != "head" else 8.0
+        rows.append(dict(trial_id=tid, layer=name, out_channels_initial=width,
+                         out_channels_final=final, in_channels_initial=width,
+                         in_channels_final=final, mean_bits=bits if final else None,
+                         weights_initial=9 * width * width, weights_final=9 * final * final))
+    return rows
+
+
+def build_sweep(folder: Path, sweep: str = "demo", running: int = 0) -> None:
+    """6 compress trials (the last ``running`` still going), a failed one, 2 baselines, a floor."""
+    trials, epochs, layers = [], [], []
+    for i, (gamma, acc, kept, mean_bits) in enumerate(COMPRESS):
+        bits = kept * mean_bits / 32
+        tid = f"{sweep}_{i:02d}"
+        going = i >= len(COMPRESS) - running
+        trials.append(trial_row(sweep, tid, "compress", gamma, acc, bits, kept,
+                                status="RUNNING" if going else "TERMINATED"))
+        epochs += epoch_rows(tid, acc, bits, kept, 12.0, epochs=2 if going else EPOCHS)
+        if not going:
+            layers += layer_rows(tid, kept, mean_bits)
+    trials.append(trial_row(sweep, f"{sweep}_err", "compress", 0.05, None, None, None,
+                            status="ERROR", error="RuntimeError: CUDA out of memory\nmore"))
+    epochs += epoch_rows(f"{sweep}_err", 0.5, 0.05, 0.2, 12.0, epochs=2)
+    for seed, (gamma, acc) in enumerate(((0.0, 0.915), (None, 0.925))):
+        tid = f"{sweep}_float{seed}"
+        trials.append(trial_row(sweep, tid, "float-baseline", gamma, acc, 1.0, 1.0, seed=seed))
+        epochs += epoch_rows(tid, acc, 1.0, 1.0, 13.0 + 0.6 * seed)
+    trials.append(trial_row(sweep, f"{sweep}_floor", "floor", 0.0, 0.27, 1e-5, 1e-5))
+    epochs += epoch_rows(f"{sweep}_floor", 0.27, 1e-5, 1.0, 3.0)
+    write_results(folder, trials, epochs, layers)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "analysis.plots", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def check_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC, path
+    assert path.stat().st_size > 20_000, f"{path} is only {path.stat().st_size} bytes"
+    height, width = mpimg.imread(path).shape[:2]
+    assert 600 <= width <= 3000 and 400 <= height <= 2000, (path, width, height)
+
+
+# --- the Pareto front, by hand ------------------------------------------------------------
+
+@pytest.mark.parametrize("size, acc, front", [
+    ([3, 1, 2], [0.9, 0.5, 0.7], [1, 2, 0]),  # all optimal, returned smallest first
+    ([1, 2, 3], [0.8, 0.7, 0.9], [0, 2]),  # 2 is bigger and worse than 1: dominated
+    ([1, 1], [0.7, 0.8], [1]),  # same size: the less accurate is dominated
+    ([1, 2], [0.8, 0.8], [0]),  # same accuracy: the bigger is dominated
+    ([1, 1, 2], [0.8, 0.8, 0.9], [0, 1, 2]),  # exact duplicates dominate neither other
+    ([1, math.nan, 2], [0.5, 0.99, math.nan], [0]),  # NaN never on the front
+    ([5, 4, 3, 2, 1], [0.5, 0.5, 0.5, 0.5, 0.5], [4]),
+    ([], [], []),
+])
+def test_pareto_front_hand_cases(size, acc, front):
+    assert pareto_front(size, acc) == front
+
+
+def test_pareto_front_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="2 values"):
+        pareto_front([1, 2], [0.5])
+
+
+def test_table_and_layer_trial_leave_out_failed_dominated_and_references(tmp_path):
+    build_sweep(tmp_path / "demo")
+    results = load_results([tmp_path])
+    table = pareto_table(results.trials)
+    assert list(table["trial_id"]) == ["demo_05", "demo_04", "demo_03", "demo_01", "demo_00"]
+    assert list(table.columns)[:4] == ["sweep", "trial_id", "gamma", "test_accuracy"]
+    # Best is 90 %; within one point: 90 % at 25 % and 89 % at 16 %: the smaller wins.
+    assert pick_layer_trial(results.trials) == "demo_01"
+
+
+# --- the command ---------------------------------------------------------------------------
+
+def test_cli_draws_every_figure_for_two_sweeps(tmp_path):
+    build_sweep(tmp_path / "results" / "alpha", "alpha")
+    build_sweep(tmp_path / "results" / "beta", "")  # empty sweep column: named after folder
+    proc = cli("--results", str(tmp_path / "results"))
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "results" / "plots"
+    for name in FIGURES:
+        check_png(out / f"{name}.png")
+    table = pd.read_csv(out / "pareto.csv")
+    assert set(table["sweep"]) == {"alpha", "beta"} and len(table) == 10
+    assert "| alpha | alpha_01 |" in (out / "pareto.md").read_text()
+    assert "2 failed" in proc.stdout and "wrote" in proc.stdout
+
+
+def test_partial_sweep_and_other_format(tmp_path, capsys):
+    build_sweep(tmp_path / "run", "run", running=2)
+    main(["--results", str(tmp_path / "run"), "--out", str(tmp_path / "figs"),
+          "--format", "svg", "--trial", "run_02"])
+    for name in FIGURES:
+        assert (tmp_path / "figs" / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+    table = pd.read_csv(tmp_path / "figs" / "pareto.csv")
+    assert "run_04" not in set(table["trial_id"])  # still running: not on the front
+    assert "2 unfinished" in capsys.readouterr().out
+
+
+def test_missing_epochs_and_layers_are_skipped_with_a_note(tmp_path, capsys):
+    build_sweep(tmp_path / "s")
+    (tmp_path / "s" / EPOCHS_FILE).unlink()
+    (tmp_path / "s" / LAYERS_FILE).unlink()
+    main(["--results", str(tmp_path / "s")])
+    check_png(tmp_path / "s" / "plots" / "bits_vs_accuracy.png")
+    assert not (tmp_path / "s" / "plots" / "epoch_time.png").exists()
+    assert "no epochs.parquet" in capsys.readouterr().out
+
+
+def bad_columns(folder: Path) -> Path:
+    build_sweep(folder)
+    pq.write_table(pa.table({"trial_id": ["a"], "kind": ["compress"]}), folder / TRIALS_FILE)
+    return folder
+
+
+@pytest.mark.parametrize("make, args, words", [
+    (lambda p: p.mkdir() or p, [], "no trials.parquet under"),
+    (lambda p: p / "nowhere", [], "does not exist: run a sweep first"),
+    (lambda p: (p.write_text("x"), p)[1], [], "is not a folder"),
+    (bad_columns, [], "missing required columns: status, gamma"),
+    (lambda p: build_sweep(p) or p, ["--trial", "nope"], "unknown --trial 'nope'"),
+])
+def test_bad_input_exits_2_with_one_line(tmp_path, make, args, words):
+    folder = make(tmp_path / "bad")
+    proc = cli("--results", str(folder), *args)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("scnn analysis: error:") and words in proc.stderr
+
+
+def test_default_results_folder_is_results_under_the_working_directory(tmp_path):
+    build_sweep(tmp_path / "results" / "mine", "mine")
+    proc = subprocess.run([sys.executable, "-m", "analysis.plots", "--trial", "mine_03"],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    check_png(tmp_path / "results" / "plots" / "layers.png")
+    assert "mine_03" in proc.stdout and "wrote" in proc.stdout
+
+
+def test_empty_trials_file_is_an_error(tmp_path):
+    write_results(tmp_path, [], [], [])
+    with pytest.raises(ResultsError, match="no trials yet"):
+        load_results([tmp_path])
+
+
+def test_imports_neither_torch_nor_ray():
+    code = ("import analysis.plots, sys; "
+            "bad = [m for m in ('torch', 'ray') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

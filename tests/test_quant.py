@@ -1,0 +1,69 @@
+"""The quantizer: exact zeros at 0 bits, gradients, and the size it reports."""
+
+import torch
+
+from trainer.model import ResNet9
+from trainer.quant import QConv2d, initial_exponent, quantize
+
+
+def test_zero_bits_give_an_exactly_zero_channel_and_no_gradient_to_b():
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    b = torch.tensor([0.0, -0.7, 3.0, 5.0], requires_grad=True)
+    e = initial_exponent(w, 4.0).requires_grad_()
+    q = quantize(w, b, e)
+    assert torch.all(q[:2] == 0)  # b <= 0: every weight of the channel is exactly 0
+    assert q[2:].abs().sum() > 0
+    q.pow(2).sum().backward()
+    assert b.grad[0] == 0 and b.grad[1] == 0
+    assert torch.all(w.grad[:2] == 0)
+
+
+def test_gradients_reach_w_b_and_e():
+    torch.manual_seed(1)
+    w = torch.randn(6, 4, 3, 3, requires_grad=True)
+    # 2 bits against an exponent made for 8: most values clip, so b gets a gradient.
+    b = torch.full((6,), 2.0, requires_grad=True)
+    e = initial_exponent(w, 8.0).requires_grad_()
+    target = torch.randn(6, 4, 3, 3)
+    ((quantize(w, b, e) - target) ** 2).sum().backward()
+    for name, t in (("w", w), ("b", b), ("e", e)):
+        assert t.grad is not None and torch.all(torch.isfinite(t.grad)), name
+        assert t.grad.abs().sum() > 0, f"no gradient reached {name}"
+
+
+def test_initial_exponent_makes_the_quantized_layer_match_the_float_layer():
+    torch.manual_seed(2)
+    conv = QConv2d(8, 16, init_bits=8.0)
+    x = torch.randn(2, 8, 10, 10)
+    qout = conv(x)
+    fout = torch.nn.functional.conv2d(x, conv.weight, padding=1)
+    # 8 bits: rounding error only, no clipping; relative error well under 1%.
+    assert (qout - fout).norm() / fout.norm() < 0.01
+    top = conv.weight.abs().flatten(1).amax(1)
+    assert torch.allclose(conv.qweight().abs().flatten(1).amax(1), top, rtol=1e-6)
+
+
+def test_with_integer_bits_the_differentiable_size_equals_the_exact_size():
+    torch.manual_seed(3)
+    model = ResNet9((4, 6, 8, 10), init_bits=8.0)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for _, layer in model.quant_layers():
+            layer.b.copy_(torch.randint(-2, 9, layer.b.shape, generator=gen).float())
+    size = model.size()
+    assert size.q.requires_grad
+    assert torch.equal(size.q * model.n0, size.bits)
+    # by hand: sum over layers of 9 * live inputs * sum(relu(b)) (1 * ... for the head)
+    total = 0.0
+    for _, layer, live_in in model.live_inputs():
+        per_in = 9 if layer.weight.dim() == 4 else 1
+        total += per_in * int(live_in.sum()) * float(torch.relu(layer.b.detach()).sum())
+    assert float(size.bits) == total
+
+
+def test_fractional_bits_are_stored_as_their_ceiling():
+    model = ResNet9((2, 2, 2, 2), init_bits=2.5)
+    size = model.size()
+    assert float(size.bits) > float(size.q * model.n0)  # 3 bits stored for b = 2.5
+    assert float(size.bits) == float(size.q * model.n0) * 3 / 2.5

@@ -1,0 +1,181 @@
+"""Cutting dead channels: the output does not change, the size drops, optimizer state follows."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from trainer.model import ConvBlock, ResNet9
+from trainer.surgery import cut_dead_channels
+
+WIDTHS = (6, 8, 10, 12)
+
+
+def randomize(model: ResNet9, seed: int) -> None:
+    """Give BatchNorm non-trivial statistics and affine parameters, so eval mode matters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, block in model.blocks():
+            n = block.bn.num_features
+            block.bn.running_mean.copy_(torch.randn(n, generator=g))
+            block.bn.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            block.bn.weight.copy_(torch.rand(n, generator=g) + 0.5)
+            block.bn.bias.copy_(torch.randn(n, generator=g) * 0.5)
+
+
+def kill(block: ConvBlock, channels: list[int], drained: bool = True) -> None:
+    """Make ``channels`` 0-bit; when ``drained``, also make their constant output zero."""
+    with torch.no_grad():
+        idx = torch.tensor(channels, dtype=torch.long)
+        block.conv.b[idx] = -0.25
+        if drained:
+            bn = block.bn
+            shift = bn.running_mean[idx] * bn.weight[idx] / torch.sqrt(bn.running_var[idx] + bn.eps)
+            bn.bias[idx] = torch.minimum(shift, torch.zeros_like(shift)) - 0.1
+
+
+def outputs(model: ResNet9, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eval-mode output, train-mode output) without touching the model's running stats."""
+    m = copy.deepcopy(model)
+    with torch.no_grad():
+        return m.eval()(x), m.train()(x)
+
+
+def random_dead(model: ResNet9, seed: int, fraction: float) -> int:
+    g = torch.Generator().manual_seed(seed)
+    n_dead = 0
+    for _, block in model.blocks():
+        n = block.conv.weight.shape[0]
+        pick = (torch.rand(n, generator=g) < fraction).nonzero().flatten().tolist()
+        kill(block, pick)
+        n_dead += len(pick)
+    return n_dead
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_cutting_random_dead_channels_leaves_the_output_unchanged(seed):
+    torch.manual_seed(seed)
+    model = ResNet9(WIDTHS).double()
+    randomize(model, seed)
+    n_dead = random_dead(model.float(), seed, fraction=0.4)
+    model = model.double()
+    x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
+    before_eval, before_train = outputs(model, x)
+    size_before = model.size()
+    n_cut = cut_dead_channels(model, [])
+    assert n_cut >= n_dead > 0
+    after_eval, after_train = outputs(model, x)
+    torch.testing.assert_close(after_eval, before_eval, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(after_train, before_train, rtol=1e-9, atol=1e-12)
+    # the exact size and weight count only ever shrink (a removed branch takes its weights)
+    size_after = model.size()
+    assert float(size_after.bits) <= float(size_before.bits)
+    assert float(size_after.live_weights) <= float(size_before.live_weights)
+    physical = sum(m.weight.numel() for _, m in model.quant_layers())
+    assert physical < model.n0
+
+
+def test_trunk_and_branch_keep_their_own_channels_and_the_sum_their_union():
+    torch.manual_seed(0)
+    model = ResNet9(WIDTHS).double()
+    randomize(model, 0)
+    kill(model.layer1, [0, 1, 2])  # shortcut loses 0, 1, 2
+    kill(model.res1.conv2, [2, 3])  # branch loses 2, 3: only 2 is gone from the sum
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    before = outputs(model, x)
+    cut_dead_channels(model, [])
+    assert model.layer1.conv.out_idx.tolist() == [3, 4, 5, 6, 7]
+    assert model.res1.conv2.conv.out_idx.tolist() == [0, 1, 4, 5, 6, 7]
+    assert model.res1.out_idx.tolist() == [0, 1, 3, 4, 5, 6, 7]
+    assert model.layer2.conv.weight.shape[1] == 7
+    assert model.res1.conv1.conv.weight.shape[1] == 5
+    for a, b in zip(outputs(model, x), before, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_a_branch_whose_channels_all_die_disappears_and_the_block_is_the_identity():
+    torch.manual_seed(1)
+    model = ResNet9(WIDTHS).double()
+    randomize(model, 1)
+    kill(model.res3.conv2, list(range(WIDTHS[3])))
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    before = outputs(model, x)
+    weights_before = float(model.size().live_weights)
+    cut_dead_channels(model, [])
+    assert model.res3.conv1 is None and model.res3.conv2 is None
+    # conv2's 0-bit rows were already out of the count; the cut takes conv1's live weights,
+    # which fed nothing but conv2
+    assert weights_before - float(model.size().live_weights) == 9 * WIDTHS[3] ** 2
+    for a, b in zip(outputs(model, x), before, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_a_dead_channel_with_a_nonzero_constant_output_is_not_cut():
+    torch.manual_seed(2)
+    model = ResNet9(WIDTHS)
+    randomize(model, 2)
+    kill(model.layer2, [1], drained=False)
+    with torch.no_grad():
+        model.layer2.bn.bias[1] = 0.7  # emits relu(0.7) everywhere in train mode
+    assert cut_dead_channels(model, []) == 0
+    assert model.layer2.conv.weight.shape[0] == WIDTHS[2]
+    assert model.dead_penalty() > 0  # ... and the L1 term pushes on it
+
+
+def make_optimizers(model):
+    quant = [p for n, p in model.named_parameters() if n.endswith((".b", ".e"))]
+    ids = {id(p) for p in quant}
+    rest = [p for p in model.parameters() if id(p) not in ids]
+    return [torch.optim.SGD(rest, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4),
+            torch.optim.Adam(quant, lr=0.01)]
+
+
+def step(model, opts, x, y, gamma=0.1):
+    loss = F.cross_entropy(model(x), y) + gamma * model.size().q + 0.05 * model.dead_penalty()
+    for o in opts:
+        o.zero_grad()
+    loss.backward()
+    for o in opts:
+        o.step()
+
+
+def test_optimizer_state_is_sliced_and_the_next_step_matches_the_uncut_network():
+    torch.manual_seed(3)
+    model = ResNet9(WIDTHS).double()
+    randomize(model, 3)
+    opts = make_optimizers(model)
+    x = torch.randn(16, 3, 32, 32, dtype=torch.float64)
+    y = torch.randint(0, 10, (16,))
+    for _ in range(3):  # momentum and Adam moments become non-trivial
+        step(model, opts, x, y)
+    random_dead(model, 3, fraction=0.35)
+    kill(model.res1.conv2, list(range(WIDTHS[1])))  # and one whole branch
+    uncut, uncut_opts = copy.deepcopy((model, opts))
+    assert cut_dead_channels(model, opts) > 0
+    params = {id(p) for p in model.parameters()}
+    for opt in opts:
+        for group in opt.param_groups:
+            assert all(id(p) in params for p in group["params"])
+        assert all(id(p) in params for p in opt.state)
+        for p, state in opt.state.items():
+            for k, v in state.items():
+                if torch.is_tensor(v) and v.dim() > 0:
+                    assert v.shape == p.shape, k
+    assert sum(len(g["params"]) for o in opts for g in o.param_groups) == len(params)
+
+    step(model, opts, x, y)
+    step(uncut, uncut_opts, x, y)
+    big = dict(uncut.quant_layers())
+    for name, layer in model.quant_layers():
+        rows, cols = layer.out_idx, layer.in_idx
+        ref = big[name]
+        torch.testing.assert_close(layer.weight, ref.weight[rows][:, cols], rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(layer.b, ref.b[rows], rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(layer.e, ref.e[rows], rtol=1e-10, atol=1e-13)
+    blocks = dict(uncut.blocks())
+    for name, block in model.blocks():
+        rows = block.conv.out_idx
+        for attr in ("weight", "bias", "running_mean", "running_var"):
+            ref = getattr(blocks[name].bn, attr)[rows]
+            torch.testing.assert_close(getattr(block.bn, attr), ref, rtol=1e-10, atol=1e-13)

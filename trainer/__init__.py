@@ -1,0 +1,1 @@
+"""scnn trainer: the self-compressing ResNet-9 (PyTorch, no Ray)."""

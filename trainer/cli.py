@@ -1,0 +1,147 @@
+"""Command line of ``python -m trainer.train``: flags to a TrainConfig, results to --out."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from trainer.config import DATASETS, KINDS, PRESET_NAMES, PRESETS, ConfigError, TrainConfig
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag on one line and exits 2, without the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        fail(f"{message} (see --help)")
+
+
+def fail(message: str, prog: str = "scnn train") -> None:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+HELP = """\
+Train one self-compressing ResNet-9 on CIFAR-10.
+
+Every conv channel learns its own bit depth b and exponent e; the loss is
+CE + gamma * Q, Q being the network's size in bits per original weight. Channels that
+reach 0 bits are cut out while training, so the network (and each epoch) gets smaller.
+A larger --gamma gives a smaller, less accurate network.
+
+examples:
+  python -m trainer.train --preset smoke --dataset synthetic       # seconds, no download
+  python -m trainer.train --gamma 0.05 --data-dir ../shared/data   # a compressed network
+  python -m trainer.train --float-baseline --out results/baseline  # plain float ResNet-9
+"""
+
+
+def preset_help() -> str:
+    lines = [f"{name}: " + ", ".join(f"{k}={v}" for k, v in p.items() if k != "warmup_fraction")
+             for name, p in PRESETS.items()]
+    return "; ".join(lines)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m trainer.train", description=HELP,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    d = TrainConfig()
+    p.add_argument("--gamma", type=float, default=d.gamma,
+                   help="weight of the size term in CE + gamma*Q (default %(default)s)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--float-baseline", action="store_const", dest="kind",
+                      const="float-baseline", help="plain float ResNet-9, no quantization")
+    mode.add_argument("--floor", action="store_const", dest="kind", const="floor",
+                      help="one channel per layer: the cost of everything but the network")
+    p.add_argument("--preset", default=d.preset, metavar="{" + ",".join(PRESET_NAMES) + "}",
+                   help=f"defaults for the fields below; auto = paper on a GPU, else cpu. "
+                        f"{preset_help()}")
+    p.add_argument("--epochs", type=int, help="passes over the training set (preset)")
+    p.add_argument("--width", type=float,
+                   help="channel multiplier; 1.0 = 64-128-256-512 (preset)")
+    p.add_argument("--batch-size", type=int, help="images per step (preset)")
+    p.add_argument("--lr", type=float, help="peak SGD learning rate of the weights (preset)")
+    p.add_argument("--lr-quant", type=float, help="peak Adam learning rate of b and e (preset)")
+    p.add_argument("--train-subset", type=int, help="use the first N training images (0 = all)")
+    p.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
+    p.add_argument("--init-bits", type=float, default=d.init_bits,
+                   help="initial bit depth of every channel (default %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
+    p.add_argument("--dataset", default=d.dataset, metavar="{" + ",".join(DATASETS) + "}",
+                   help="cifar10, or synthetic: a small generated set (default %(default)s)")
+    p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (or that folder); "
+                   "default: download once into ~/.cache/scnn (or $SCNN_DATA_CACHE)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--out", type=Path, help="write trials/epochs/layers.parquet and model.pt here")
+    p.add_argument("--quiet", action="store_true", help="no per-epoch table")
+    p.set_defaults(kind="compress")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Parse, train, and write results; user mistakes exit 2 with one line."""
+    from trainer.config import resolve
+    from trainer.data import DataError
+
+    args = parser().parse_args(argv)
+    if args.kind not in KINDS:  # unreachable through the flags; kept for config_from_args
+        fail(f"unknown kind {args.kind}")
+    try:
+        config = resolve(config_from_args(args))
+        if args.out is not None and args.out.exists() and not args.out.is_dir():
+            raise ConfigError(f"--out {args.out} is a file: give a folder")
+        if config.dataset == "cifar10" and config.data_dir:
+            from trainer.data import find_batches
+
+            find_batches(config.data_dir)  # fail now, not after building the model
+        if args.preset == "auto":
+            print(f"scnn: --preset auto chose {config.preset!r} "
+                  f"({'GPU found' if config.preset == 'paper' else 'no GPU'})")
+        result = _train(config, args)
+    except (ConfigError, DataError) as err:
+        fail(str(err))
+    except KeyboardInterrupt:
+        print("\nscnn: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    print(f"scnn: test accuracy {result['test_accuracy']:.2%}, "
+          f"{result['bits_fraction']:.3%} of the float network's bits, "
+          f"{result['weights_kept_fraction']:.2%} of its weights kept, "
+          f"{result['mean_bits']:.2f} bits per kept weight, {result['train_time_s']:.0f} s")
+
+
+def _train(config: TrainConfig, args: argparse.Namespace) -> dict:
+    from trainer.train import save_model, train
+
+    final_state = {}
+
+    def keep_state(metrics: dict, state) -> None:
+        final_state["state"] = state
+
+    result = train(config, on_epoch=keep_state, verbose=not args.quiet)
+    if args.out is not None:
+        trial_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}"
+        write_run(args.out, trial_id, result)
+        save_model(args.out / "model.pt", final_state["state"])
+        print(f"scnn: wrote {args.out}/trials.parquet, epochs.parquet, layers.parquet, model.pt")
+    return result
+
+
+def write_run(out: Path, trial_id: str, result: dict, sweep: str = "") -> None:
+    """The three Parquet files of a single run, in the schema the sweep also writes."""
+    from trainer.results import EPOCH_METRICS, write_results
+
+    trial = {k: v for k, v in result.items() if k not in ("history", "layers")}
+    trial.update(sweep=sweep, trial_id=trial_id, status="TERMINATED", error=None)
+    epochs = [{"trial_id": trial_id, **{k: m[k] for k in EPOCH_METRICS}}
+              for m in result["history"]]
+    layers = [{"trial_id": trial_id, **row} for row in result["layers"]]
+    write_results(out, [trial], epochs, layers)

@@ -1,0 +1,128 @@
+"""Training configuration: one frozen dataclass, and the presets that fill it in.
+
+Fields left at ``None`` are taken from the preset (``paper``, ``cpu``, ``smoke``); a value
+given explicitly always wins. ``resolve()`` returns a config with every field set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+KINDS = ("compress", "float-baseline", "floor")
+DATASETS = ("cifar10", "synthetic")
+PRESET_NAMES = ("paper", "cpu", "smoke", "auto")
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration mistake; the CLIs print it on one line and exit 2."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # --- what to train ---
+    gamma: float = 0.01  # weight of the size term: loss = CE + gamma * Q, Q in bits/weight
+    kind: str = "compress"  # compress | float-baseline (no quant.) | floor (1 channel/layer)
+    preset: str = "auto"  # paper | cpu | smoke | auto (paper on a GPU, else cpu)
+    seed: int = 0  # seeds weight init, data order and augmentation
+    # --- filled in by the preset when None ---
+    epochs: int | None = None  # passes over the training set
+    width: float | None = None  # channel multiplier on 64-128-256-512 (1.0 = Page's ResNet-9)
+    batch_size: int | None = None  # images per step
+    lr: float | None = None  # peak SGD learning rate of the weights (piecewise-linear schedule)
+    lr_quant: float | None = None  # peak Adam learning rate of bit depths b and exponents e
+    warmup_fraction: float | None = None  # fraction of training spent ramping the lr up from 0
+    train_subset: int | None = None  # use the first N training images (0 = all)
+    test_subset: int | None = None  # evaluate on the first N test images (0 = all)
+    # --- method ---
+    init_bits: float = 8.0  # initial bit depth b of every channel
+    momentum: float = 0.9  # SGD Nesterov momentum of the weights
+    weight_decay: float = 5e-4  # L2 on weights and BatchNorm parameters (not on b, e)
+    label_smoothing: float = 0.2  # cross-entropy label smoothing (Page's recipe)
+    dead_l1: float = 0.05  # L1 weight on 0-bit channels' constant output: drains it to 0
+    cut_every: int = 10  # check for cuttable channels every N steps (and at every epoch end)
+    # --- data and device ---
+    dataset: str = "cifar10"  # cifar10 | synthetic (small generated set for tests)
+    data_dir: str | None = None  # holds cifar-10-batches-py/ (or is it); None = download cache
+    synthetic_size: int = 2048  # training images of the synthetic set (test set: a quarter)
+    cutout: int = 8  # side of the cutout square in pixels (0 = off)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int = 0  # torch CPU threads (0 = leave torch's default)
+
+    def replace(self, **changes) -> TrainConfig:
+        return dataclasses.replace(self, **changes)
+
+
+# Presets fill only the fields that are None. Numbers chosen from measurement: see README.
+PRESETS: dict[str, dict] = {
+    # Page's DAWNBench recipe at full width; ~10 s/epoch-scale work on a modern GPU.
+    "paper": dict(epochs=24, width=1.0, batch_size=512, lr=0.4, lr_quant=0.02,
+                  warmup_fraction=5 / 24, train_subset=0, test_subset=0),
+    # Quarter width and few epochs: a full-CIFAR-10 trial in about 10 minutes on 2 CPU cores.
+    "cpu": dict(epochs=5, width=0.25, batch_size=512, lr=0.4, lr_quant=0.05,
+                warmup_fraction=0.2, train_subset=0, test_subset=0),
+    # Seconds: tiny network on a slice of the data, for tests and a first look.
+    "smoke": dict(epochs=2, width=0.125, batch_size=256, lr=0.4, lr_quant=0.05,
+                  warmup_fraction=0.2, train_subset=4096, test_subset=1024),
+}
+
+
+def gpu_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve(config: TrainConfig, has_gpu: bool | None = None) -> TrainConfig:
+    """Validate ``config`` and fill every ``None`` field from its preset.
+
+    ``preset="auto"`` becomes ``paper`` when a GPU is usable, else ``cpu``.
+    Raises ConfigError with a message that says what to do.
+    """
+    if config.preset not in PRESET_NAMES:
+        raise ConfigError(
+            f"unknown preset {config.preset!r}: choose one of {', '.join(PRESET_NAMES)}")
+    preset = config.preset
+    if preset == "auto":
+        if has_gpu is None:
+            has_gpu = gpu_available() and config.device != "cpu"
+        preset = "paper" if has_gpu else "cpu"
+    filled = {k: v for k, v in PRESETS[preset].items() if getattr(config, k) is None}
+    config = config.replace(preset=preset, **filled)
+    validate(config)
+    return config
+
+
+def validate(c: TrainConfig) -> None:
+    """Raise ConfigError on values no training run can use."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(c.kind in KINDS, f"unknown kind {c.kind!r}: choose one of {', '.join(KINDS)}")
+    need(c.dataset in DATASETS,
+         f"unknown dataset {c.dataset!r}: choose one of {', '.join(DATASETS)}")
+    need(math.isfinite(c.gamma) and c.gamma >= 0,
+         f"--gamma must be a number >= 0, got {c.gamma}: try --gamma 0.01")
+    need(c.epochs is not None and c.epochs >= 1, f"--epochs must be at least 1, got {c.epochs}")
+    need(c.width is not None and c.width > 0 and math.isfinite(c.width),
+         f"--width must be > 0, got {c.width}: 1.0 is Page's 64-128-256-512 ResNet-9")
+    need(c.batch_size is not None and c.batch_size >= 1,
+         f"--batch-size must be at least 1, got {c.batch_size}")
+    need(c.lr is not None and c.lr > 0, f"--lr must be > 0, got {c.lr}")
+    need(c.lr_quant is not None and c.lr_quant >= 0, f"--lr-quant must be >= 0, got {c.lr_quant}")
+    need(0 < c.init_bits <= 32, f"--init-bits must be in (0, 32], got {c.init_bits}")
+    need(c.warmup_fraction is not None and 0 <= c.warmup_fraction < 1,
+         f"warmup_fraction must be in [0, 1), got {c.warmup_fraction}")
+    need(c.cut_every >= 1, f"--cut-every must be at least 1, got {c.cut_every}")
+    need(c.synthetic_size >= 16, f"--synthetic-size must be at least 16, got {c.synthetic_size}")
+    need((c.train_subset or 0) >= 0 and (c.test_subset or 0) >= 0,
+         "--train-subset / --test-subset must be >= 0 (0 = all)")
+
+
+def widths(width: float, kind: str = "compress") -> tuple[int, int, int, int]:
+    """Channel counts of prep, layer1, layer2, layer3 for a width multiplier."""
+    if kind == "floor":
+        return (1, 1, 1, 1)
+    return tuple(max(1, round(c * width)) for c in (64, 128, 256, 512))  # type: ignore[return-value]

@@ -1,0 +1,199 @@
+"""David Page's DAWNBench ResNet-9, built from quantized layers whose channels can be cut.
+
+    prep    conv 3->c0                      (conv -> BatchNorm -> ReLU)
+    layer1  conv c0->c1, max-pool 2         res1: x + conv2(conv1(x))   (c1 -> c1 -> c1)
+    layer2  conv c1->c2, max-pool 2
+    layer3  conv c2->c3, max-pool 2         res3: x + conv2(conv1(x))   (c3 -> c3 -> c3)
+    head    global max-pool, linear c3->10 (no bias), logits * 0.125
+
+Each activation lives on a set of the original channel indices. A residual sum lives on
+the union of its shortcut's and its branch's channels. Layers record their original
+row/column indices (``out_idx``/``in_idx``) so a cut network can be rebuilt from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.quant import QConv2d, QLinear, Size, layer_size
+
+
+class ConvBlock(nn.Module):
+    """conv -> BatchNorm -> ReLU (-> 2x2 max-pool)."""
+
+    def __init__(self, c_in: int, c_out: int, pool: bool, quantized: bool, init_bits: float):
+        super().__init__()
+        self.conv = QConv2d(c_in, c_out, quantized, init_bits)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.pool = pool
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, I, H, W) -> (B, O, H', W')
+        if self.conv.weight.shape[0] == 0:  # every channel cut: an empty activation
+            h, w = x.shape[2:]
+            shape = (x.shape[0], 0, h // 2, w // 2) if self.pool else (x.shape[0], 0, h, w)
+            return x.new_zeros(shape)
+        y = F.relu(self.bn(self.conv(x)))
+        return F.max_pool2d(y, 2) if self.pool else y
+
+    def dead(self) -> Tensor:
+        """Bool (O,): channels whose conv output is exactly zero for good.
+
+        Either b+ = 0 (the quantized row is zero and gets no gradient), or no input columns
+        are left (the conv sums nothing).
+        """
+        if self.conv.weight.shape[1] == 0:
+            return torch.ones_like(self.conv.out_idx, dtype=torch.bool)
+        return ~self.conv.live_out()
+
+    def constant_outputs(self) -> tuple[Tensor, Tensor]:
+        """(train-mode, eval-mode) value (O,) a channel emits when its conv output is 0.
+
+        Train mode normalises a zero map to 0, so the BatchNorm bias is what remains;
+        eval mode subtracts the running mean first. Both go through the ReLU.
+        """
+        bn = self.bn
+        eval_shift = bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        return F.relu(bn.bias), F.relu(bn.bias - eval_shift)
+
+
+class Residual(nn.Module):
+    """x + conv2(conv1(x)); the sum lives on the union of the two sides' channels."""
+
+    def __init__(self, c: int, quantized: bool, init_bits: float):
+        super().__init__()
+        self.conv1: ConvBlock | None = ConvBlock(c, c, False, quantized, init_bits)
+        self.conv2: ConvBlock | None = ConvBlock(c, c, False, quantized, init_bits)
+        # Positions of the shortcut's and the branch's channels within the union.
+        self.register_buffer("pos_x", torch.arange(c))
+        self.register_buffer("pos_b", torch.arange(c))
+        self.register_buffer("out_idx", torch.arange(c))  # original indices of the union
+        self.aligned = True  # shortcut, branch and union are the same channels: plain add
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.conv1 is None:  # the whole branch died: identity
+            return x
+        y = self.conv2(self.conv1(x))
+        if self.aligned:
+            return x + y
+        out = x.new_zeros((x.shape[0], self.out_idx.numel(), *x.shape[2:]))
+        return out.index_add(1, self.pos_x, x).index_add(1, self.pos_b, y)
+
+    def set_layout(self, shortcut_idx: Tensor) -> None:
+        """Recompute the union and positions from the shortcut's original channel indices."""
+        branch_idx = self.conv2.conv.out_idx if self.conv2 is not None else shortcut_idx[:0]
+        union = torch.unique(torch.cat([shortcut_idx, branch_idx]))  # sorted
+        self.out_idx = union
+        self.pos_x = torch.searchsorted(union, shortcut_idx)
+        self.pos_b = torch.searchsorted(union, branch_idx)
+        self.aligned = self.conv1 is not None and torch.equal(shortcut_idx, union) and \
+            torch.equal(branch_idx, union)
+
+    def live_union(self, live_x: Tensor, live_b: Tensor) -> Tensor:
+        """Bool mask over the union: alive on either side."""
+        live = torch.zeros(self.out_idx.numel(), dtype=torch.bool, device=live_x.device)
+        live[self.pos_x] = live_x
+        if self.conv1 is not None:
+            live[self.pos_b] |= live_b
+        return live
+
+
+class ResNet9(nn.Module):
+    """Page's ResNet-9 with per-channel learned bit depths (``quantized=True``)."""
+
+    def __init__(self, widths: tuple[int, int, int, int] = (64, 128, 256, 512),
+                 num_classes: int = 10, quantized: bool = True, init_bits: float = 8.0):
+        super().__init__()
+        c0, c1, c2, c3 = widths
+        q = dict(quantized=quantized, init_bits=init_bits)
+        self.widths = tuple(widths)
+        self.quantized = quantized
+        self.prep = ConvBlock(3, c0, pool=False, **q)
+        self.layer1 = ConvBlock(c0, c1, pool=True, **q)
+        self.res1 = Residual(c1, **q)
+        self.layer2 = ConvBlock(c1, c2, pool=True, **q)
+        self.layer3 = ConvBlock(c2, c3, pool=True, **q)
+        self.res3 = Residual(c3, **q)
+        self.head = QLinear(c3, num_classes, **q)
+        self.n0 = sum(m.weight.numel() for _, m in self.quant_layers())  # original weights
+        self.initial_shapes = {n: tuple(m.weight.shape) for n, m in self.quant_layers()}
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 3, 32, 32) -> (B, classes)
+        x = self.res1(self.layer1(self.prep(x)))
+        x = self.res3(self.layer3(self.layer2(x)))
+        return self.head(torch.amax(x, dim=(2, 3))) * 0.125
+
+    def blocks(self) -> Iterator[tuple[str, ConvBlock]]:
+        """Every conv block still present, in forward order, with its name."""
+        for name in ("prep", "layer1", "res1", "layer2", "layer3", "res3"):
+            m = getattr(self, name)
+            if isinstance(m, ConvBlock):
+                yield name, m
+            elif m.conv1 is not None:
+                yield f"{name}.conv1", m.conv1
+                yield f"{name}.conv2", m.conv2
+
+    def quant_layers(self) -> Iterator[tuple[str, QConv2d | QLinear]]:
+        """Every weight layer still present (convs, then the head)."""
+        for name, block in self.blocks():
+            yield name, block.conv
+        yield "head", self.head
+
+    def live_inputs(self) -> list[tuple[str, QConv2d | QLinear, Tensor]]:
+        """Each weight layer with the bool mask of its live input channels.
+
+        An input channel is live when its producer has b+ > 0; a residual sum's channel is
+        live when it is live on either side; the image's 3 channels are always live.
+        """
+        out = []
+        live = torch.ones(3, dtype=torch.bool, device=self.head.weight.device)
+
+        def visit(name: str, block: ConvBlock, live_in: Tensor) -> Tensor:
+            out.append((name, block.conv, live_in))
+            return ~block.dead()
+
+        live = visit("prep", self.prep, live)
+        for trunk, res in (("layer1", "res1"), ("layer3", "res3")):
+            if trunk == "layer3":
+                live = visit("layer2", self.layer2, live)
+            live = visit(trunk, getattr(self, trunk), live)
+            r: Residual = getattr(self, res)
+            live_b = live[:0]
+            if r.conv1 is not None:
+                live_a = visit(f"{res}.conv1", r.conv1, live)
+                live_b = visit(f"{res}.conv2", r.conv2, live_a)
+            live = r.live_union(live, live_b)
+        out.append(("head", self.head, live))
+        return out
+
+    def size(self) -> Size:
+        """The network's size now: differentiable Q for the loss, exact bits for reports."""
+        parts = [layer_size(layer, live_in) for _, layer, live_in in self.live_inputs()]
+        diff, exact, live = (sum(p[i] for p in parts) for i in range(3))
+        return Size(q=diff / self.n0, bits=exact, live_weights=live)
+
+    def dead_penalty(self) -> Tensor:
+        """Sum of the constant outputs of dead channels (train and eval mode): the L1 term."""
+        total = self.head.weight.new_zeros(())
+        for _, block in self.blocks():
+            dead = block.dead()
+            train_c, eval_c = block.constant_outputs()
+            total = total + ((train_c + eval_c) * dead).sum()
+        return total
+
+    def layout(self) -> dict[str, dict[str, list[int]] | None]:
+        """Original row/column indices of every layer; None for a removed residual branch."""
+        present = dict(self.quant_layers())
+        names = ["prep", "layer1", "res1.conv1", "res1.conv2", "layer2", "layer3",
+                 "res3.conv1", "res3.conv2", "head"]
+        return {n: ({"out": present[n].out_idx.tolist(), "in": present[n].in_idx.tolist()}
+                    if n in present else None) for n in names}
+
+
+def build_model(widths: tuple[int, int, int, int], quantized: bool, init_bits: float,
+                num_classes: int = 10) -> ResNet9:
+    """A fresh ResNet-9 (the seed must be set by the caller for reproducible weights)."""
+    return ResNet9(widths, num_classes=num_classes, quantized=quantized, init_bits=init_bits)

@@ -1,0 +1,127 @@
+"""Differentiable quantization per output channel, and the network size it implies.
+
+Every output channel i of a quantized layer has a learned bit depth b_i and exponent e_i:
+
+    q(w; b, e) = 2^e * round(clamp(2^-e * w, -2^(b+ - 1), 2^(b+ - 1) - 1)),   b+ = relu(b)
+
+with a straight-through round. The quantizer owns the size: the differentiable size used
+in the loss and the exact size that is reported are both computed in ``layer_size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """Round in the forward pass, identity in the backward pass (straight-through)."""
+    return x + (torch.round(x) - x).detach()
+
+
+def quantize(w: Tensor, b: Tensor, e: Tensor) -> Tensor:
+    """Quantize ``w`` (O, ...) with per-output-channel bit depth ``b`` (O,) and exponent ``e`` (O,).
+
+    With b <= 0 the clamp range is [-0.5, -0.5], which rounds to 0: the channel is exactly
+    zero, and relu passes no gradient back to b, so a dead channel stays dead.
+    """
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    bits = F.relu(b).view(shape)
+    scale = torch.exp2(e).view(shape)
+    lo = -torch.exp2(bits - 1)
+    hi = torch.exp2(bits - 1) - 1
+    # minimum/maximum rather than clamp: gradients must reach the bounds (and so b).
+    x = torch.maximum(torch.minimum(w / scale, hi), lo)
+    return scale * round_ste(x)
+
+
+def initial_exponent(w: Tensor, bits: float) -> Tensor:
+    """Per-channel e such that the largest |w| of each channel maps to 2^(bits-1) - 1.
+
+    Then nothing is clipped at step 0 and the quantized layer computes what the float
+    layer computes, up to rounding to ``bits`` bits.
+    """
+    top = w.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-12)  # (O,)
+    levels = max(2.0 ** (bits - 1) - 1, 0.5)  # a 1-bit channel holds {-1, 0}
+    return torch.log2(top / levels)
+
+
+class QuantMixin:
+    """Shared by QConv2d and QLinear: optional per-channel (b, e) and the quantized weight."""
+
+    weight: nn.Parameter
+
+    def _init_quant(self, quantized: bool, init_bits: float) -> None:
+        self.quantized = quantized
+        # Original indices of the rows (outputs) and columns (inputs) still present: a
+        # shrunken layer knows where it sits in the uncompressed network.
+        self.register_buffer("out_idx", torch.arange(self.weight.shape[0]))
+        self.register_buffer("in_idx", torch.arange(self.weight.shape[1]))
+        if quantized:
+            out = self.weight.shape[0]
+            self.b = nn.Parameter(torch.full((out,), float(init_bits)))
+            self.e = nn.Parameter(initial_exponent(self.weight, init_bits))
+
+    def qweight(self) -> Tensor:
+        """The weight used in the forward pass: quantized, or the float weight."""
+        return quantize(self.weight, self.b, self.e) if self.quantized else self.weight
+
+    def live_out(self) -> Tensor:
+        """Bool mask (O,) of output channels with b+ > 0 (all True when not quantized)."""
+        if self.quantized:
+            return self.b.detach() > 0
+        return torch.ones(self.weight.shape[0], dtype=torch.bool, device=self.weight.device)
+
+
+class QConv2d(nn.Conv2d, QuantMixin):
+    """3x3 convolution without bias whose weight is quantized per output channel."""
+
+    def __init__(self, c_in: int, c_out: int, quantized: bool = True, init_bits: float = 8.0):
+        super().__init__(c_in, c_out, kernel_size=3, padding=1, bias=False)
+        self._init_quant(quantized, init_bits)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, I, H, W) -> (B, O, H, W)
+        return F.conv2d(x, self.qweight(), None, self.stride, self.padding)
+
+
+class QLinear(nn.Linear, QuantMixin):
+    """Linear layer without bias whose weight is quantized per output (class) row."""
+
+    def __init__(self, c_in: int, c_out: int, quantized: bool = True, init_bits: float = 8.0):
+        super().__init__(c_in, c_out, bias=False)
+        self._init_quant(quantized, init_bits)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, I) -> (B, O)
+        return F.linear(x, self.qweight())
+
+
+@dataclass
+class Size:
+    """Size of a network. Tensors (no host sync) until ``.item()``-ed for reporting."""
+
+    q: Tensor  # differentiable size, bits per original weight (the Q in the loss)
+    bits: Tensor  # exact size in bits: ceil(b+) bits per live weight
+    live_weights: Tensor  # weights of live output channels times live input channels
+
+
+def layer_size(layer: QuantMixin, live_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(differentiable bits, exact bits, live weights) of one layer.
+
+    ``live_in`` is the bool mask of the layer's input channels whose producer is alive:
+    z = k*k * I_live * sum_i b+_i. With integer b the two sizes agree exactly.
+    """
+    w = layer.weight
+    per_in = w[0, 0].numel() if w.dim() == 4 else 1  # k*k weights per (out, in) pair
+    n_in = live_in.sum().to(w.dtype) * per_in
+    if layer.quantized:
+        bits = F.relu(layer.b)
+        diff = n_in * bits.sum()
+        exact = n_in * torch.ceil(bits.detach()).sum()
+        live = n_in * (layer.b.detach() > 0).sum()
+    else:  # a float layer: 32 bits per weight, nothing to learn
+        diff = exact = n_in * 32 * w.shape[0]
+        live = n_in * w.shape[0]
+    return diff, exact, live

@@ -1,0 +1,118 @@
+"""The three Parquet result files (DESIGN.md §3): their schemas and atomic writes.
+
+Pure pyarrow, no torch: the sweep writes these files too, and the analysis reads the
+column names from here.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+TRIALS_FILE, EPOCHS_FILE, LAYERS_FILE = "trials.parquet", "epochs.parquet", "layers.parquet"
+
+TRIALS_SCHEMA = pa.schema([
+    ("sweep", pa.string()),
+    ("trial_id", pa.string()),
+    ("kind", pa.string()),  # compress | float-baseline | floor
+    ("status", pa.string()),  # TERMINATED | ERROR | RUNNING | PENDING
+    ("error", pa.string()),  # one-line error of a failed trial, else null
+    ("gamma", pa.float64()),
+    ("seed", pa.int64()),
+    ("preset", pa.string()),
+    ("width", pa.float64()),
+    ("epochs", pa.int64()),
+    ("test_accuracy", pa.float64()),  # fraction in [0, 1]
+    ("size_bits", pa.float64()),  # exact size of the weights in bits
+    ("bits_fraction", pa.float64()),  # size_bits / (32 * N0)
+    ("weights_kept_fraction", pa.float64()),  # live weights / N0
+    ("mean_bits", pa.float64()),  # size_bits / live weights
+    ("train_time_s", pa.float64()),  # wall time of training, evaluation included
+    ("device", pa.string()),
+    ("hostname", pa.string()),
+    ("code_version", pa.string()),
+    ("torch_version", pa.string()),
+])
+
+EPOCHS_SCHEMA = pa.schema([
+    ("trial_id", pa.string()),
+    ("epoch", pa.int64()),  # 1-based
+    ("train_loss", pa.float64()),  # mean cross-entropy over the epoch (size term excluded)
+    ("test_accuracy", pa.float64()),
+    ("size_bits", pa.float64()),
+    ("bits_fraction", pa.float64()),
+    ("weights_kept_fraction", pa.float64()),
+    ("mean_bits", pa.float64()),
+    ("channels_kept", pa.int64()),  # live output channels summed over the conv layers
+    ("epoch_time_s", pa.float64()),  # training time of this epoch, evaluation excluded
+    ("time_total_s", pa.float64()),  # wall time since the trial started
+    ("lr", pa.float64()),  # weights' learning rate at the end of the epoch
+])
+
+LAYERS_SCHEMA = pa.schema([
+    ("trial_id", pa.string()),
+    ("layer", pa.string()),
+    ("out_channels_initial", pa.int64()),
+    ("out_channels_final", pa.int64()),
+    ("in_channels_initial", pa.int64()),
+    ("in_channels_final", pa.int64()),
+    ("mean_bits", pa.float64()),  # mean exact bit depth of the live channels
+    ("weights_initial", pa.int64()),
+    ("weights_final", pa.int64()),
+])
+
+SCHEMAS = {TRIALS_FILE: TRIALS_SCHEMA, EPOCHS_FILE: EPOCHS_SCHEMA, LAYERS_FILE: LAYERS_SCHEMA}
+EPOCH_METRICS = tuple(n for n in EPOCHS_SCHEMA.names if n != "trial_id")
+
+
+def code_version() -> str:
+    """``git describe`` of the checkout this code runs from, else the package version."""
+    import subprocess
+
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("scnn")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def to_table(rows: Iterable[Mapping], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts) to a table of exactly ``schema``'s columns; missing keys become null."""
+    rows = list(rows)
+    columns = {name: [row.get(name) for row in rows] for name in schema.names}
+    return pa.Table.from_pydict(columns, schema=schema)
+
+
+def write_atomic(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write ``table`` to ``path`` so that a reader sees the old file or the new one, never half."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results(folder: str | os.PathLike, trials: Iterable[Mapping],
+                  epochs: Iterable[Mapping], layers: Iterable[Mapping]) -> None:
+    """Write trials/epochs/layers Parquet files into ``folder``, each atomically."""
+    for name, rows in ((TRIALS_FILE, trials), (EPOCHS_FILE, epochs), (LAYERS_FILE, layers)):
+        write_atomic(to_table(rows, SCHEMAS[name]), Path(folder) / name)

@@ -1,0 +1,191 @@
+"""Cutting dead channels out of a ResNet9 while it trains, optimizer state included.
+
+A channel is cut only when cutting it changes nothing: its quantized weights are zero for
+good (b+ = 0, or no inputs left) and the constant it still emits, its BatchNorm bias
+through the ReLU, is zero in train and in eval mode. Cutting removes its conv row, b and e,
+its BatchNorm parameters and buffers, and the matching input column of every consumer.
+
+Each slice of a parameter is recorded as a ``Remap``; ``slice_optimizer_state`` then slices
+the optimizers' per-parameter state (momentum, Adam moments) with the same indices, so
+training goes on exactly as if the cut channels had stayed as zeros.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from trainer.model import ConvBlock, Residual, ResNet9
+from trainer.quant import QConv2d, QLinear
+
+
+@dataclass
+class Remap:
+    """Parameter ``old`` was replaced by ``new`` = old.index_select(dim, keep)."""
+
+    old: nn.Parameter
+    new: nn.Parameter
+    dim: int
+    keep: Tensor
+
+
+def _slice_param(module: nn.Module, name: str, dim: int, keep: Tensor,
+                 remaps: list[Remap]) -> None:
+    old = getattr(module, name)
+    new = nn.Parameter(old.detach().index_select(dim, keep).clone(),
+                       requires_grad=old.requires_grad)
+    setattr(module, name, new)
+    remaps.append(Remap(old, new, dim, keep))
+
+
+def _slice_buffer(module: nn.Module, name: str, keep: Tensor) -> None:
+    setattr(module, name, getattr(module, name).index_select(0, keep))
+
+
+def slice_layer_out(layer: QConv2d | QLinear, keep: Tensor, remaps: list[Remap]) -> None:
+    """Keep only rows ``keep`` of a weight layer: weight rows, b, e, out_idx."""
+    _slice_param(layer, "weight", 0, keep, remaps)
+    if layer.quantized:
+        _slice_param(layer, "b", 0, keep, remaps)
+        _slice_param(layer, "e", 0, keep, remaps)
+    _slice_buffer(layer, "out_idx", keep)
+    layer.out_channels = keep.numel() if isinstance(layer, QConv2d) else layer.out_channels
+
+
+def slice_layer_in(layer: QConv2d | QLinear, keep: Tensor, remaps: list[Remap]) -> None:
+    """Keep only input columns ``keep`` of a weight layer: weight columns, in_idx."""
+    _slice_param(layer, "weight", 1, keep, remaps)
+    _slice_buffer(layer, "in_idx", keep)
+    if isinstance(layer, QConv2d):
+        layer.in_channels = keep.numel()
+    else:
+        layer.in_features = keep.numel()
+
+
+def slice_bn(bn: nn.BatchNorm2d, keep: Tensor, remaps: list[Remap]) -> None:
+    """Keep only channels ``keep`` of a BatchNorm: weight, bias, running mean and variance."""
+    _slice_param(bn, "weight", 0, keep, remaps)
+    _slice_param(bn, "bias", 0, keep, remaps)
+    _slice_buffer(bn, "running_mean", keep)
+    _slice_buffer(bn, "running_var", keep)
+    bn.num_features = keep.numel()
+
+
+def slice_optimizer_state(optimizers: list[torch.optim.Optimizer], remaps: list[Remap],
+                          dropped: list[nn.Parameter] = ()) -> None:
+    """Re-key and slice per-parameter state; forget parameters that left the network.
+
+    State tensors shaped like the old parameter are sliced like it; others (Adam's step
+    count) are kept as they are.
+    """
+    for opt in optimizers:
+        for r in remaps:  # in order: a parameter sliced twice is re-keyed twice
+            for group in opt.param_groups:
+                group["params"] = [r.new if p is r.old else p for p in group["params"]]
+            if r.old in opt.state:
+                state = opt.state.pop(r.old)
+                opt.state[r.new] = {
+                    k: v.index_select(r.dim, r.keep)
+                    if torch.is_tensor(v) and v.shape == r.old.shape else v
+                    for k, v in state.items()}
+        gone = {id(p) for p in dropped}
+        for group in opt.param_groups:
+            group["params"] = [p for p in group["params"] if id(p) not in gone]
+        for p in dropped:
+            opt.state.pop(p, None)
+
+
+def _feed(layer: QConv2d | QLinear, space: Tensor, remaps: list[Remap]) -> None:
+    """Make ``layer``'s input columns match the producer's channels ``space`` (a subset)."""
+    if torch.equal(layer.in_idx, space):
+        return
+    keep = torch.searchsorted(layer.in_idx, space)
+    if keep.numel() and (keep.max() >= layer.in_idx.numel()
+                         or not torch.equal(layer.in_idx[keep], space)):
+        raise RuntimeError(f"producer channels {space.tolist()} are not a subset of the "
+                           f"consumer's inputs {layer.in_idx.tolist()}")
+    slice_layer_in(layer, keep, remaps)
+
+
+def relayout(model: ResNet9, remaps: list[Remap]) -> None:
+    """Walk the network and cut every consumer's input columns down to its producer's."""
+    space = torch.arange(3, device=model.head.weight.device)
+
+    def block(b: ConvBlock, space: Tensor) -> Tensor:
+        _feed(b.conv, space, remaps)
+        return b.conv.out_idx
+
+    space = block(model.prep, space)
+    for trunk, res in (("layer1", "res1"), ("layer3", "res3")):
+        if trunk == "layer3":
+            space = block(model.layer2, space)
+        space = block(getattr(model, trunk), space)
+        r: Residual = getattr(model, res)
+        if r.conv1 is not None:
+            block(r.conv2, block(r.conv1, space))
+        r.set_layout(space)
+        space = r.out_idx
+    _feed(model.head, space, remaps)
+
+
+def cuttable(block: ConvBlock) -> Tensor:
+    """Bool (O,): dead channels whose constant output is zero in train and eval mode."""
+    train_c, eval_c = block.constant_outputs()
+    return block.dead() & (train_c == 0) & (eval_c == 0)
+
+
+def cut_dead_channels(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> int:
+    """Cut every channel whose removal leaves the output unchanged; return how many.
+
+    A residual branch whose last conv has no channels left is removed whole (the block
+    becomes the identity); its first conv's channels count as cut.
+    """
+    if not model.quantized:
+        return 0
+    remaps: list[Remap] = []
+    dropped: list[nn.Parameter] = []
+    n_cut = 0
+    with torch.no_grad():
+        blocks = list(model.blocks())
+        masks = [cuttable(b) for _, b in blocks]
+        counts = torch.stack([m.sum() for m in masks]).tolist() if masks else []
+        for (_, b), cut, n in zip(blocks, masks, counts, strict=True):
+            if n:
+                keep = (~cut).nonzero().flatten()
+                slice_layer_out(b.conv, keep, remaps)
+                slice_bn(b.bn, keep, remaps)
+                n_cut += n
+        for r in (model.res1, model.res3):
+            if r.conv1 is not None and r.conv2.conv.weight.shape[0] == 0:
+                n_cut += r.conv1.conv.weight.shape[0]
+                dropped += [*r.conv1.parameters(), *r.conv2.parameters()]
+                r.conv1 = r.conv2 = None
+        if n_cut:
+            relayout(model, remaps)
+    if n_cut:
+        slice_optimizer_state(optimizers, remaps, dropped)
+    return n_cut
+
+
+def apply_layout(model: ResNet9, layout: dict[str, dict[str, list[int]] | None]) -> None:
+    """Shrink a freshly built model to a saved ``ResNet9.layout()`` (before load_state_dict)."""
+    remaps: list[Remap] = []
+    with torch.no_grad():
+        for res in ("res1", "res3"):
+            if layout.get(f"{res}.conv1") is None:
+                r = getattr(model, res)
+                r.conv1 = r.conv2 = None
+        for name, b in list(model.blocks()):
+            rows = torch.tensor(layout[name]["out"], dtype=torch.long,
+                                device=b.conv.weight.device)
+            if not torch.equal(rows, b.conv.out_idx):
+                keep = torch.searchsorted(b.conv.out_idx, rows)
+                slice_layer_out(b.conv, keep, remaps)
+                slice_bn(b.bn, keep, remaps)
+        relayout(model, remaps)
+    mismatch = [n for n, layer in model.quant_layers()
+                if layer.in_idx.tolist() != layout[n]["in"]]
+    if mismatch:
+        raise RuntimeError(f"saved layout is inconsistent: input channels differ in {mismatch}")

@@ -1,0 +1,251 @@
+"""Train one self-compressing ResNet-9: ``python -m trainer.train --gamma 0.05``.
+
+The loop reads top to bottom: forward, loss (CE + gamma * Q + L1 on dead channels'
+constant outputs), backward, step, cut dead channels, report. ``train()`` calls
+``on_epoch(metrics, state)`` after every epoch; ``state.state_dict()`` is a checkpoint
+that ``train(config, resume=...)`` continues from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from trainer import data as D
+from trainer.config import TrainConfig, resolve, widths
+from trainer.model import ResNet9, build_model
+from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
+from trainer.surgery import apply_layout, cut_dead_channels
+
+EpochCallback = Callable[[dict, "TrainState"], None]
+
+
+@dataclass
+class TrainState:
+    """Everything a run needs to continue after a restart."""
+
+    config: TrainConfig
+    model: ResNet9
+    optimizers: list[torch.optim.Optimizer]
+    gen: torch.Generator  # data order and augmentation
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimizer steps taken
+    time_total_s: float = 0.0  # wall time spent in earlier epochs (across restarts)
+    history: list[dict] = field(default_factory=list)  # per-epoch metrics so far
+
+    def state_dict(self) -> dict:
+        """A checkpoint: config, live-channel layout, weights, optimizer and RNG state."""
+        return {"config": dataclasses.asdict(self.config), "layout": self.model.layout(),
+                "model": self.model.state_dict(),
+                "optimizers": [o.state_dict() for o in self.optimizers],
+                "gen": self.gen.get_state(), "torch_rng": torch.get_rng_state(),
+                "epoch": self.epoch, "step": self.step, "time_total_s": self.time_total_s,
+                "history": list(self.history)}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def load_data(config: TrainConfig, device: torch.device) -> D.DeviceData:
+    if config.dataset == "synthetic":
+        arrays = D.make_synthetic(config.synthetic_size, config.seed)
+    else:
+        arrays = D.load_cifar10(config.data_dir)
+    return D.to_device(arrays, device, config.train_subset or 0, config.test_subset or 0)
+
+
+def make_optimizers(model: ResNet9, config: TrainConfig) -> list[torch.optim.Optimizer]:
+    """SGD Nesterov for weights and BatchNorm (Page's recipe); Adam for b and e, no decay."""
+    quant = [p for n, p in model.named_parameters() if n.endswith((".b", ".e"))]
+    quant_ids = {id(p) for p in quant}
+    weights = [p for p in model.parameters() if id(p) not in quant_ids]
+    opts: list[torch.optim.Optimizer] = [torch.optim.SGD(
+        weights, lr=config.lr, momentum=config.momentum, nesterov=True,
+        weight_decay=config.weight_decay)]
+    if quant:
+        opts.append(torch.optim.Adam([{"params": quant, "weight_decay": 0.0}],
+                                     lr=config.lr_quant))
+    return opts
+
+
+def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
+    """Piecewise linear: 0 -> 1 over the warm-up, then 1 -> 0 at the last step."""
+    peak = max(warmup_fraction * total, 1.0)
+    if step < peak:
+        return step / peak
+    return max(0.0, (total - step) / max(total - peak, 1.0))
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], config: TrainConfig, factor: float) -> float:
+    for opt, peak in zip(optimizers, (config.lr, config.lr_quant), strict=False):
+        for group in opt.param_groups:
+            group["lr"] = peak * factor
+    return config.lr * factor
+
+
+@torch.no_grad()
+def evaluate(model: ResNet9, data: D.DeviceData, autocast, channels_last: bool) -> float:
+    """Test accuracy (fraction correct), eval mode."""
+    model.eval()
+    correct = torch.zeros((), device=data.y_test.device)
+    for x, y in D.test_batches(data, channels_last=channels_last):
+        with autocast():
+            correct += (model(x).argmax(1) == y).sum()
+    model.train()
+    return float(correct) / data.y_test.numel()
+
+
+def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.DeviceData]:
+    """Build data, model and optimizers for ``config``, restored from ``resume`` if given."""
+    device = pick_device(config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if device.type == "cpu":
+        # As the lr decays, tiny updates leave denormal floats that slowed a CPU epoch 3x.
+        torch.set_flush_denormal(True)
+    torch.manual_seed(config.seed)
+    data = load_data(config, device)
+    model = build_model(widths(config.width, config.kind), quantized=config.kind == "compress",
+                        init_bits=config.init_bits).to(device)
+    if resume is not None:
+        apply_layout(model, resume["layout"])
+        model.load_state_dict(resume["model"])
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(config.seed)
+    state = TrainState(config, model, make_optimizers(model, config), gen)
+    if resume is not None:
+        for opt, saved in zip(state.optimizers, resume["optimizers"], strict=True):
+            opt.load_state_dict(saved)
+        gen.set_state(resume["gen"])
+        torch.set_rng_state(resume["torch_rng"])
+        state.epoch, state.step = resume["epoch"], resume["step"]
+        state.time_total_s, state.history = resume["time_total_s"], list(resume["history"])
+    return state, data
+
+
+def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
+          resume: dict | None = None, verbose: bool = True) -> dict:
+    """Train one network; return the final metrics, per-epoch history and per-layer rows."""
+    config = resolve(config)
+    state, data = setup(config, resume)
+    model, opts, c = state.model, state.optimizers, config
+    cuda = next(model.parameters()).device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (
+        lambda: torch.autocast("cpu", enabled=False))
+    steps_per_epoch = max(data.n_train // c.batch_size, 1)
+    total_steps = steps_per_epoch * c.epochs
+    if verbose and state.epoch == 0:
+        print(describe(config, model, data))
+    if verbose:
+        print(table_header(), flush=True)
+    started = time.perf_counter() - state.time_total_s
+    lr = 0.0
+    for epoch in range(state.epoch + 1, c.epochs + 1):
+        epoch_start = time.perf_counter()
+        progress = Progress(steps_per_epoch) if verbose else None
+        loss_sum = torch.zeros((), device=data.y_train.device)
+        batches = D.train_batches(data, c.batch_size, state.gen, c.cutout, channels_last=cuda)
+        for i, (x, y) in enumerate(batches, start=1):
+            lr = set_lr(opts, c, lr_factor(state.step, total_steps, c.warmup_fraction))
+            with autocast():
+                logits = model(x)
+            ce = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
+            loss = ce
+            if model.quantized:
+                loss = ce + c.gamma * model.size().q + c.dead_l1 * model.dead_penalty()
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+            loss.backward()
+            for opt in opts:
+                opt.step()
+            loss_sum += ce.detach()
+            state.step += 1
+            if state.step % c.cut_every == 0:
+                cut_dead_channels(model, opts)
+            if progress:
+                progress.update(i, epoch)
+        cut_dead_channels(model, opts)
+        if cuda:
+            torch.cuda.synchronize()
+        epoch_time = time.perf_counter() - epoch_start
+        if progress:
+            progress.close()
+        metrics = {"epoch": epoch, "train_loss": float(loss_sum) / steps_per_epoch,
+                   "test_accuracy": evaluate(model, data, autocast, cuda), **size_metrics(model)}
+        per_layer = channels(model)
+        metrics.update(channels_kept=sum(per_layer.values()), epoch_time_s=epoch_time,
+                       time_total_s=time.perf_counter() - started, lr=lr, channels=per_layer)
+        state.epoch, state.time_total_s = epoch, metrics["time_total_s"]
+        state.history.append(metrics)
+        if verbose:
+            print(table_row(metrics), flush=True)
+        if on_epoch is not None:
+            on_epoch(metrics, state)
+    return summarize(state, data)
+
+
+def summarize(state: TrainState, data: D.DeviceData) -> dict:
+    """The trial-level result: final metrics, history, layer rows and provenance."""
+    from trainer.results import code_version
+
+    model = state.model
+    last = state.history[-1] if state.history else {}
+    device = next(model.parameters()).device
+    return {
+        "kind": state.config.kind, "gamma": state.config.gamma, "seed": state.config.seed,
+        "preset": state.config.preset, "width": state.config.width,
+        "epochs": state.config.epochs, "test_accuracy": last.get("test_accuracy"),
+        **size_metrics(model), "train_time_s": state.time_total_s,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "hostname": socket.gethostname(), "code_version": code_version(),
+        "torch_version": torch.__version__, "history": state.history,
+        "layers": layer_rows(model), "n_train": data.n_train,
+    }
+
+
+def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
+    """One line saying what is about to be trained."""
+    dev = next(model.parameters()).device
+    return (f"scnn: {config.kind} ResNet-9 {'-'.join(map(str, model.widths))} "
+            f"(preset {config.preset}, {model.n0:,} weights) gamma={config.gamma:g} "
+            f"seed={config.seed} on {dev} [{torch.get_num_threads()} threads], "
+            f"{data.n_train:,} train / {data.y_test.numel():,} test images, "
+            f"{config.epochs} epochs of {max(data.n_train // config.batch_size, 1)} steps")
+
+
+def save_model(path: str | os.PathLike, state: TrainState) -> None:
+    """An export that rebuilds the shrunken network: config, layout and weights."""
+    torch.save({"config": dataclasses.asdict(state.config), "layout": state.model.layout(),
+                "model": state.model.state_dict()}, path)
+
+
+def load_model(path: str | os.PathLike, map_location: str = "cpu") -> ResNet9:
+    """Rebuild a network saved by ``save_model`` (or a checkpoint) with its live channels."""
+    saved = torch.load(path, map_location=map_location, weights_only=False)
+    config = TrainConfig(**saved["config"])
+    model = build_model(widths(config.width, config.kind), quantized=config.kind == "compress",
+                        init_bits=config.init_bits)
+    apply_layout(model, saved["layout"])
+    model.load_state_dict(saved["model"])
+    return model.eval()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from trainer.cli import run
+
+    run(argv)
+
+
+if __name__ == "__main__":
+    main()
