@@ -6,6 +6,7 @@ The metric names are those of DESIGN.md §1 and of the Parquet schemas in
 
 from __future__ import annotations
 
+import math
 import sys
 
 import torch
@@ -43,7 +44,7 @@ def layer_rows(model: ResNet9) -> list[dict]:
     rows = []
     for name in LAYER_NAMES:
         o0, i0, *kernel = model.initial_shapes[name]
-        per_in = int(torch.tensor(kernel).prod()) if kernel else 1
+        per_in = math.prod(kernel)  # k*k for a conv, 1 for the head
         out_f = in_f = 0
         mean_bits = 0.0
         if name in present:

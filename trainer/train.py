@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import data as D
-from trainer.config import TrainConfig, resolve, widths
+from trainer.config import ConfigError, TrainConfig, resolve, widths
 from trainer.model import ResNet9, build_model
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
@@ -51,9 +51,17 @@ class TrainState:
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` is the first GPU when there is one, else the CPU."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device: use auto, cpu, cuda or cuda:N") \
+            from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA GPU is visible here; use --device cpu")
+    return device
 
 
 def load_data(config: TrainConfig, device: torch.device) -> D.DeviceData:

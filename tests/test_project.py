@@ -1,0 +1,34 @@
+"""Project files agree with each other, and the packages keep to their boundaries."""
+
+import subprocess
+import sys
+import tomllib
+
+import yaml
+
+from tests.conftest import REPO
+
+
+def test_environment_yml_asks_for_exactly_what_pyproject_asks_for():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["dev"])
+    env = yaml.safe_load((REPO / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    listed = {req for req in pip_section if not req.startswith("-e")}
+    assert listed == wanted
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    assert python.split("=")[1] >= project["requires-python"].lstrip(">=")
+
+
+def test_trainer_does_not_import_ray():
+    code = ("import sys, trainer.train, trainer.cli, trainer.surgery; "
+            "assert 'ray' not in sys.modules, 'trainer imported ray'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_ci_runs_the_readme_setup_and_test_commands():
+    readme = (REPO / "README.md").read_text()
+    ci = (REPO / ".ci" / "run").read_text()
+    for command in ("pip install -e '.[dev]'", "python -m pytest -q"):
+        assert command in readme, f"README lost {command!r}"
+    assert "pip install" in ci and "-e '.[dev]'" in ci and "python -m pytest -q" in ci

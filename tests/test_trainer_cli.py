@@ -1,0 +1,61 @@
+"""The trainer's command line: bad input is one line and exit 2; a good run writes Parquet."""
+
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "trainer.train", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--gamma", "-1"], "--gamma must be"),
+    (["--epochs", "0"], "--epochs must be at least 1"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--data-dir", "/nonexistent/cifar"], "does not hold CIFAR-10"),
+    (["--gamma", "abc"], "invalid float value"),
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+])
+def test_bad_input_exits_2_with_one_line(args, says, tmp_path):
+    out = run_cli(*args, "--out", str(tmp_path / "out"))
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert says in lines[0] and "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_a_data_dir_without_cifar10_is_rejected_even_when_it_exists(tmp_path):
+    (tmp_path / "cifar-10-batches-py").mkdir()
+    out = run_cli("--data-dir", str(tmp_path))
+    assert out.returncode == 2 and "does not hold CIFAR-10" in out.stderr
+
+
+def test_help_explains_the_method_and_the_presets():
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for needle in ("gamma", "--preset", "smoke", "--data-dir", "--float-baseline", "examples"):
+        assert needle in out.stdout
+
+
+def test_a_smoke_run_writes_the_three_parquet_files_and_a_model(tmp_path):
+    out = run_cli("--preset", "smoke", "--dataset", "synthetic", "--epochs", "2",
+                  "--out", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "test accuracy" in out.stdout and "epoch" in out.stdout
+    trials = pq.read_table(tmp_path / "trials.parquet").to_pylist()
+    epochs = pq.read_table(tmp_path / "epochs.parquet").to_pylist()
+    layers = pq.read_table(tmp_path / "layers.parquet").to_pylist()
+    assert len(trials) == 1 and trials[0]["status"] == "TERMINATED"
+    assert trials[0]["preset"] == "smoke" and trials[0]["kind"] == "compress"
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert all(e["trial_id"] == trials[0]["trial_id"] for e in epochs + layers)
+    assert {row["layer"] for row in layers} >= {"prep", "layer1", "res1.conv1", "head"}
+    assert 0 < trials[0]["bits_fraction"] <= 1
+    assert (tmp_path / "model.pt").stat().st_size > 1000
