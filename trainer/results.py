@@ -105,6 +105,9 @@ def write_atomic(table: pa.Table, path: str | os.PathLike) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp made it 0600; results are for everyone
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

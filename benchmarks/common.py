@@ -1,0 +1,84 @@
+"""Shared by the benchmarks: interleaved timing, FLOP counts, and the JSON they print."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+
+from trainer.config import TrainConfig, resolve, widths
+from trainer.model import ResNet9, build_model
+from trainer.results import code_version
+from trainer.train import make_optimizers
+
+# Output side of each conv for a 32x32 input (convs run before their pool).
+SPATIAL = {"prep": 32, "layer1": 32, "res1.conv1": 16, "res1.conv2": 16, "layer2": 16,
+           "layer3": 8, "res3.conv1": 4, "res3.conv2": 4}
+
+
+def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 1) -> dict:
+    """Time each function ``reps`` times, alternating between them; median seconds each."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def conv_macs(model: ResNet9) -> int:
+    """Multiply-accumulates of one forward pass on one 32x32 image, as the network is now."""
+    total = 0
+    for name, layer in model.quant_layers():
+        if name == "head":
+            total += layer.weight.numel()
+        else:
+            total += SPATIAL[name] ** 2 * layer.weight.numel()
+    return total
+
+
+def model_for(preset: str, kind: str = "compress", seed: int = 0, **overrides) -> ResNet9:
+    config = resolve(TrainConfig(preset=preset, kind=kind, **overrides), has_gpu=False)
+    torch.manual_seed(seed)
+    return build_model(widths(config.width, kind), quantized=kind == "compress",
+                       init_bits=config.init_bits)
+
+
+def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float = 0.01,
+                  config: TrainConfig | None = None) -> Callable[[], None]:
+    """One full training step (forward, loss with the size term, backward, both optimizers)."""
+    config = config or resolve(TrainConfig(preset="cpu"), has_gpu=False)
+    opts = make_optimizers(model, config)
+    model.train()
+
+    def step() -> None:
+        loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
+        if model.quantized:
+            loss = loss + gamma * model.size().q + config.dead_l1 * model.dead_penalty()
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        loss.backward()
+        for o in opts:
+            o.step()
+    return step
+
+
+def machine() -> dict:
+    return {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "device": "cpu", "code_version": code_version()}
+
+
+def emit(name: str, figures: dict) -> None:
+    """Print the benchmark's one JSON object (``ratio`` first: the headline)."""
+    print(json.dumps({"benchmark": name, **figures, **machine()}, indent=None))

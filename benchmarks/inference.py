@@ -1,0 +1,44 @@
+"""Inference of a compressed network (channels physically cut) vs the uncompressed one.
+
+Trains a network with a strong γ on synthetic data until channels are cut, then times
+evaluation (eval mode, no grad) of it and of the same architecture uncompressed,
+interleaved. ``ratio`` = compressed time / uncompressed time (below 1 is faster).
+
+    python -m benchmarks.inference [--reps 9] [--batch 1000]
+"""
+
+import argparse
+
+import torch
+
+from benchmarks.common import conv_macs, emit, interleaved, model_for
+from benchmarks.shrink import compressed_model
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--batch", type=int, default=1000)
+    args = p.parse_args()
+    small, result = compressed_model()
+    full = model_for("cpu", width=small.widths[0] / 64)
+    x = torch.randn(args.batch, 3, 32, 32)
+    small.eval(), full.eval()
+
+    def infer(model):
+        def run():
+            with torch.no_grad():
+                model(x)
+        return run
+
+    t = interleaved({"compressed": infer(small), "full": infer(full)}, args.reps)
+    emit("inference", {"ratio": round(t["compressed"] / t["full"], 3),
+                       "compressed_images_per_s": round(args.batch / t["compressed"]),
+                       "full_images_per_s": round(args.batch / t["full"]),
+                       "macs_ratio": round(conv_macs(small) / conv_macs(full), 3),
+                       "weights_kept_fraction": round(result["weights_kept_fraction"], 3),
+                       "batch": args.batch, "reps": args.reps})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Command line of ``python -m sweep.run``: flags to a SweepConfig, plus which were given."""
+
+from __future__ import annotations
+
+import argparse
+
+from sweep.config import GAMMA_MAX, GAMMA_MIN, SweepConfig
+from trainer.cli import OneLineParser, fail
+from trainer.config import DATASETS, PRESET_NAMES
+
+PROG = "scnn sweep"
+
+HELP = """\
+Sweep the compression factor gamma of self-compressing ResNet-9s on a Ray cluster.
+
+Every trial trains one network with loss CE + gamma * Q (Q = size in bits per original
+weight); gamma is drawn log-uniformly between --gamma-min and --gamma-max, so the sweep
+traces accuracy against size. A float baseline and a floor trial (one channel per layer)
+run too, for reference. Without --address the sweep starts a Ray cluster on this machine
+and prints its dashboard's address. Results go to RESULTS_DIR/NAME/ as trials.parquet,
+epochs.parquet and layers.parquet, rewritten while the sweep runs; draw them with
+`python -m analysis.plots`. A stopped or killed sweep continues with --resume.
+
+examples:
+  python -m sweep.run --preset smoke --dataset synthetic --num-samples 4   # a first look
+  python -m sweep.run --num-samples 64 --data-dir ../shared/data           # a real sweep
+  python -m sweep.run --address 10.0.0.1:6379 --data-dir /shared/cifar     # on a cluster
+  python -m sweep.run --resume --name sweep-20250101-120000                # after a kill
+"""
+
+
+class SweepParser(OneLineParser):
+    """One line and exit 2 on a bad flag, under the sweep's name."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        fail(f"{message} (see --help)", prog=PROG)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = SweepParser(prog="python -m sweep.run", description=HELP,
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      argument_default=argparse.SUPPRESS)  # only given flags reach the config
+    d = SweepConfig()
+    search = p.add_argument_group("what to sweep")
+    search.add_argument("--num-samples", type=int, metavar="N",
+                        help=f"gamma values to try (default {d.num_samples})")
+    search.add_argument("--gamma-min", type=float, metavar="G",
+                        help=f"smallest gamma, about the float accuracy (default {GAMMA_MIN:g})")
+    search.add_argument("--gamma-max", type=float, metavar="G",
+                        help=f"largest gamma, heavy compression (default {GAMMA_MAX:g})")
+    search.add_argument("--seed", type=int, help="the same seed draws the same gammas and "
+                        f"trains with the same initial weights (default {d.seed})")
+    search.add_argument("--no-references", dest="references", action="store_false",
+                        help="skip the float-baseline and floor reference trials")
+    train = p.add_argument_group("each trial (as in python -m trainer.train)")
+    train.add_argument("--preset", metavar="{" + ",".join(PRESET_NAMES) + "}",
+                       help="paper (GPU), cpu (laptop), smoke (seconds); auto = paper when "
+                       "the cluster has GPUs, else cpu (default auto)")
+    train.add_argument("--epochs", type=int, help="epochs per trial (default: the preset's)")
+    train.add_argument("--width", type=float,
+                       help="channel multiplier, 1.0 = 64-128-256-512 (default: the preset's)")
+    train.add_argument("--dataset", metavar="{" + ",".join(DATASETS) + "}",
+                       help="cifar10, or synthetic: a small generated set (default cifar10)")
+    train.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, on every node; "
+                       "default: download once per machine into ~/.cache/scnn")
+    run = p.add_argument_group("where and how it runs")
+    run.add_argument("--address", help="attach to a running cluster (`ray start --head` "
+                     "prints it; default $RAY_ADDRESS, else start a local cluster)")
+    run.add_argument("--gpus-per-trial", type=float, metavar="G",
+                     help="GPUs per trial; 0.25 packs four trials on a GPU (default: 0.25 "
+                     "when the cluster has GPUs, else 0)")
+    run.add_argument("--cpus-per-trial", type=float, metavar="C",
+                     help="CPUs (torch threads) per trial (default: 1 on CPUs; on GPUs the "
+                     "CPUs shared out among the GPU trials, at most 4)")
+    run.add_argument("--max-concurrent", type=int, metavar="N",
+                     help="trials running at once (default: as many as fit)")
+    run.add_argument("--max-failures", type=int, metavar="N", help="retries of a trial that "
+                     f"fails, from its last checkpoint (default {d.max_failures})")
+    run.add_argument("--fail-gamma-above", type=float, help=argparse.SUPPRESS)  # tests only
+    out = p.add_argument_group("results")
+    out.add_argument("--results-dir", metavar="DIR",
+                     help=f"parent folder of the sweep folders (default {d.results_dir}/)")
+    out.add_argument("--name", help="sweep folder name (default sweep-<date>-<time>)")
+    out.add_argument("--resume", action="store_true", help="continue the sweep --name (default:"
+                     " the newest in --results-dir) after a stop or kill, with its settings")
+    return p
+
+
+def parse(argv: list[str] | None = None) -> tuple[SweepConfig, frozenset[str]]:
+    """The SweepConfig of the command line, and the names of the fields it set."""
+    given = vars(parser().parse_args(argv))
+    return SweepConfig(**given), frozenset(given)

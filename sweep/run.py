@@ -1,0 +1,170 @@
+"""Sweep gamma on Ray Tune: ``python -m sweep.run --num-samples 64``.
+
+Checks the command line before any Ray process starts, connects to a cluster, runs (or
+resumes) the Tune experiment with the Parquet callback, and ends with the Pareto-optimal
+trials and the paths of the results. Exit status: 0 when the sweep finished (failed trials
+included, recorded), 1 when nothing could run, 2 for bad input, 130 when it was stopped
+(Ctrl-C or SIGTERM) and can be resumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+
+from sweep import config as sweep_config
+from sweep.cli import PROG, parse
+from sweep.cluster import connect, dashboard_message, first_line, trial_resources
+from sweep.config import SweepConfig, base_train_config, prepare
+from trainer.cli import fail
+from trainer.config import ConfigError, TrainConfig, resolve
+from trainer.data import DataError
+from trainer.results import LAYERS_FILE, TRIALS_FILE
+
+STOPPED = 130  # exit status of a sweep stopped by a signal: resume it
+TUNE_ENV = {
+    # JSON and CSV loggers are passed explicitly (the ResultGrid needs them); no TensorBoard.
+    "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
+    # Keeping one checkpoint per trial makes Tune snapshot its state after every report,
+    # which is what a resume wants; don't warn about it.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    config, given = parse(argv)
+    try:
+        config = prepare(config, given)
+    except (ConfigError, DataError) as err:
+        fail(str(err), prog=PROG)
+    raise SystemExit(run(config))
+
+
+def run(c: SweepConfig) -> int:
+    """Run the sweep ``c`` (already prepared) to its end; return the exit status."""
+    import ray
+
+    for key, value in TUNE_ENV.items():
+        os.environ.setdefault(key, value)
+    # The reference points set kind and gamma outside the sampled domain, on purpose; and
+    # trials not started yet have no results to fetch when a stopped sweep ends.
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    try:
+        cluster = connect(c.address)
+    except ConfigError as err:
+        fail(str(err), prog=PROG)
+    except Exception as err:  # Ray could not start here: nothing can run
+        print(f"{PROG}: error: could not start Ray ({first_line(err)})", file=sys.stderr)
+        return 1
+    try:
+        c, train = settle(c)
+        print(dashboard_message(cluster), flush=True)
+        sweep_config.save(c)
+        tuner = make_tuner(c, train)
+        forward_sigterm()
+        tuner.fit()
+    except ConfigError as err:
+        fail(str(err), prog=PROG)
+    except KeyboardInterrupt:  # before Tune took over Ctrl-C
+        return stopped(c)
+    finally:
+        ray.shutdown()
+    return finish(c)
+
+
+def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
+    """Fix what depends on the cluster: resources per trial and the preset's values."""
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
+    cpus, gpus = trial_resources(c, ray.cluster_resources(), nodes)
+    train = resolve(base_train_config(c), has_gpu=gpus > 0)
+    if c.preset == "auto":
+        print(f"{PROG}: --preset auto chose {train.preset!r} "
+              f"({'trials get GPUs' if gpus else 'no GPU per trial'})")
+    c = c.replace(cpus_per_trial=cpus, gpus_per_trial=gpus, preset=train.preset,
+                  epochs=train.epochs, width=train.width)
+    print(f"{PROG}: {c.num_samples} gammas in [{c.gamma_min:g}, {c.gamma_max:g}] (seed "
+          f"{c.seed}){' + float-baseline + floor' if c.references else ''}; preset "
+          f"{c.preset}, {c.epochs} epochs; {cpus:g} CPUs and {gpus:g} GPUs per trial; "
+          f"results in {c.folder}", flush=True)
+    return c, train
+
+
+def make_tuner(c: SweepConfig, train: TrainConfig):
+    """A new Tuner, or the stopped one restored when --resume finds Tune's state."""
+    from ray import tune
+    from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
+
+    from sweep.space import param_space, searcher
+    from sweep.store import ParquetCallback
+    from sweep.trainable import run_trial
+
+    trainable = tune.with_resources(run_trial, {"cpu": c.cpus_per_trial,
+                                                "gpu": c.gpus_per_trial})
+    space = param_space(c, train)
+    # Tune's state exists only after its first snapshot; a sweep killed before that starts
+    # over in its folder, and its trials pick up their checkpoints from the disk.
+    if c.resume and tune.Tuner.can_restore(str(c.folder)) and any(
+            c.folder.glob("experiment_state-*.json")):
+        print(f"{PROG}: resuming {c.folder}", flush=True)
+        return tune.Tuner.restore(str(c.folder), trainable, resume_errored=True,
+                                  param_space=space)
+    callbacks = [ParquetCallback(str(c.folder), str(c.name)), JsonLoggerCallback(),
+                 CSVLoggerCallback()]
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(num_samples=c.num_trials, search_alg=searcher(c)),
+        run_config=tune.RunConfig(
+            name=c.name, storage_path=c.results_dir, callbacks=callbacks, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=c.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
+
+
+def forward_sigterm() -> None:
+    """SIGTERM stops like Ctrl-C: Tune saves its state (Ray's own handler would abort)."""
+    def handler(signum, frame):
+        sigint = signal.getsignal(signal.SIGINT)
+        if callable(sigint):
+            sigint(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def stopped(c: SweepConfig) -> int:
+    print(f"{PROG}: stopped; its state is saved. Continue it with:\n"
+          f"  python -m sweep.run --resume --name {c.name} --results-dir {c.results_dir}",
+          file=sys.stderr)
+    return STOPPED
+
+
+def finish(c: SweepConfig) -> int:
+    """Print the Pareto table and the result paths; the exit status of the sweep."""
+    import pandas as pd
+
+    from analysis.pareto import pareto_table, to_markdown
+
+    path = c.folder / TRIALS_FILE
+    trials = pd.read_parquet(path) if path.exists() else pd.DataFrame({"status": []})
+    done = int((trials["status"] == "TERMINATED").sum())
+    failed = int((trials["status"] == "ERROR").sum())
+    if done + failed < c.num_trials:
+        print(f"{PROG}: {done + failed} of {c.num_trials} trials ended.", file=sys.stderr)
+        return stopped(c)
+    print(f"\n{PROG}: {done} trials finished, {failed} failed "
+          f"(their errors are in {TRIALS_FILE}, column error).")
+    if done:
+        print("Pareto-optimal trials (size against accuracy):\n")
+        print(to_markdown(pareto_table(trials)))
+    print(f"results: {c.folder}/{{{TRIALS_FILE}, epochs.parquet, {LAYERS_FILE}}}\n"
+          f"plots:   python -m analysis.plots --results {c.folder}")
+    return 0 if done else 1
+
+
+if __name__ == "__main__":
+    main()

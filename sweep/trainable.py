@@ -1,0 +1,140 @@
+"""The Ray Tune trainable: one trial is one ``trainer.train()`` run, reported per epoch.
+
+Every epoch goes to Tune with a checkpoint: the trainer's full state (weights with their
+live-channel layout, optimizer and RNG state) and a small ``meta.json`` naming the trial and
+the epoch. A trial that starts again (a retry, a resumed sweep, or a trial Tune re-creates
+because its last snapshot predates it) continues from the latest checkpoint of the same
+trial: Tune's own, or a newer one on disk that Tune's snapshot forgot. Once training is
+complete the trial reports one summary, with the epoch history and the per-layer rows that
+the driver writes to Parquet; a trial found already complete only reports that summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from sweep.space import train_config, trial_key
+
+STATE_FILE, META_FILE = "state.pt", "meta.json"
+# Ray's live table shows the first four scalar metrics of a report, so these come first.
+KEY_METRICS = ("epoch", "test_accuracy", "bits_fraction", "weights_kept_fraction")
+
+
+def run_trial(config: dict) -> None:
+    """Tune function trainable: train one network, resuming from its latest checkpoint."""
+    import torch
+    from ray import tune
+
+    from trainer.train import train
+
+    # Ray logs a line per checkpoint and trial; the trial folders list them anyway.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    threads = assigned_cpus()
+    torch.set_num_threads(threads)
+    device = claim_device()
+    fail_if_asked(config)
+    key = trial_key(config)
+    resume = load_latest(checkpoint_dirs(), key)
+
+    def on_epoch(metrics: dict, state) -> None:
+        report_epoch(metrics, state, key)
+
+    result = train(train_config(config, device, threads), on_epoch=on_epoch, resume=resume,
+                   verbose=False)
+    tune.report(summary_report(result))
+
+
+def assigned_cpus() -> int:
+    """The CPUs Ray gave this trial, as a torch thread count (at least 1)."""
+    import ray
+
+    return max(1, int(ray.get_runtime_context().get_assigned_resources().get("CPU", 1)))
+
+
+def claim_device() -> str:
+    """``cuda`` when Ray assigned this trial a GPU (share), else ``cpu``.
+
+    Ray sets CUDA_VISIBLE_DEVICES to the assigned GPU, but trials without a GPU may still
+    see every GPU, so the device comes from Ray's assignment, not torch.cuda.is_available().
+    A fractional share is only logical in Ray: cap this process's memory to it.
+    """
+    import ray
+    import torch
+
+    if not ray.get_gpu_ids():
+        return "cpu"
+    share = ray.get_runtime_context().get_assigned_resources().get("GPU", 1.0)
+    if share < 1:
+        torch.cuda.set_per_process_memory_fraction(share, 0)
+    return "cuda"
+
+
+def fail_if_asked(config: dict) -> None:
+    """Test only (hidden --fail-gamma-above): make a trial raise, to test retries and errors."""
+    limit = config.get("fail_gamma_above")
+    if limit is not None and float(config["gamma"]) > limit:
+        raise RuntimeError(f"test failure: gamma {config['gamma']:.4g} is above "
+                           f"--fail-gamma-above {limit:g}")
+
+
+def report_epoch(metrics: dict, state, key: dict) -> None:
+    """Report one epoch's metrics to Tune with a checkpoint of the whole training state."""
+    import torch
+    from ray import tune
+
+    report = {**{k: metrics[k] for k in KEY_METRICS}, **metrics,
+              "gamma": key["gamma"], "kind": key["kind"]}
+    with tempfile.TemporaryDirectory() as folder:
+        torch.save(state.state_dict(), os.path.join(folder, STATE_FILE))
+        meta = {"epoch": metrics["epoch"], "trial": key}
+        Path(folder, META_FILE).write_text(json.dumps(meta))
+        # report() copies the folder into the trial's storage before it returns.
+        tune.report(report, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def summary_report(result: dict) -> dict:
+    """The trainer's trial-level result, key metrics first; ``layers`` marks it as the last."""
+    last = result["history"][-1]
+    return {**{k: last[k] for k in KEY_METRICS}, **result}
+
+
+def checkpoint_dirs() -> list[Path]:
+    """Tune's latest checkpoint of this trial first, then every checkpoint of the sweep."""
+    from ray import tune
+
+    dirs = []
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        dirs.append(Path(checkpoint.path))
+    experiment = Path(tune.get_context().get_storage().experiment_fs_path)
+    return dirs + sorted(experiment.glob("*/checkpoint_*"))
+
+
+def latest(dirs: Iterable[Path], key: dict) -> list[tuple[int, Path]]:
+    """``(epoch, dir)`` of the checkpoints of the trial ``key``, latest first (ties: first)."""
+    found = []
+    for order, folder in enumerate(dirs):
+        try:
+            meta = json.loads((folder / META_FILE).read_text())
+        except (OSError, ValueError):
+            continue  # not ours, being written, or deleted by Tune's num_to_keep meanwhile
+        if meta.get("trial") == key:
+            found.append((-int(meta["epoch"]), order, folder))
+    return [(-neg_epoch, folder) for neg_epoch, _, folder in sorted(found)]
+
+
+def load_latest(dirs: Iterable[Path], key: dict) -> dict | None:
+    """The latest readable checkpoint of the trial ``key`` as the trainer's state dict."""
+    import torch
+
+    for _, folder in latest(dirs, key):
+        try:
+            return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
+        except Exception:  # missing, or cut short by a kill while Tune copied it
+            continue  # Tune deletes the one before only once this one is complete
+    return None

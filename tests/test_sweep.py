@@ -1,0 +1,390 @@
+"""sweep: bad input, the Parquet records, checkpoint choice; and real Ray sweeps.
+
+The tests marked ``ray`` start real Ray clusters (two CPUs, synthetic data, smoke trials)
+in subprocesses, each with its own HOME (so Ray's token lives there) and its own Ray temp
+folder; afterwards every process that carries that folder in its environment is killed,
+so no Ray process of a test outlives it and nobody else's Ray is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sweep import config as sweep_config
+from sweep.cluster import trial_resources
+from sweep.config import GAMMA_MAX, GAMMA_MIN, SweepConfig
+from sweep.run import main
+from sweep.store import epoch_rows, layer_rows, new_record, trial_row
+from sweep.trainable import META_FILE, latest
+from trainer.config import ConfigError
+from trainer.results import EPOCHS_FILE, LAYERS_FILE, TRIALS_FILE
+
+SMOKE = ["--preset", "smoke", "--dataset", "synthetic", "--epochs", "2"]
+N_LAYERS = 9  # rows per trial in layers.parquet
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- bad input: one line, exit 2, nothing written -------------------------------------------
+
+@pytest.mark.parametrize("args, says", [
+    (["--num-samples", "0"], "--num-samples must be at least 1"),
+    (["--gamma-min", "0"], "--gamma-min must be > 0"),
+    (["--gamma-min", "0.1", "--gamma-max", "0.01"], "must be above --gamma-min"),
+    (["--resume", "--name", "nope"], "no sweep named 'nope'"),
+    (["--resume"], "no sweep to resume"),
+    (["--address", f"127.0.0.1:{free_port()}"], "no Ray cluster answers at 127.0.0.1:"),
+    (["--address", "nonsense"], "is not host:port"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--num-samples", "many"], "invalid int value"),
+    (["--name", "a/b"], "--name must be a plain folder name"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, says):
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--dataset", "synthetic", "--results-dir", str(results)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert says in err and err.startswith("scnn sweep: error:")
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not results.exists()
+
+
+def test_a_data_dir_without_cifar10_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--data-dir", str(tmp_path), "--results-dir", str(tmp_path / "results")])
+    assert stop.value.code == 2
+    assert "does not hold CIFAR-10" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_resume_keeps_the_saved_search_and_refuses_to_change_it(tmp_path, capsys):
+    saved = SweepConfig(num_samples=3, dataset="synthetic", results_dir=str(tmp_path),
+                        name="old")
+    sweep_config.save(saved)
+    with pytest.raises(SystemExit) as stop:
+        main(["--resume", "--name", "old", "--results-dir", str(tmp_path), "--num-samples", "5"])
+    assert stop.value.code == 2
+    assert "--num-samples 3" in capsys.readouterr().err
+    resumed = sweep_config.prepare(SweepConfig(resume=True, results_dir=str(tmp_path)))
+    assert (resumed.name, resumed.num_samples, resumed.dataset) == ("old", 3, "synthetic")
+    with pytest.raises(ConfigError, match="already exists"):
+        sweep_config.prepare(SweepConfig(name="old", results_dir=str(tmp_path)))
+
+
+def test_help_explains_the_sweep(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert stop.value.code == 0
+    for words in ("--num-samples", "--resume", "--address", "log-uniformly", "dashboard"):
+        assert words in text
+    assert "--fail-gamma-above" not in text
+
+
+# --- pure parts ------------------------------------------------------------------------------
+
+def epoch(n: int, acc: float) -> dict:
+    return {"epoch": n, "train_loss": 1.0, "test_accuracy": acc, "size_bits": 10.0,
+            "bits_fraction": 0.5, "weights_kept_fraction": 0.9, "mean_bits": 4.0,
+            "channels_kept": 7, "epoch_time_s": 1.0, "time_total_s": float(n), "lr": 0.1}
+
+
+def test_records_keep_each_epoch_once_and_the_summary_wins():
+    config = {"kind": "compress", "gamma": 0.01,
+              "train": {"seed": 0, "preset": "smoke", "width": 0.125, "epochs": 2}}
+    record = new_record(config)
+    record["status"] = "RUNNING"
+    for n, acc in ((1, 0.3), (2, 0.4), (2, 0.5)):  # epoch 2 re-reported after a resume
+        record["epochs"][n] = epoch(n, acc)
+    assert [r["test_accuracy"] for r in epoch_rows("t", record)] == [0.3, 0.5]
+    row = trial_row("s", "t", record)
+    assert (row["gamma"], row["epochs"], row["test_accuracy"], row["status"]) == (
+        0.01, 2, 0.5, "RUNNING")
+    assert layer_rows("t", record) == []
+    history = [epoch(1, 0.35), epoch(2, 0.55)]
+    record["summary"] = {"kind": "compress", "gamma": 0.01, "test_accuracy": 0.55,
+                         "history": history, "layers": [{"layer": "prep"}]}
+    record["status"] = "TERMINATED"
+    assert [r["test_accuracy"] for r in epoch_rows("t", record)] == [0.35, 0.55]
+    assert trial_row("s", "t", record)["test_accuracy"] == 0.55
+    assert layer_rows("t", record) == [{"trial_id": "t", "layer": "prep"}]
+
+
+def test_the_latest_checkpoint_of_the_same_trial_is_chosen(tmp_path):
+    key = {"kind": "compress", "gamma": 0.01, "train": {"epochs": 5}}
+    other = {**key, "gamma": 0.02}
+
+    def checkpoint(name: str, n: int, trial: dict) -> Path:
+        folder = tmp_path / name
+        folder.mkdir(parents=True)
+        (folder / META_FILE).write_text(json.dumps({"epoch": n, "trial": trial}))
+        return folder
+
+    tune_own = checkpoint("a/checkpoint_000001", 2, key)
+    orphan = checkpoint("b/checkpoint_000003", 4, key)  # a run Tune's snapshot forgot
+    foreign = checkpoint("c/checkpoint_000004", 5, other)
+    broken = tmp_path / "d/checkpoint_000009"
+    broken.mkdir(parents=True)
+    (broken / META_FILE).write_text("{")  # cut short by a kill
+    assert latest([tune_own, foreign, broken, orphan], key) == [(4, orphan), (2, tune_own)]
+    assert latest([foreign], key) == []
+
+
+def test_resources_default_to_one_cpu_or_a_quarter_gpu_and_must_fit():
+    cpu_only = {"CPU": 8.0}
+    assert trial_resources(SweepConfig(), cpu_only, [cpu_only]) == (1.0, 0.0)
+    gpus = {"CPU": 16.0, "GPU": 2.0}
+    assert trial_resources(SweepConfig(), gpus, [gpus]) == (2.0, 0.25)
+    assert trial_resources(SweepConfig(gpus_per_trial=1), gpus, [gpus]) == (4.0, 1)
+    with pytest.raises(ConfigError, match="--gpus-per-trial"):
+        trial_resources(SweepConfig(gpus_per_trial=0.5), cpu_only, [cpu_only])
+    with pytest.raises(ConfigError, match="--cpus-per-trial"):
+        trial_resources(SweepConfig(cpus_per_trial=12), cpu_only, [cpu_only])
+
+
+def sampled(c: SweepConfig) -> list[tuple[str, float]]:
+    """The (kind, gamma) of every trial the sweep's seeded searcher proposes, in order."""
+    from sweep.space import sampled_trials
+    from trainer.config import resolve
+
+    return sampled_trials(c, resolve(sweep_config.base_train_config(c), has_gpu=False))
+
+
+def test_the_same_seed_draws_the_same_gammas_and_references_come_first():
+    c = SweepConfig(num_samples=5, dataset="synthetic", preset="smoke")
+    first, again = sampled(c), sampled(c)
+    assert first == again
+    assert first[:2] == [("float-baseline", 0.0), ("floor", 0.0)]
+    gammas = [g for _, g in first[2:]]
+    assert len(set(gammas)) == 5 and all(GAMMA_MIN <= g <= GAMMA_MAX for g in gammas)
+    assert [g for _, g in sampled(c.replace(seed=1))[2:]] != gammas
+
+
+# --- real Ray clusters -----------------------------------------------------------------------
+
+def kill_marked(marker: str) -> None:
+    """SIGKILL every process whose environment holds ``marker``, and their descendants.
+
+    Descendants count too: Ray renames some processes (setproctitle), which overwrites
+    what /proc shows of their environment.
+    """
+    parent, marked = {}, set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            parent[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if marker.encode() in (proc / "environ").read_bytes():
+                marked.add(int(proc.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    grown = True
+    while grown:
+        more = {pid for pid, ppid in parent.items() if ppid in marked} - marked
+        marked |= more
+        grown = bool(more)
+    for pid in marked:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_env(tmp_path):
+    """The environment of a sweep subprocess; kills whatever Ray it left behind."""
+    ray_tmp = tempfile.mkdtemp(prefix="scnn-ray-", dir="/tmp")  # short: Ray's socket paths
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update(HOME=str(home), RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0",
+               SCNN_TEST_RAY=ray_tmp)  # the marker kill_marked looks for
+    yield env
+    kill_marked(f"SCNN_TEST_RAY={ray_tmp}")
+    shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def sweep(env: dict, cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "sweep.run", *args], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out
+
+
+def read(folder: Path, name: str) -> pd.DataFrame:
+    return pd.read_parquet(folder / name)
+
+
+def assert_complete(folder: Path, n_trials: int, epochs: int) -> pd.DataFrame:
+    """Every trial once, finished, with each of its epochs and layers once."""
+    trials = read(folder, TRIALS_FILE)
+    assert len(trials) == n_trials and trials["trial_id"].is_unique
+    assert (trials["status"] == "TERMINATED").all() and trials["error"].isna().all()
+    per_trial = read(folder, EPOCHS_FILE).groupby("trial_id")["epoch"].apply(list)
+    assert per_trial.to_dict() == {t: list(range(1, epochs + 1)) for t in trials["trial_id"]}
+    layers = read(folder, LAYERS_FILE)
+    assert len(layers) == n_trials * N_LAYERS
+    assert set(layers["trial_id"]) == set(trials["trial_id"])
+    return trials
+
+
+@pytest.mark.ray
+def test_smoke_sweep_writes_parquet_with_the_right_rows(ray_env, tmp_path):
+    out = sweep(ray_env, tmp_path, *SMOKE, "--num-samples", "2", "--name", "smoke",
+                "--results-dir", "results")  # relative: trials run in their own folders
+    folder = tmp_path / "results" / "smoke"
+    trials = assert_complete(folder, 4, 2)
+    assert sorted(trials["kind"]) == ["compress", "compress", "float-baseline", "floor"]
+    expected = sampled(SweepConfig(num_samples=2, dataset="synthetic", preset="smoke"))
+    assert sorted(zip(trials["kind"], trials["gamma"], strict=True)) == sorted(expected)
+    assert (trials["sweep"] == "smoke").all() and (trials["epochs"] == 2).all()
+    assert all(len(list(d.glob("checkpoint_*"))) == 1 for d in folder.glob("run_trial_*"))
+    assert "local Ray cluster (token authentication on)" in out.stdout
+    assert "Ray dashboard: http://127.0.0.1:" in out.stdout
+    assert "Pareto-optimal trials" in out.stdout and str(folder) in out.stdout
+
+
+@pytest.mark.ray
+def test_a_failing_trial_is_retried_recorded_and_the_others_finish(ray_env, tmp_path):
+    results = tmp_path / "results"
+    sweep(ray_env, tmp_path, *SMOKE, "--num-samples", "3", "--no-references", "--name", "f",
+          "--results-dir", str(results), "--fail-gamma-above", "0.01", "--max-failures", "1")
+    trials = read(results / "f", TRIALS_FILE).set_index("trial_id")
+    failing = trials["gamma"] > 0.01
+    assert failing.any() and not failing.all()  # seed 0 draws gammas on both sides
+    assert (trials.loc[failing, "status"] == "ERROR").all()
+    assert trials.loc[failing, "error"].str.startswith("RuntimeError: test failure").all()
+    assert (trials.loc[~failing, "status"] == "TERMINATED").all()
+    assert set(read(results / "f", LAYERS_FILE)["trial_id"]) == set(trials.index[~failing])
+    for trial_id in trials.index[failing]:
+        error_txt = next((results / "f").glob(f"run_trial_{trial_id}_*/error.txt"))
+        assert error_txt.read_text().count("RuntimeError: test failure") == 2  # and a retry
+
+
+def wait_for(path: Path, enough, proc: subprocess.Popen, timeout: float = 300) -> pd.DataFrame:
+    """Poll the Parquet file ``path`` of a running sweep until ``enough(table)`` holds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, "the sweep ended before the test could stop it"
+        try:
+            table = pd.read_parquet(path)
+            if enough(table):
+                return table
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"{path} did not fill up in {timeout} s")
+
+
+def start_sweep(env: dict, cwd: Path, log: Path, *args: str) -> subprocess.Popen:
+    """A sweep in its own process group (with its embedded cluster), output to ``log``."""
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, "-m", "sweep.run", *args], cwd=cwd, env=env,
+                                stdout=out, stderr=out, start_new_session=True)
+
+
+@pytest.mark.ray
+def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, tmp_path):
+    results = tmp_path / "results"
+    args = [*SMOKE, "--epochs", "3", "--num-samples", "4", "--name", "k",
+            "--results-dir", str(results)]
+    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *args)
+    try:
+        before = wait_for(results / "k" / TRIALS_FILE,
+                          lambda t: (t["status"] == "TERMINATED").any(), proc)
+        before_epochs = read(results / "k", EPOCHS_FILE)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole embedded cluster
+        proc.wait()
+    sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
+    trials = assert_complete(results / "k", 6, 3)
+    expected = sampled(SweepConfig(num_samples=4, dataset="synthetic", preset="smoke"))
+    assert sorted(zip(trials["kind"], trials["gamma"], strict=True)) == sorted(expected)
+    done = before[before["status"] == "TERMINATED"]["trial_id"]
+    after = trials.set_index("trial_id")
+    for trial_id, row in before.set_index("trial_id").loc[done].iterrows():
+        assert after.loc[trial_id, "train_time_s"] == row["train_time_s"]  # not trained again
+    epochs = read(results / "k", EPOCHS_FILE).set_index(["trial_id", "epoch"])
+    kept = before_epochs[before_epochs["trial_id"].isin(done)].set_index(["trial_id", "epoch"])
+    pd.testing.assert_frame_equal(epochs.loc[kept.index], kept)
+
+
+@pytest.mark.ray
+def test_sigterm_stops_cleanly_and_says_how_to_resume(ray_env, tmp_path):
+    results = tmp_path / "results"
+    log = tmp_path / "stopped.log"
+    proc = start_sweep(ray_env, tmp_path, log, *SMOKE, "--num-samples", "2", "--no-references",
+                       "--name", "t", "--results-dir", str(results))
+    try:
+        wait_for(results / "t" / EPOCHS_FILE, lambda t: len(t) >= 1, proc)
+        proc.send_signal(signal.SIGTERM)  # the driver only, as `kill` or a scheduler would
+        assert proc.wait(timeout=60) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    said = log.read_text()
+    assert f"python -m sweep.run --resume --name t --results-dir {results}" in said
+    assert "Traceback" not in said
+    sweep(ray_env, tmp_path, "--resume", "--name", "t", "--results-dir", str(results))
+    assert_complete(results / "t", 2, 2)
+
+
+def start_head(env: dict, port: int) -> subprocess.Popen:
+    """``ray start --head`` on its own process group, so the test can stop exactly it."""
+    head = subprocess.Popen(
+        ["ray", "start", "--head", "--port", str(port), "--num-cpus", "2",
+         "--dashboard-host", "127.0.0.1", "--include-dashboard", "false",
+         "--temp-dir", env["RAY_TMPDIR"], "--disable-usage-stats"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    log, _ = head.communicate(timeout=120)
+    assert head.returncode == 0, log[-3000:]
+    return head
+
+
+@pytest.mark.ray
+@pytest.mark.parametrize("auth", ["token", "disabled"])
+def test_attaches_to_a_cluster_started_with_ray_start(ray_env, tmp_path, auth):
+    if auth == "token":  # `ray start` turns token auth on when a token exists
+        subprocess.run(["ray", "get-auth-token", "--generate"], env=ray_env, check=True,
+                       capture_output=True)
+    port = free_port()
+    head = start_head(ray_env, port)
+    try:
+        out = sweep(ray_env, tmp_path, *SMOKE, "--epochs", "1", "--num-samples", "1",
+                    "--no-references", "--name", "a", "--results-dir", "results",
+                    "--address", f"127.0.0.1:{port}")
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # everything `ray start` launched
+            os.killpg(head.pid, signal.SIGTERM)
+        time.sleep(2)
+        kill_marked(f"SCNN_TEST_RAY={ray_env['RAY_TMPDIR']}")
+    assert_complete(tmp_path / "results" / "a", 1, 1)
+    said = "token authentication on" if auth == "token" else "no authentication"
+    assert f"the running Ray cluster ({said})" in out.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.real_data
+def test_a_relative_data_dir_reaches_the_trials(ray_env, tmp_path, cifar_dir):
+    data = os.path.relpath(cifar_dir, tmp_path)
+    sweep(ray_env, tmp_path, "--preset", "smoke", "--epochs", "1", "--num-samples", "1",
+          "--no-references", "--data-dir", data, "--name", "c", "--results-dir", "results")
+    trials = assert_complete(tmp_path / "results" / "c", 1, 1)
+    assert trials["test_accuracy"].iloc[0] > 0.1  # learned something from real images
