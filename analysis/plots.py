@@ -29,6 +29,7 @@ from analysis.load import (
 )
 from analysis.pareto import pareto_table, pick_layer_trial, to_markdown
 from analysis.style import save
+from trainer.cli import OneLineParser  # torch-free: argparse with one-line errors
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -45,7 +46,8 @@ class PlotsConfig:
 
 def parse_args(argv: Sequence[str] | None = None) -> PlotsConfig:
     """Parse the command line into a PlotsConfig."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.plots", description=__doc__,
+    parser = OneLineParser(prog="python -m analysis.plots", description=__doc__,
+                           error_prefix="scnn analysis",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", nargs="+", type=Path, default=[DEFAULT_RESULTS],
                         metavar="PATH", help="sweep folder(s) or parent(s) of sweep folders "

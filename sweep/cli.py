@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from sweep.config import GAMMA_MAX, GAMMA_MIN, SweepConfig
-from trainer.cli import OneLineParser, fail
+from trainer.cli import OneLineParser
 from trainer.config import DATASETS, PRESET_NAMES
 
 PROG = "scnn sweep"
@@ -29,15 +29,8 @@ examples:
 """
 
 
-class SweepParser(OneLineParser):
-    """One line and exit 2 on a bad flag, under the sweep's name."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        fail(f"{message} (see --help)", prog=PROG)
-
-
 def parser() -> argparse.ArgumentParser:
-    p = SweepParser(prog="python -m sweep.run", description=HELP,
+    p = OneLineParser(prog="python -m sweep.run", description=HELP, error_prefix=PROG,
                       formatter_class=argparse.RawDescriptionHelpFormatter,
                       argument_default=argparse.SUPPRESS)  # only given flags reach the config
     d = SweepConfig()

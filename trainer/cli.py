@@ -14,8 +14,12 @@ from trainer.config import DATASETS, KINDS, PRESET_NAMES, PRESETS, ConfigError, 
 class OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag on one line and exits 2, without the usage block."""
 
+    def __init__(self, *args, error_prefix: str = "scnn train", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.error_prefix = error_prefix
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        fail(f"{message} (see --help)")
+        fail(f"{message} (see --help)", self.error_prefix)
 
 
 def fail(message: str, prog: str = "scnn train") -> None:
