@@ -1,9 +1,10 @@
 """The search space: what a trial's Tune config holds, and the seeded searcher that fills it.
 
-A trial's config is ``{"kind", "gamma", "train", "fail_gamma_above"}``: ``train`` holds the
-resolved TrainConfig fields shared by every trial, so a trial rebuilds exactly the config
-the driver resolved (and ``params.json`` records it). The reference trials are the
-searcher's first points, so they run first and exactly once.
+A trial's config is ``{"kind", "gamma", "train"}`` (plus the test-only
+``fail_gamma_above``): ``train`` holds the resolved TrainConfig fields shared by every
+trial, so a trial rebuilds exactly the config the driver resolved (and ``params.json``
+records it). The reference trials are the searcher's first points, so they run first and
+exactly once.
 """
 
 from __future__ import annotations
@@ -22,8 +23,11 @@ def param_space(c: SweepConfig, train: TrainConfig) -> dict:
     from ray import tune
 
     shared = {k: v for k, v in dataclasses.asdict(train).items() if k not in PER_TRIAL_FIELDS}
-    return {"kind": "compress", "gamma": tune.loguniform(c.gamma_min, c.gamma_max),
-            "train": shared, "fail_gamma_above": c.fail_gamma_above}
+    space = {"kind": "compress", "gamma": tune.loguniform(c.gamma_min, c.gamma_max),
+             "train": shared}
+    if c.fail_gamma_above is not None:  # test only: kept out of users' trial tables
+        space["fail_gamma_above"] = c.fail_gamma_above
+    return space
 
 
 def reference_points(c: SweepConfig) -> list[dict]:
