@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.config import DATASETS, KINDS, PRESET_NAMES, PRESETS, ConfigError, TrainConfig
+from trainer.config import DATASETS, PRESET_NAMES, PRESETS, ConfigError, TrainConfig
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -97,8 +97,6 @@ def run(argv: list[str] | None = None) -> None:
     from trainer.data import DataError
 
     args = parser().parse_args(argv)
-    if args.kind not in KINDS:  # unreachable through the flags; kept for config_from_args
-        fail(f"unknown kind {args.kind}")
     try:
         config = resolve(config_from_args(args))
         if args.out is not None and args.out.exists() and not args.out.is_dir():

@@ -21,6 +21,10 @@ from torch import Tensor, nn
 
 from trainer.quant import QConv2d, QLinear, Size, layer_size
 
+# Every weight layer of the uncompressed network, in forward order.
+LAYER_NAMES = ("prep", "layer1", "res1.conv1", "res1.conv2", "layer2", "layer3",
+               "res3.conv1", "res3.conv2", "head")
+
 
 class ConvBlock(nn.Module):
     """conv -> BatchNorm -> ReLU (-> 2x2 max-pool)."""
@@ -187,10 +191,8 @@ class ResNet9(nn.Module):
     def layout(self) -> dict[str, dict[str, list[int]] | None]:
         """Original row/column indices of every layer; None for a removed residual branch."""
         present = dict(self.quant_layers())
-        names = ["prep", "layer1", "res1.conv1", "res1.conv2", "layer2", "layer3",
-                 "res3.conv1", "res3.conv2", "head"]
         return {n: ({"out": present[n].out_idx.tolist(), "in": present[n].in_idx.tolist()}
-                    if n in present else None) for n in names}
+                    if n in present else None) for n in LAYER_NAMES}
 
 
 def build_model(widths: tuple[int, int, int, int], quantized: bool, init_bits: float,

@@ -11,10 +11,7 @@ import sys
 
 import torch
 
-from trainer.model import ResNet9
-
-LAYER_NAMES = ("prep", "layer1", "res1.conv1", "res1.conv2", "layer2", "layer3",
-               "res3.conv1", "res3.conv2", "head")
+from trainer.model import LAYER_NAMES, ResNet9
 
 
 @torch.no_grad()

@@ -13,6 +13,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -149,8 +150,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
     state, data = setup(config, resume)
     model, opts, c = state.model, state.optimizers, config
     cuda = next(model.parameters()).device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else (
-        lambda: torch.autocast("cpu", enabled=False))
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
     steps_per_epoch = max(data.n_train // c.batch_size, 1)
     total_steps = steps_per_epoch * c.epochs
     if verbose and state.epoch == 0:
