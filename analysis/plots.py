@@ -181,6 +181,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ResultsError as exc:
         print(f"scnn analysis: error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except BrokenPipeError:  # stdout piped into e.g. `head`, which has stopped reading
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no 2nd error at exit
+        sys.exit(1)
     except OSError as exc:  # e.g. an --out folder that cannot be written
         print(f"scnn analysis: error: cannot write {exc.filename or 'the output'}: "
               f"{exc.strerror or exc}: pass --out DIR to a writable folder", file=sys.stderr)

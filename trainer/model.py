@@ -13,13 +13,16 @@ row/column indices (``out_idx``/``in_idx``) so a cut network can be rebuilt from
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainer.quant import QConv2d, QLinear, Size, layer_size
+
+T = TypeVar("T")
 
 # Every weight layer of the uncompressed network, in forward order.
 LAYER_NAMES = ("prep", "layer1", "res1.conv1", "res1.conv2", "layer2", "layer3",
@@ -146,6 +149,26 @@ class ResNet9(nn.Module):
             yield name, block.conv
         yield "head", self.head
 
+    def walk(self, start: T, block: Callable[[str, ConvBlock, T], T],
+             join: Callable[[Residual, T, T | None], T]) -> T:
+        """Carry a value through the graph in forward order; return what reaches the head.
+
+        ``block(name, b, x)`` maps the value entering a conv block to the one leaving it;
+        ``join(r, shortcut, branch)`` merges a residual's two sides (branch is None when
+        the branch has been removed).
+        """
+        x = block("prep", self.prep, start)
+        for trunk, res in (("layer1", "res1"), ("layer3", "res3")):
+            if trunk == "layer3":
+                x = block("layer2", self.layer2, x)
+            x = block(trunk, getattr(self, trunk), x)
+            r: Residual = getattr(self, res)
+            branch = None
+            if r.conv1 is not None:
+                branch = block(f"{res}.conv2", r.conv2, block(f"{res}.conv1", r.conv1, x))
+            x = join(r, x, branch)
+        return x
+
     def live_inputs(self) -> list[tuple[str, QConv2d | QLinear, Tensor]]:
         """Each weight layer with the bool mask of its live input channels.
 
@@ -153,23 +176,16 @@ class ResNet9(nn.Module):
         live when it is live on either side; the image's 3 channels are always live.
         """
         out = []
-        live = torch.ones(3, dtype=torch.bool, device=self.head.weight.device)
 
-        def visit(name: str, block: ConvBlock, live_in: Tensor) -> Tensor:
-            out.append((name, block.conv, live_in))
-            return ~block.dead()
+        def block(name: str, b: ConvBlock, live_in: Tensor) -> Tensor:
+            out.append((name, b.conv, live_in))
+            return ~b.dead()
 
-        live = visit("prep", self.prep, live)
-        for trunk, res in (("layer1", "res1"), ("layer3", "res3")):
-            if trunk == "layer3":
-                live = visit("layer2", self.layer2, live)
-            live = visit(trunk, getattr(self, trunk), live)
-            r: Residual = getattr(self, res)
-            live_b = live[:0]
-            if r.conv1 is not None:
-                live_a = visit(f"{res}.conv1", r.conv1, live)
-                live_b = visit(f"{res}.conv2", r.conv2, live_a)
-            live = r.live_union(live, live_b)
+        def join(r: Residual, live_x: Tensor, live_b: Tensor | None) -> Tensor:
+            return r.live_union(live_x, live_x[:0] if live_b is None else live_b)
+
+        live = self.walk(torch.ones(3, dtype=torch.bool, device=self.head.weight.device),
+                         block, join)
         out.append(("head", self.head, live))
         return out
 

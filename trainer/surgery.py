@@ -111,23 +111,17 @@ def _feed(layer: QConv2d | QLinear, space: Tensor, remaps: list[Remap]) -> None:
 
 def relayout(model: ResNet9, remaps: list[Remap]) -> None:
     """Walk the network and cut every consumer's input columns down to its producer's."""
-    space = torch.arange(3, device=model.head.weight.device)
 
-    def block(b: ConvBlock, space: Tensor) -> Tensor:
+    def block(_name: str, b: ConvBlock, space: Tensor) -> Tensor:
         _feed(b.conv, space, remaps)
         return b.conv.out_idx
 
-    space = block(model.prep, space)
-    for trunk, res in (("layer1", "res1"), ("layer3", "res3")):
-        if trunk == "layer3":
-            space = block(model.layer2, space)
-        space = block(getattr(model, trunk), space)
-        r: Residual = getattr(model, res)
-        if r.conv1 is not None:
-            block(r.conv2, block(r.conv1, space))
+    def join(r: Residual, space: Tensor, _branch: Tensor | None) -> Tensor:
         r.set_layout(space)
-        space = r.out_idx
-    _feed(model.head, space, remaps)
+        return r.out_idx
+
+    _feed(model.head, model.walk(torch.arange(3, device=model.head.weight.device), block, join),
+          remaps)
 
 
 def cuttable(block: ConvBlock) -> Tensor:
