@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -12,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from trainer.cli import OneLineParser
 from trainer.config import TrainConfig, resolve, widths
 from trainer.model import ResNet9, build_model
 from trainer.results import code_version
@@ -20,6 +22,24 @@ from trainer.train import make_optimizers
 # Output side of each conv for a 32x32 input (convs run before their pool).
 SPATIAL = {"prep": 32, "layer1": 32, "res1.conv1": 16, "res1.conv2": 16, "layer2": 16,
            "layer3": 8, "res3.conv1": 4, "res3.conv2": 4}
+
+
+def parser(name: str, doc: str) -> OneLineParser:
+    """The benchmark's argparse: its docstring as help, one-line exit-2 errors."""
+    return OneLineParser(prog=f"python -m benchmarks.{name}", description=doc,
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         error_prefix=f"benchmarks.{name}")
+
+
+def count(text: str) -> int:
+    """argparse type: a whole number of at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return n
 
 
 def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 1) -> dict:

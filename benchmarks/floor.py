@@ -6,11 +6,11 @@ network, alternating, and reports the median epoch time of each. ``ratio`` = flo
     python -m benchmarks.floor [--reps 3] [--images 5120]
 """
 
-import argparse
 import statistics
 
-from benchmarks.common import emit
+from benchmarks.common import count, emit, parser
 from trainer.config import TrainConfig
+from trainer.data import DataError, find_batches
 from trainer.train import train
 
 
@@ -22,11 +22,18 @@ def epoch_time(kind: str, images: int, dataset: str, data_dir: str | None) -> fl
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--images", type=int, default=5120, help="training images per epoch")
+    p = parser("floor", __doc__)
+    p.add_argument("--reps", type=count, default=3, help="repetitions (%(default)s)")
+    p.add_argument("--images", type=count, default=5120,
+                   help="training images per epoch (%(default)s)")
     p.add_argument("--data-dir", help="real CIFAR-10 (default: synthetic images)")
     args = p.parse_args()
+    if args.data_dir:
+        try:
+            find_batches(args.data_dir)
+        except DataError:
+            p.error(f"--data-dir {args.data_dir} holds no cifar-10-batches-py/: pass the "
+                    "folder that does, or omit --data-dir for synthetic images")
     dataset = "cifar10" if args.data_dir else "synthetic"
     times = {"floor": [], "cpu": []}
     for _ in range(args.reps):

@@ -7,18 +7,16 @@ interleaved. ``ratio`` = compressed time / uncompressed time (below 1 is faster)
     python -m benchmarks.inference [--reps 9] [--batch 1000]
 """
 
-import argparse
-
 import torch
 
-from benchmarks.common import conv_macs, emit, interleaved, model_for
+from benchmarks.common import conv_macs, count, emit, interleaved, model_for, parser
 from benchmarks.shrink import compressed_model
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=9)
-    p.add_argument("--batch", type=int, default=1000)
+    p = parser("inference", __doc__)
+    p.add_argument("--reps", type=count, default=9, help="repetitions (%(default)s)")
+    p.add_argument("--batch", type=count, default=1000, help="images per batch (%(default)s)")
     args = p.parse_args()
     small, result = compressed_model()
     full = model_for("cpu", width=small.widths[0] / 64)

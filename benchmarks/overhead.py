@@ -6,17 +6,15 @@ Same width (the ``cpu`` preset's), same batch, steps interleaved; median of repe
     python -m benchmarks.overhead [--reps 7] [--batch 512]
 """
 
-import argparse
-
 import torch
 
-from benchmarks.common import emit, interleaved, model_for, train_step_fn
+from benchmarks.common import count, emit, interleaved, model_for, parser, train_step_fn
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=7)
-    p.add_argument("--batch", type=int, default=512)
+    p = parser("overhead", __doc__)
+    p.add_argument("--reps", type=count, default=7, help="repetitions (%(default)s)")
+    p.add_argument("--batch", type=count, default=512, help="images per batch (%(default)s)")
     args = p.parse_args()
     torch.set_flush_denormal(True)
     x = torch.randn(args.batch, 3, 32, 32)

@@ -8,11 +8,9 @@ of their forward multiply-accumulates: the speed-up should track it.
     python -m benchmarks.shrink [--reps 5] [--steps 5]
 """
 
-import argparse
-
 import torch
 
-from benchmarks.common import conv_macs, emit, interleaved, model_for, train_step_fn
+from benchmarks.common import conv_macs, count, emit, interleaved, model_for, parser, train_step_fn
 from trainer.config import TrainConfig
 from trainer.train import train
 
@@ -28,10 +26,11 @@ def compressed_model():
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=5)
-    p.add_argument("--steps", type=int, default=5, help="training steps per timed epoch")
-    p.add_argument("--batch", type=int, default=512)
+    p = parser("shrink", __doc__)
+    p.add_argument("--reps", type=count, default=5, help="repetitions (%(default)s)")
+    p.add_argument("--steps", type=count, default=5,
+                   help="training steps per timed epoch (%(default)s)")
+    p.add_argument("--batch", type=count, default=512, help="images per batch (%(default)s)")
     args = p.parse_args()
     torch.set_flush_denormal(True)
     small, result = compressed_model()

@@ -10,7 +10,6 @@ figures and every run, with the machine and versions (``benchmarks.common.emit``
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -19,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 
-from benchmarks.common import emit
+from benchmarks.common import count, emit, parser
 
 SEQUENTIAL = """\
 import json, sys
@@ -92,11 +91,10 @@ def run(b: BenchConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     d = BenchConfig()
-    p = argparse.ArgumentParser(prog="python -m benchmarks.sweep_overhead",
-                                description=__doc__.split("\n\n")[1])
-    p.add_argument("--trials", type=int, default=d.trials, help="trials per sweep (%(default)s)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="epochs per trial (%(default)s)")
-    p.add_argument("--repeats", type=int, default=d.repeats, help="runs per side (%(default)s)")
+    p = parser("sweep_overhead", __doc__)
+    p.add_argument("--trials", type=count, default=d.trials, help="trials per sweep (%(default)s)")
+    p.add_argument("--epochs", type=count, default=d.epochs, help="epochs per trial (%(default)s)")
+    p.add_argument("--repeats", type=count, default=d.repeats, help="runs per side (%(default)s)")
     p.add_argument("--seed", type=int, default=d.seed, help="gamma seed (%(default)s)")
     args = p.parse_args(argv)
     emit("sweep_overhead", run(BenchConfig(**vars(args))))

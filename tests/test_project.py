@@ -4,6 +4,7 @@ import subprocess
 import sys
 import tomllib
 
+import pytest
 import yaml
 
 from tests.conftest import REPO
@@ -32,3 +33,17 @@ def test_ci_runs_the_readme_setup_and_test_commands():
     for command in ("pip install -e '.[dev]'", "python -m pytest -q"):
         assert command in readme, f"README lost {command!r}"
     assert "pip install" in ci and "-e '.[dev]'" in ci and "python -m pytest -q" in ci
+
+
+@pytest.mark.parametrize("argv", [["overhead", "--reps", "0"], ["shrink", "--steps", "-1"],
+                                  ["inference", "--batch", "many"],
+                                  ["floor", "--data-dir", "tests"],
+                                  ["sweep_overhead", "--trials", "0"]])
+def test_benchmarks_reject_bad_input_on_one_line(argv):
+    done = subprocess.run([sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:]], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"benchmarks.{argv[0]}: error: "), done.stderr
+    assert argv[1] in lines[0]
