@@ -11,12 +11,15 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis.load import finished
+from analysis.load import BASELINE, finished
 
 # Columns of pareto.csv / pareto.md, in order. Fractions stay fractions in the CSV.
 TABLE_COLUMNS = ("sweep", "trial_id", "gamma", "test_accuracy", "bits_fraction",
                  "weights_kept_fraction", "mean_bits", "train_time_s")
 NEAR_BEST = 0.01  # "within 1 point of the best accuracy", as a fraction
+BITS_BUDGET = 0.05  # trade-off 1: the best accuracy at most 5 % of the float network's bits
+ACCURACY_DROP = 0.01  # trade-off 2: the most weights removed within 1 point of the baseline
+EPS = 1e-12
 
 
 def pareto_front(size: Sequence[float], accuracy: Sequence[float]) -> list[int]:
@@ -78,12 +81,66 @@ def pick_layer_trial(trials: pd.DataFrame) -> str | None:
     return str(near.sort_values("bits_fraction").iloc[0]["trial_id"])
 
 
+def trade_offs(trials: pd.DataFrame) -> list[str]:
+    """Per sweep, the two headline trade-offs in words (or why one cannot be given yet).
+
+    1. The most accurate finished compress trial at <= BITS_BUDGET of the float bits.
+    2. The one with the fewest weights kept whose accuracy is within ACCURACY_DROP of the
+       float baseline's (the mean over baseline seeds).
+    """
+    lines = []
+    for sweep in dict.fromkeys(trials["sweep"]):
+        mine = trials[trials["sweep"] == sweep]
+        done = finished(mine)
+        if done.empty:
+            continue
+        small = done[done["bits_fraction"] <= BITS_BUDGET + EPS]
+        if small.empty:
+            lines.append(f"{sweep}: no trial at <= {BITS_BUDGET:.0%} of the float bits yet "
+                         f"(smallest: {_pct(done['bits_fraction'].min())}); a larger "
+                         "--gamma-max reaches it")
+        else:
+            best = small.sort_values(["test_accuracy", "bits_fraction"],
+                                     ascending=[False, True]).iloc[0]
+            lines.append(f"{sweep}: best accuracy at <= {BITS_BUDGET:.0%} of the float bits: "
+                         f"{_pct(best['test_accuracy'])} at {_pct(best['bits_fraction'])} "
+                         f"of the bits ({_who(best)})")
+        baseline = finished(mine, BASELINE)["test_accuracy"].astype(float)
+        if baseline.empty:
+            lines.append(f"{sweep}: no finished float baseline, so no accuracy to stay "
+                         f"within {100 * ACCURACY_DROP:.0f} point of")
+            continue
+        floor = baseline.mean() - ACCURACY_DROP
+        near = done[done["test_accuracy"] >= floor - EPS]
+        if near.empty:
+            lines.append(f"{sweep}: no trial within {100 * ACCURACY_DROP:.0f} point of the "
+                         f"float baseline ({_pct(baseline.mean())}); the best reached "
+                         f"{_pct(done['test_accuracy'].max())}")
+            continue
+        best = near.sort_values(["weights_kept_fraction", "test_accuracy"],
+                                ascending=[True, False]).iloc[0]
+        lines.append(f"{sweep}: most weights removed within {100 * ACCURACY_DROP:.0f} point of "
+                     f"the float baseline ({_pct(baseline.mean())}): "
+                     f"{_pct(1 - best['weights_kept_fraction'])} removed, "
+                     f"{_pct(best['test_accuracy'])} accuracy, {_pct(best['bits_fraction'])} "
+                     f"of the bits ({_who(best)})")
+    return lines
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * float(fraction):.2f} %"
+
+
+def _who(trial: pd.Series) -> str:
+    return f"γ = {float(trial['gamma']):.3g}, trial {trial['trial_id']}"
+
+
 def _cell(column: str, value: object) -> str:
     """One value of the Markdown table, in the units a reader expects."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if column in ("test_accuracy", "bits_fraction", "weights_kept_fraction"):
-        return f"{100 * float(value):.2f} %"
+        return _pct(value)
     if column == "gamma":
         return f"{float(value):.3g}"
     if column == "mean_bits":

@@ -27,7 +27,7 @@ from analysis.load import (
     count_by_status,
     load_results,
 )
-from analysis.pareto import pareto_table, pick_layer_trial, to_markdown
+from analysis.pareto import pareto_table, pick_layer_trial, to_markdown, trade_offs
 from analysis.style import save
 from trainer.cli import OneLineParser  # torch-free: argparse with one-line errors
 
@@ -131,14 +131,16 @@ def trial_layers(results: Results, trial: pd.Series) -> pd.DataFrame:
     return layers[mine].reset_index(drop=True)
 
 
-def write_table(table: pd.DataFrame, out: Path) -> list[Path]:
-    """pareto.csv (raw fractions) and pareto.md (percentages) in ``out``."""
+def write_table(table: pd.DataFrame, best: list[str], out: Path) -> list[Path]:
+    """pareto.csv (raw fractions) and pareto.md (percentages, then the trade-offs) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "pareto.csv", out / "pareto.md"
     table.to_csv(csv, index=False)
     md.write_text("# Pareto-optimal trials\n\nSmallest size (bits relative to the 32-bit float "
                   "network) for its test accuracy, per sweep; failed and unfinished trials "
-                  "are left out.\n\n" + to_markdown(table), encoding="utf-8")
+                  "are left out.\n\n" + to_markdown(table) + "\n## Best trade-offs\n\n"
+                  + "".join(f"- {line}\n" for line in best or ["none yet"]),
+                  encoding="utf-8")
     return [csv, md]
 
 
@@ -163,11 +165,14 @@ def run(config: PlotsConfig) -> list[Path]:
     print(summary(results))
     table = pareto_table(results.trials)
     written = write_figures(results, trial, out, config.format, chosen=config.trial is None)
-    written += write_table(table, out)
+    best = trade_offs(results.trials)
+    written += write_table(table, best, out)
     for note in results.notes:
         print(f"note: {note}")
     print("\nPareto-optimal trials:\n" + (to_markdown(table) if len(table) else
                                             "none yet: no compress trial has finished\n"))
+    if best:
+        print("Best trade-offs:\n" + "".join(f"  {line}\n" for line in best))
     for path in written:
         print(f"wrote {path}")
     return written
