@@ -41,12 +41,13 @@ class BenchConfig:
 
 def gammas(b: BenchConfig) -> list[float]:
     """The gammas the sweep draws, so the sequential side trains exactly the same trials."""
-    from sweep.config import SweepConfig, base_train_config
+    from sweep.config import SweepConfig, base_train_config, with_gamma_range
     from sweep.space import sampled_trials
     from trainer.config import resolve
 
-    c = SweepConfig(num_samples=b.trials, seed=b.seed, references=False, preset="smoke",
-                    dataset="synthetic", epochs=b.epochs)
+    c = with_gamma_range(SweepConfig(num_samples=b.trials, seed=b.seed, references=False,
+                                     preset="smoke", dataset="synthetic", epochs=b.epochs),
+                         "smoke")
     return [g for _, g in sampled_trials(c, resolve(base_train_config(c), has_gpu=False))]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sweep.config import GAMMA_MAX, GAMMA_MIN, SweepConfig
+from sweep.config import GAMMA_RANGE, GAMMA_RANGES, SweepConfig
 from trainer.cli import OneLineParser
 from trainer.config import DATASETS, PRESET_NAMES
 
@@ -38,9 +38,11 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--num-samples", type=int, metavar="N",
                         help=f"gamma values to try (default {d.num_samples})")
     search.add_argument("--gamma-min", type=float, metavar="G",
-                        help=f"smallest gamma, about the float accuracy (default {GAMMA_MIN:g})")
+                        help=f"smallest gamma, about the float accuracy (default: "
+                        f"{GAMMA_RANGES['cpu'][0]:g} with the cpu preset, else "
+                        f"{GAMMA_RANGE[0]:g})")
     search.add_argument("--gamma-max", type=float, metavar="G",
-                        help=f"largest gamma, heavy compression (default {GAMMA_MAX:g})")
+                        help=f"largest gamma, heavy compression (default {GAMMA_RANGE[1]:g})")
     search.add_argument("--seed", type=int, help="the same seed draws the same gammas and "
                         f"trains with the same initial weights (default {d.seed})")
     search.add_argument("--no-references", dest="references", action="store_false",

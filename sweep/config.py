@@ -21,12 +21,15 @@ from trainer.config import ConfigError, TrainConfig, resolve
 SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
 # Fields that say how this invocation runs, not what the sweep is: never saved, free on resume.
 RUNTIME_FIELDS = ("address", "results_dir", "name", "resume")
-# Measured with the cpu preset on CIFAR-10 (5 epochs, seed 0; float baseline 81.5 %): up to
-# gamma 1e-2 the accuracy is the float one (within a point, on a 10k-image subset) and the
-# size stays near the 8-bit start; gamma 0.1 gives 73 % at 8.4 % of the float bits, gamma 1
-# 54 % at 1.7 %, and gamma 10 collapses (21 %, 0.4 % of the weights kept). Longer presets
-# compress more at the same gamma, hence the decade of margin below.
-GAMMA_MIN, GAMMA_MAX = 1e-3, 1.0
+# The default gamma range is the preset's: a longer run compresses more at the same gamma.
+# cpu, measured on the CIFAR-10 copy (sweep cpu-12: 5 epochs, seed 0, float baseline 81.3 %):
+# every gamma up to about 6e-3 gives the same network (81 %, 7.4-8.6 bits, nothing cut), so
+# the range starts at 3e-3 and spends its samples where the trade-off moves: 4e-2 cuts 5 % of
+# the weights (77 %), 0.28 reaches 5 % of the float bits (67 %), 0.55 3 % (62 %); 1 gives
+# 54 % at 1.7 %, and 10 collapses (21 %). paper and smoke are unmeasured: paper trains ~5x
+# longer, so the same gamma compresses more there, hence a decade of margin below.
+GAMMA_RANGES = {"cpu": (3e-3, 1.0)}
+GAMMA_RANGE = (1e-3, 1.0)  # every other preset
 REFERENCE_KINDS = ("float-baseline", "floor")  # the reference trials a sweep runs by default
 
 
@@ -34,8 +37,8 @@ REFERENCE_KINDS = ("float-baseline", "floor")  # the reference trials a sweep ru
 class SweepConfig:
     # --- the search ---
     num_samples: int = 64  # compress trials, gamma drawn log-uniformly from [gamma_min, gamma_max]
-    gamma_min: float = GAMMA_MIN  # smallest gamma (weight of the size term in CE + gamma * Q)
-    gamma_max: float = GAMMA_MAX  # largest gamma
+    gamma_min: float | None = None  # smallest gamma (weight of the size term in CE + gamma * Q)
+    gamma_max: float | None = None  # largest gamma (None: the preset's, see gamma_range)
     seed: int = 0  # seeds the gamma sampler and every trial's training (same seed, same gammas)
     references: bool = True  # also run one float-baseline and one floor trial
     # --- passed through to every trial's TrainConfig (None: the preset decides) ---
@@ -77,11 +80,11 @@ def validate(c: SweepConfig) -> None:
             raise ConfigError(msg)
 
     need(c.num_samples >= 1, f"--num-samples must be at least 1, got {c.num_samples}")
-    need(math.isfinite(c.gamma_min) and c.gamma_min > 0,
-         f"--gamma-min must be > 0 (gamma is sampled log-uniformly), got {c.gamma_min}")
-    need(math.isfinite(c.gamma_max) and c.gamma_max > c.gamma_min,
-         f"--gamma-max ({c.gamma_max}) must be above --gamma-min ({c.gamma_min}): "
-         f"try --gamma-min {GAMMA_MIN} --gamma-max {GAMMA_MAX}")
+    for flag, value in (("--gamma-min", c.gamma_min), ("--gamma-max", c.gamma_max)):
+        need(value is None or (math.isfinite(value) and value > 0),
+             f"{flag} must be > 0 (gamma is sampled log-uniformly), got {value}")
+    if c.gamma_min is not None and c.gamma_max is not None:
+        check_gamma_order(c, "")
     need(c.gpus_per_trial is None or 0 <= c.gpus_per_trial,
          f"--gpus-per-trial must be >= 0, got {c.gpus_per_trial}")
     need(c.cpus_per_trial is None or 0 < c.cpus_per_trial,
@@ -92,6 +95,31 @@ def validate(c: SweepConfig) -> None:
     need(c.name is None or (c.name.strip() and "/" not in c.name and c.name not in (".", "..")),
          f"--name must be a plain folder name, got {c.name!r}")
     resolve(base_train_config(c), has_gpu=False)  # preset, dataset, epochs, width
+
+
+def gamma_range(preset: str) -> tuple[float, float]:
+    """The default (gamma_min, gamma_max) of a resolved preset (see GAMMA_RANGES)."""
+    return GAMMA_RANGES.get(preset, GAMMA_RANGE)
+
+
+def check_gamma_order(c: SweepConfig, preset: str) -> None:
+    """ConfigError unless gamma_max > gamma_min; ``preset`` names the one a default came from."""
+    if c.gamma_max > c.gamma_min:
+        return
+    lo, hi = gamma_range(preset)
+    source = f" (the {preset} preset's range is {lo:g} to {hi:g})" if preset else ""
+    raise ConfigError(f"--gamma-max ({c.gamma_max:g}) must be above --gamma-min "
+                      f"({c.gamma_min:g}){source}: pass both, e.g. --gamma-min {lo:g} "
+                      f"--gamma-max {hi:g}")
+
+
+def with_gamma_range(c: SweepConfig, preset: str) -> SweepConfig:
+    """``c`` with the preset's default for a gamma bound not given; ConfigError if unordered."""
+    lo, hi = gamma_range(preset)
+    c = c.replace(gamma_min=lo if c.gamma_min is None else c.gamma_min,
+                  gamma_max=hi if c.gamma_max is None else c.gamma_max)
+    check_gamma_order(c, preset)
+    return c
 
 
 def base_train_config(c: SweepConfig) -> TrainConfig:
@@ -120,6 +148,8 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
         if (c.folder / SWEEP_FILE).exists():
             raise ConfigError(f"a sweep named {c.name!r} already exists in {c.results_dir}: "
                               "add --resume to continue it, or pick another --name")
+    if c.preset != "auto":  # else settled once the cluster says whether trials get GPUs
+        c = with_gamma_range(c, c.preset)
     check_data(c)
     return c
 

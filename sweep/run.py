@@ -17,7 +17,7 @@ import sys
 from sweep import config as sweep_config
 from sweep.cli import PROG, parse
 from sweep.cluster import connect, dashboard_message, first_line, trial_resources
-from sweep.config import SweepConfig, base_train_config, prepare
+from sweep.config import SweepConfig, base_train_config, prepare, with_gamma_range
 from trainer.cli import fail
 from trainer.config import ConfigError, TrainConfig, resolve
 from trainer.data import DataError
@@ -85,8 +85,9 @@ def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
     if c.preset == "auto":
         print(f"{PROG}: --preset auto chose {train.preset!r} "
               f"({'trials get GPUs' if gpus else 'no GPU per trial'})")
-    c = c.replace(cpus_per_trial=cpus, gpus_per_trial=gpus, preset=train.preset,
-                  epochs=train.epochs, width=train.width)
+    c = with_gamma_range(c.replace(cpus_per_trial=cpus, gpus_per_trial=gpus,
+                                   preset=train.preset, epochs=train.epochs,
+                                   width=train.width), train.preset)
     print(f"{PROG}: {c.num_samples} gammas in [{c.gamma_min:g}, {c.gamma_max:g}] (seed "
           f"{c.seed}){' + float-baseline + floor' if c.references else ''}; preset "
           f"{c.preset}, {c.epochs} epochs; {cpus:g} CPUs and {gpus:g} GPUs per trial; "

@@ -25,7 +25,7 @@ import pytest
 
 from sweep import config as sweep_config
 from sweep.cluster import trial_resources
-from sweep.config import GAMMA_MAX, GAMMA_MIN, SweepConfig
+from sweep.config import GAMMA_RANGE, SweepConfig, gamma_range, with_gamma_range
 from sweep.run import main
 from sweep.store import epoch_rows, layer_rows, new_record, trial_row
 from sweep.trainable import META_FILE, latest
@@ -48,6 +48,8 @@ def free_port() -> int:
     (["--num-samples", "0"], "--num-samples must be at least 1"),
     (["--gamma-min", "0"], "--gamma-min must be > 0"),
     (["--gamma-min", "0.1", "--gamma-max", "0.01"], "must be above --gamma-min"),
+    (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.003 to 1"),
+    (["--gamma-max", "-1"], "--gamma-max must be > 0"),
     (["--resume", "--name", "nope"], "no sweep named 'nope'"),
     (["--resume"], "no sweep to resume"),
     (["--address", f"127.0.0.1:{free_port()}"], "no Ray cluster answers at 127.0.0.1:"),
@@ -165,7 +167,18 @@ def sampled(c: SweepConfig) -> list[tuple[str, float]]:
     from sweep.space import sampled_trials
     from trainer.config import resolve
 
-    return sampled_trials(c, resolve(sweep_config.base_train_config(c), has_gpu=False))
+    return sampled_trials(with_gamma_range(c, c.preset),
+                          resolve(sweep_config.base_train_config(c), has_gpu=False))
+
+
+def test_the_default_gamma_range_is_the_presets_and_a_given_bound_wins():
+    assert gamma_range("cpu") == (3e-3, 1.0) and gamma_range("paper") == GAMMA_RANGE
+    c = SweepConfig(gamma_max=0.5)
+    assert (with_gamma_range(c, "cpu").gamma_min, with_gamma_range(c, "cpu").gamma_max) == (
+        3e-3, 0.5)
+    assert with_gamma_range(c, "smoke").gamma_min == GAMMA_RANGE[0]
+    given = SweepConfig(gamma_min=0.02, gamma_max=0.04)
+    assert with_gamma_range(given, "cpu") == given
 
 
 def test_the_same_seed_draws_the_same_gammas_and_references_come_first():
@@ -174,7 +187,8 @@ def test_the_same_seed_draws_the_same_gammas_and_references_come_first():
     assert first == again
     assert first[:2] == [("float-baseline", 0.0), ("floor", 0.0)]
     gammas = [g for _, g in first[2:]]
-    assert len(set(gammas)) == 5 and all(GAMMA_MIN <= g <= GAMMA_MAX for g in gammas)
+    low, high = GAMMA_RANGE
+    assert len(set(gammas)) == 5 and all(low <= g <= high for g in gammas)
     assert [g for _, g in sampled(c.replace(seed=1))[2:]] != gammas
 
 
