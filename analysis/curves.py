@@ -99,7 +99,7 @@ def epoch_time(epochs: pd.DataFrame, trials: pd.DataFrame) -> Figure | None:
     ax.set_ylim(bottom=0)
     ax.set_ylabel("epoch time (s, training only)")
     finish_axes(fig, ax, norm, styles, trials, n,
-                "Epoch time: training gets faster as channels are cut")
+                "Epoch time while channels are cut")
     return fig
 
 

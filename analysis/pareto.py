@@ -85,8 +85,8 @@ def trade_offs(trials: pd.DataFrame) -> list[str]:
     """Per sweep, the two headline trade-offs in words (or why one cannot be given yet).
 
     1. The most accurate finished compress trial at <= BITS_BUDGET of the float bits.
-    2. The one with the fewest weights kept whose accuracy is within ACCURACY_DROP of the
-       float baseline's (the mean over baseline seeds).
+    2. The one with the fewest weights kept (then the fewest bits) whose accuracy is within
+       ACCURACY_DROP of the float baseline's (the mean over baseline seeds).
     """
     lines = []
     for sweep in dict.fromkeys(trials["sweep"]):
@@ -117,8 +117,8 @@ def trade_offs(trials: pd.DataFrame) -> list[str]:
                          f"float baseline ({_pct(baseline.mean())}); the best reached "
                          f"{_pct(done['test_accuracy'].max())}")
             continue
-        best = near.sort_values(["weights_kept_fraction", "test_accuracy"],
-                                ascending=[True, False]).iloc[0]
+        best = near.sort_values(["weights_kept_fraction", "bits_fraction", "test_accuracy"],
+                                ascending=[True, True, False]).iloc[0]  # ties: fewest bits
         lines.append(f"{sweep}: most weights removed within {100 * ACCURACY_DROP:.0f} point of "
                      f"the float baseline ({_pct(baseline.mean())}): "
                      f"{_pct(1 - best['weights_kept_fraction'])} removed, "
