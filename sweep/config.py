@@ -23,7 +23,7 @@ SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
 RUNTIME_FIELDS = ("address", "results_dir", "name", "resume")
 # The default gamma range is the preset's: a longer run compresses more at the same gamma.
 # cpu, measured on the CIFAR-10 copy (sweep cpu-12: 5 epochs, seed 0, float baseline 81.3 %):
-# every gamma up to about 6e-3 gives the same network (81 %, 7.4-8.6 bits, nothing cut), so
+# every gamma up to about 6e-3 gives the same network (81 %, 7.4-8.8 bits, nothing cut), so
 # the range starts at 3e-3 and spends its samples where the trade-off moves: 4e-2 cuts 5 % of
 # the weights (77 %), 0.28 reaches 5 % of the float bits (67 %), 0.55 3 % (62 %); 1 gives
 # 54 % at 1.7 %, and 10 collapses (21 %). paper and smoke are unmeasured: paper trains ~5x
