@@ -92,39 +92,38 @@ def trade_offs(trials: pd.DataFrame) -> list[str]:
     for sweep in dict.fromkeys(trials["sweep"]):
         mine = trials[trials["sweep"] == sweep]
         done = finished(mine)
-        if done.empty:
-            continue
-        small = done[done["bits_fraction"] <= BITS_BUDGET + EPS]
-        if small.empty:
-            lines.append(f"{sweep}: no trial at <= {BITS_BUDGET:.0%} of the float bits yet "
-                         f"(smallest: {_pct(done['bits_fraction'].min())}); a larger "
-                         "--gamma-max reaches it")
-        else:
-            best = small.sort_values(["test_accuracy", "bits_fraction"],
-                                     ascending=[False, True]).iloc[0]
-            lines.append(f"{sweep}: best accuracy at <= {BITS_BUDGET:.0%} of the float bits: "
-                         f"{_pct(best['test_accuracy'])} at {_pct(best['bits_fraction'])} "
-                         f"of the bits ({_who(best)})")
-        baseline = finished(mine, BASELINE)["test_accuracy"].astype(float)
-        if baseline.empty:
-            lines.append(f"{sweep}: no finished float baseline, so no accuracy to stay "
-                         f"within {100 * ACCURACY_DROP:.0f} point of")
-            continue
-        floor = baseline.mean() - ACCURACY_DROP
-        near = done[done["test_accuracy"] >= floor - EPS]
-        if near.empty:
-            lines.append(f"{sweep}: no trial within {100 * ACCURACY_DROP:.0f} point of the "
-                         f"float baseline ({_pct(baseline.mean())}); the best reached "
-                         f"{_pct(done['test_accuracy'].max())}")
-            continue
-        best = near.sort_values(["weights_kept_fraction", "bits_fraction", "test_accuracy"],
-                                ascending=[True, True, False]).iloc[0]  # ties: fewest bits
-        lines.append(f"{sweep}: most weights removed within {100 * ACCURACY_DROP:.0f} point of "
-                     f"the float baseline ({_pct(baseline.mean())}): "
-                     f"{_pct(1 - best['weights_kept_fraction'])} removed, "
-                     f"{_pct(best['test_accuracy'])} accuracy, {_pct(best['bits_fraction'])} "
-                     f"of the bits ({_who(best)})")
+        if not done.empty:
+            baseline = finished(mine, BASELINE)["test_accuracy"].astype(float)
+            lines += [f"{sweep}: {_best_at_bits(done)}",
+                      f"{sweep}: {_most_removed(done, baseline)}"]
     return lines
+
+
+def _best_at_bits(done: pd.DataFrame) -> str:
+    small = done[done["bits_fraction"] <= BITS_BUDGET + EPS]
+    if small.empty:
+        return (f"no trial at <= {BITS_BUDGET:.0%} of the float bits yet (smallest: "
+                f"{_pct(done['bits_fraction'].min())}); a larger --gamma-max reaches it")
+    best = small.sort_values(["test_accuracy", "bits_fraction"], ascending=[False, True]).iloc[0]
+    return (f"best accuracy at <= {BITS_BUDGET:.0%} of the float bits: "
+            f"{_pct(best['test_accuracy'])} at {_pct(best['bits_fraction'])} of the bits "
+            f"({_who(best)})")
+
+
+def _most_removed(done: pd.DataFrame, baseline: pd.Series) -> str:
+    within = f"within {100 * ACCURACY_DROP:.0f} point of"
+    if baseline.empty:
+        return f"no finished float baseline, so no accuracy to stay {within}"
+    near = done[done["test_accuracy"] >= baseline.mean() - ACCURACY_DROP - EPS]
+    if near.empty:
+        return (f"no trial {within} the float baseline ({_pct(baseline.mean())}); the best "
+                f"reached {_pct(done['test_accuracy'].max())}")
+    best = near.sort_values(["weights_kept_fraction", "bits_fraction", "test_accuracy"],
+                            ascending=[True, True, False]).iloc[0]  # ties: fewest bits
+    return (f"most weights removed {within} the float baseline ({_pct(baseline.mean())}): "
+            f"{_pct(1 - best['weights_kept_fraction'])} removed, "
+            f"{_pct(best['test_accuracy'])} accuracy, {_pct(best['bits_fraction'])} of the "
+            f"bits ({_who(best)})")
 
 
 def _pct(fraction: float) -> str:
