@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainer.config import DATASETS, PRESET_NAMES, PRESETS, ConfigError, TrainConfig
+from trainer.config import DATASETS, KINDS, PRESET_NAMES, PRESETS, ConfigError, TrainConfig
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -59,6 +59,13 @@ def parser() -> argparse.ArgumentParser:
                       const="float-baseline", help="plain float ResNet-9, no quantization")
     mode.add_argument("--floor", action="store_const", dest="kind", const="floor",
                       help="one channel per layer: the cost of everything but the network")
+    mode.add_argument("--kind", choices=KINDS, help="what to train: the method (compress) or "
+                      "a reference: narrow-float (float at --width, sized against the "
+                      "preset's width), fixed-bits (every channel at --fixed-bits bits)")
+    p.add_argument("--fixed-bits", type=float,
+                   help="bit depth every channel keeps (implies --kind fixed-bits)")
+    p.add_argument("--full-width", type=float, help="width whose weights sizes are measured "
+                   "against (default: the trial's own; narrow-float: the preset's)")
     p.add_argument("--preset", default=d.preset, metavar="{" + ",".join(PRESET_NAMES) + "}",
                    help=f"defaults for the fields below; auto = paper on a GPU, else cpu. "
                         f"{preset_help()}")
@@ -72,6 +79,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
     p.add_argument("--init-bits", type=float, default=d.init_bits,
                    help="initial bit depth of every channel (default %(default)s)")
+    p.add_argument("--lr-exp", type=float,
+                   help="peak Adam learning rate of the exponents e (default: --lr-quant)")
+    p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,
+                   help="fraction of training over which gamma ramps up from 0 "
+                        "(default %(default)s: off)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
     p.add_argument("--dataset", default=d.dataset, metavar="{" + ",".join(DATASETS) + "}",
                    help="cifar10, or synthetic: a small generated set (default %(default)s)")
@@ -82,12 +94,13 @@ def parser() -> argparse.ArgumentParser:
                    help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, help="write trials/epochs/layers.parquet and model.pt here")
     p.add_argument("--quiet", action="store_true", help="no per-epoch table")
-    p.set_defaults(kind="compress")
     return p
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if args.kind is None:
+        args.kind = "fixed-bits" if args.fixed_bits is not None else "compress"
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
 
 

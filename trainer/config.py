@@ -10,7 +10,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-KINDS = ("compress", "float-baseline", "floor")
+# compress: the method. The others are references, trained with the same recipe:
+# float-baseline: no quantization; narrow-float: the same at a narrower width (sizes against
+# full_width); fixed-bits: every channel held at fixed_bits bits, exponents learned, no size
+# term; floor: one channel per layer (the cost of everything but the network).
+KINDS = ("compress", "float-baseline", "narrow-float", "fixed-bits", "floor")
+QUANTIZED_KINDS = ("compress", "fixed-bits")
 DATASETS = ("cifar10", "synthetic")
 PRESET_NAMES = ("paper", "cpu", "smoke", "auto")
 
@@ -23,12 +28,15 @@ class ConfigError(ValueError):
 class TrainConfig:
     # --- what to train ---
     gamma: float = 0.01  # weight of the size term: loss = CE + gamma * Q, Q in bits/weight
-    kind: str = "compress"  # compress | float-baseline (no quant.) | floor (1 channel/layer)
+    kind: str = "compress"  # one of KINDS (above): the method or a reference
     preset: str = "auto"  # paper | cpu | smoke | auto (paper on a GPU, else cpu)
     seed: int = 0  # seeds weight init, data order and augmentation
     # --- filled in by the preset when None ---
     epochs: int | None = None  # passes over the training set
     width: float | None = None  # channel multiplier on 64-128-256-512 (1.0 = Page's ResNet-9)
+    full_width: float | None = None  # width whose weights (N0) sizes are measured against
+    #   (None: the trial's own width); a narrow reference sets the preset's width here
+    fixed_bits: float | None = None  # fixed-bits kind only: the bit depth every channel keeps
     batch_size: int | None = None  # images per step
     lr: float | None = None  # peak SGD learning rate of the weights (piecewise-linear schedule)
     lr_quant: float | None = None  # peak Adam learning rate of bit depths b and exponents e
@@ -37,6 +45,8 @@ class TrainConfig:
     test_subset: int | None = None  # evaluate on the first N test images (0 = all)
     # --- method ---
     init_bits: float = 8.0  # initial bit depth b of every channel
+    lr_exp: float | None = None  # peak Adam learning rate of the exponents e (None: lr_quant)
+    gamma_ramp: float = 0.0  # fraction of training over which gamma ramps up from 0 (0 = off)
     momentum: float = 0.9  # SGD Nesterov momentum of the weights
     weight_decay: float = 5e-4  # L2 on weights and BatchNorm parameters (not on b, e)
     label_smoothing: float = 0.2  # cross-entropy label smoothing (Page's recipe)
@@ -90,6 +100,9 @@ def resolve(config: TrainConfig, has_gpu: bool | None = None) -> TrainConfig:
         preset = "paper" if has_gpu else "cpu"
     filled = {k: v for k, v in PRESETS[preset].items() if getattr(config, k) is None}
     config = config.replace(preset=preset, **filled)
+    if config.kind == "narrow-float" and config.full_width is None:
+        # A narrow reference is measured against the network the preset compresses.
+        config = config.replace(full_width=PRESETS[preset]["width"])
     validate(config)
     return config
 
@@ -113,6 +126,15 @@ def validate(c: TrainConfig) -> None:
     need(c.lr is not None and c.lr > 0, f"--lr must be > 0, got {c.lr}")
     need(c.lr_quant is not None and c.lr_quant >= 0, f"--lr-quant must be >= 0, got {c.lr_quant}")
     need(0 < c.init_bits <= 32, f"--init-bits must be in (0, 32], got {c.init_bits}")
+    need(c.lr_exp is None or c.lr_exp >= 0, f"--lr-exp must be >= 0, got {c.lr_exp}")
+    need(0 <= c.gamma_ramp <= 1, f"--gamma-ramp must be in [0, 1], got {c.gamma_ramp}")
+    need(c.full_width is None or (c.full_width > 0 and math.isfinite(c.full_width)),
+         f"--full-width must be > 0, got {c.full_width}")
+    need((c.kind == "fixed-bits") == (c.fixed_bits is not None),
+         "--fixed-bits N goes with the fixed-bits kind (and it needs one): "
+         "e.g. --kind fixed-bits --fixed-bits 4")
+    need(c.fixed_bits is None or 1 <= c.fixed_bits <= 32,
+         f"--fixed-bits must be in [1, 32], got {c.fixed_bits}")
     need(c.warmup_fraction is not None and 0 <= c.warmup_fraction < 1,
          f"warmup_fraction must be in [0, 1), got {c.warmup_fraction}")
     need(c.cut_every >= 1, f"--cut-every must be at least 1, got {c.cut_every}")

@@ -112,7 +112,8 @@ class ResNet9(nn.Module):
     """Page's ResNet-9 with per-channel learned bit depths (``quantized=True``)."""
 
     def __init__(self, widths: tuple[int, int, int, int] = (64, 128, 256, 512),
-                 num_classes: int = 10, quantized: bool = True, init_bits: float = 8.0):
+                 num_classes: int = 10, quantized: bool = True, init_bits: float = 8.0,
+                 n0: int | None = None):
         super().__init__()
         c0, c1, c2, c3 = widths
         q = dict(quantized=quantized, init_bits=init_bits)
@@ -125,7 +126,9 @@ class ResNet9(nn.Module):
         self.layer3 = ConvBlock(c2, c3, pool=True, **q)
         self.res3 = Residual(c3, **q)
         self.head = QLinear(c3, num_classes, **q)
-        self.n0 = sum(m.weight.numel() for _, m in self.quant_layers())  # original weights
+        # N0: the weights sizes are measured against; this network's own unless a reference
+        # trial is measured against a wider one (narrow-float: the preset's full network).
+        self.n0 = n0 or sum(m.weight.numel() for _, m in self.quant_layers())
         self.initial_shapes = {n: tuple(m.weight.shape) for n, m in self.quant_layers()}
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, 32, 32) -> (B, classes)
@@ -211,7 +214,18 @@ class ResNet9(nn.Module):
                     if n in present else None) for n in LAYER_NAMES}
 
 
+def weight_count(widths: tuple[int, int, int, int], num_classes: int = 10) -> int:
+    """Weights (conv + linear) of the uncompressed ResNet-9 with these channel counts."""
+    c0, c1, c2, c3 = widths
+    return 9 * (3 * c0 + c0 * c1 + 2 * c1 * c1 + c1 * c2 + c2 * c3 + 2 * c3 * c3) + \
+        c3 * num_classes
+
+
 def build_model(widths: tuple[int, int, int, int], quantized: bool, init_bits: float,
-                num_classes: int = 10) -> ResNet9:
-    """A fresh ResNet-9 (the seed must be set by the caller for reproducible weights)."""
-    return ResNet9(widths, num_classes=num_classes, quantized=quantized, init_bits=init_bits)
+                num_classes: int = 10, n0: int | None = None) -> ResNet9:
+    """A fresh ResNet-9 (the seed must be set by the caller for reproducible weights).
+
+    ``n0``: the weight count sizes are measured against (None: this network's own).
+    """
+    return ResNet9(widths, num_classes=num_classes, quantized=quantized, init_bits=init_bits,
+                   n0=n0)

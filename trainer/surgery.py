@@ -31,10 +31,18 @@ class Remap:
     keep: Tensor
 
 
+def _sliced(t: Tensor, dim: int, keep: Tensor) -> Tensor:
+    """``t.index_select(dim, keep)`` in ``t``'s memory format (channels_last stays so)."""
+    out = t.index_select(dim, keep)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def _slice_param(module: nn.Module, name: str, dim: int, keep: Tensor,
                  remaps: list[Remap]) -> None:
     old = getattr(module, name)
-    new = nn.Parameter(old.detach().index_select(dim, keep).clone(),
+    new = nn.Parameter(_sliced(old.detach(), dim, keep).clone(),
                        requires_grad=old.requires_grad)
     setattr(module, name, new)
     remaps.append(Remap(old, new, dim, keep))
@@ -87,7 +95,7 @@ def slice_optimizer_state(optimizers: list[torch.optim.Optimizer], remaps: list[
             if r.old in opt.state:
                 state = opt.state.pop(r.old)
                 opt.state[r.new] = {
-                    k: v.index_select(r.dim, r.keep)
+                    k: _sliced(v, r.dim, r.keep)
                     if torch.is_tensor(v) and v.shape == r.old.shape else v
                     for k, v in state.items()}
         gone = {id(p) for p in dropped}

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from trainer import data as D
-from trainer.config import ConfigError, TrainConfig, resolve, widths
-from trainer.model import ResNet9, build_model
+from trainer.config import QUANTIZED_KINDS, ConfigError, TrainConfig, resolve, widths
+from trainer.model import ResNet9, build_model, weight_count
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
 
@@ -73,17 +73,37 @@ def load_data(config: TrainConfig, device: torch.device) -> D.DeviceData:
     return D.to_device(arrays, device, config.train_subset or 0, config.test_subset or 0)
 
 
+def model_for(config: TrainConfig) -> ResNet9:
+    """The network a resolved ``config`` trains, before any cut (seed set by the caller)."""
+    n0 = weight_count(widths(config.full_width)) if config.full_width else None
+    fixed = config.kind == "fixed-bits"
+    model = build_model(widths(config.width, config.kind),
+                        quantized=config.kind in QUANTIZED_KINDS,
+                        init_bits=config.fixed_bits if fixed else config.init_bits, n0=n0)
+    if fixed:  # bit depths held; the exponents still learn
+        for _, layer in model.quant_layers():
+            layer.b.requires_grad_(False)
+    return model
+
+
 def make_optimizers(model: ResNet9, config: TrainConfig) -> list[torch.optim.Optimizer]:
-    """SGD Nesterov for weights and BatchNorm (Page's recipe); Adam for b and e, no decay."""
-    quant = [p for n, p in model.named_parameters() if n.endswith((".b", ".e"))]
-    quant_ids = {id(p) for p in quant}
-    weights = [p for p in model.parameters() if id(p) not in quant_ids]
+    """SGD Nesterov for weights and BatchNorm (Page's recipe); Adam for b and e, no decay.
+
+    Each parameter group carries its peak learning rate (``peak_lr``) for the schedule.
+    """
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    bits = [p for n, p in named if n.endswith(".b")]
+    exps = [p for n, p in named if n.endswith(".e")]
+    quant_ids = {id(p) for p in bits + exps}
+    weights = [p for _, p in named if id(p) not in quant_ids]
     opts: list[torch.optim.Optimizer] = [torch.optim.SGD(
-        weights, lr=config.lr, momentum=config.momentum, nesterov=True,
-        weight_decay=config.weight_decay)]
-    if quant:
-        opts.append(torch.optim.Adam([{"params": quant, "weight_decay": 0.0}],
-                                     lr=config.lr_quant))
+        [{"params": weights, "peak_lr": config.lr}], lr=config.lr, momentum=config.momentum,
+        nesterov=True, weight_decay=config.weight_decay)]
+    lr_exp = config.lr_quant if config.lr_exp is None else config.lr_exp
+    groups = [{"params": ps, "weight_decay": 0.0, "peak_lr": peak}
+              for ps, peak in ((bits, config.lr_quant), (exps, lr_exp)) if ps]
+    if groups:
+        opts.append(torch.optim.Adam(groups, lr=config.lr_quant))
     return opts
 
 
@@ -96,10 +116,17 @@ def lr_factor(step: int, total: int, warmup_fraction: float) -> float:
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], config: TrainConfig, factor: float) -> float:
-    for opt, peak in zip(optimizers, (config.lr, config.lr_quant), strict=False):
+    """Every group at ``factor`` times its peak; returns the weights' learning rate."""
+    for opt in optimizers:
         for group in opt.param_groups:
-            group["lr"] = peak * factor
+            group["lr"] = group["peak_lr"] * factor
     return config.lr * factor
+
+
+def gamma_at(step: int, total: int, config: TrainConfig) -> float:
+    """The size term's weight at ``step``: gamma, ramped up linearly over ``gamma_ramp``."""
+    ramp = config.gamma_ramp * total
+    return config.gamma * min(1.0, step / ramp) if ramp >= 1 else config.gamma
 
 
 @torch.no_grad()
@@ -124,13 +151,13 @@ def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.Devic
         torch.set_flush_denormal(True)
     torch.manual_seed(config.seed)
     data = load_data(config, device)
-    model = build_model(widths(config.width, config.kind), quantized=config.kind == "compress",
-                        init_bits=config.init_bits).to(device)
+    model = model_for(config).to(device)
     if resume is not None:
         apply_layout(model, resume["layout"])
         model.load_state_dict(resume["model"])
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    # channels_last on CPU too: oneDNN's convolutions run 1.2-1.5x faster in it (local/cl.py
+    # style measurement in benchmarks.roofline); surgery keeps new weights in it.
+    model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(config.seed)
     state = TrainState(config, model, make_optimizers(model, config), gen)
     if resume is not None:
@@ -150,6 +177,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
     state, data = setup(config, resume)
     model, opts, c = state.model, state.optimizers, config
     cuda = next(model.parameters()).device.type == "cuda"
+    compress = c.kind == "compress"
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
     steps_per_epoch = max(data.n_train // c.batch_size, 1)
     total_steps = steps_per_epoch * c.epochs
@@ -163,15 +191,16 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         epoch_start = time.perf_counter()
         progress = Progress(steps_per_epoch) if verbose else None
         loss_sum = torch.zeros((), device=data.y_train.device)
-        batches = D.train_batches(data, c.batch_size, state.gen, c.cutout, channels_last=cuda)
+        batches = D.train_batches(data, c.batch_size, state.gen, c.cutout, channels_last=True)
         for i, (x, y) in enumerate(batches, start=1):
             lr = set_lr(opts, c, lr_factor(state.step, total_steps, c.warmup_fraction))
             with autocast():
                 logits = model(x)
             ce = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
             loss = ce
-            if model.quantized:
-                loss = ce + c.gamma * model.size().q + c.dead_l1 * model.dead_penalty()
+            if compress:
+                gamma = gamma_at(state.step, total_steps, c)
+                loss = ce + gamma * model.size().q + c.dead_l1 * model.dead_penalty()
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -190,7 +219,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         if progress:
             progress.close()
         metrics = {"epoch": epoch, "train_loss": float(loss_sum) / steps_per_epoch,
-                   "test_accuracy": evaluate(model, data, autocast, cuda), **size_metrics(model)}
+                   "test_accuracy": evaluate(model, data, autocast, True), **size_metrics(model)}
         per_layer = channels(model)
         metrics.update(channels_kept=sum(per_layer.values()), epoch_time_s=epoch_time,
                        time_total_s=time.perf_counter() - started, lr=lr, channels=per_layer)
@@ -213,6 +242,7 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
     return {
         "kind": state.config.kind, "gamma": state.config.gamma, "seed": state.config.seed,
         "preset": state.config.preset, "width": state.config.width,
+        "fixed_bits": state.config.fixed_bits,
         "epochs": state.config.epochs, "test_accuracy": last.get("test_accuracy"),
         **size_metrics(model), "train_time_s": state.time_total_s,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -242,8 +272,7 @@ def load_model(path: str | os.PathLike, map_location: str = "cpu") -> ResNet9:
     """Rebuild a network saved by ``save_model`` (or a checkpoint) with its live channels."""
     saved = torch.load(path, map_location=map_location, weights_only=False)
     config = TrainConfig(**saved["config"])
-    model = build_model(widths(config.width, config.kind), quantized=config.kind == "compress",
-                        init_bits=config.init_bits)
+    model = model_for(config)
     apply_layout(model, saved["layout"])
     model.load_state_dict(saved["model"])
     return model.eval()
