@@ -14,9 +14,19 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from analysis.load import BASELINE, finished
-from analysis.pareto import front_of
+from analysis.pareto import front_of, pareto_front
+from analysis.references import (
+    FAMILY_NAMES,
+    REFERENCE_KINDS,
+    all_references,
+    reference_points,
+    setting_label,
+)
 from analysis.style import (
     BASELINE_STYLE,
+    LABEL_OFFSETS,
+    LABEL_SIZE,
+    REFERENCE_STYLES,
     gamma_colour,
     gamma_colourbar,
     gamma_norm,
@@ -74,16 +84,92 @@ def draw_front(ax, trials: pd.DataFrame, size_column: str, style, label_prefix: 
             zorder=2, label=f"{label_prefix}Pareto front ({plural(len(front), 'trial')})")
 
 
+def draw_references(ax, trials: pd.DataFrame, size_column: str, prefix: str,
+                    linestyle) -> list[tuple[float, float, str, str]]:
+    """Each reference family present: its points (light) and a line through its Pareto front.
+
+    Returns the point labels to place, (x %, accuracy %, text, colour): one per setting at its
+    most accurate point, front points first. A family whose points all share one size (fixed
+    bits against weights kept) has a one-point front: its best trial.
+    """
+    labels: list[tuple[float, float, str, str]] = []
+    for kind in REFERENCE_KINDS:
+        points = reference_points(trials, kind)
+        if points.empty:
+            continue
+        colour, marker = REFERENCE_STYLES[kind]
+        x = 100 * points[size_column].astype(float)
+        y = 100 * points["test_accuracy"].astype(float)
+        on_front = pareto_front(x.tolist(), y.tolist())
+        front = (f"best of {plural(len(points), 'trial')}, all at {x.iloc[0]:.3g} %"
+                 if x.nunique() == 1 and len(points) > 1 else
+                 f"front of {len(on_front)} of {plural(len(points), 'trial')}")
+        ax.scatter(x, y, marker=marker, s=24, color=colour, alpha=0.4, linewidths=0, zorder=2)
+        ax.plot(x.iloc[on_front], y.iloc[on_front], color=colour, linestyle=linestyle,
+                linewidth=1.2, marker=marker, markersize=6, markeredgecolor="white",
+                markeredgewidth=0.6, zorder=2.5, label=f"{prefix}{FAMILY_NAMES[kind]}: {front}")
+        rest = y.drop(y.index[on_front]).sort_values(ascending=False).index
+        order = [points.index[i] for i in on_front] + list(rest)
+        seen: set[str] = set()
+        for i in order:
+            text = setting_label(kind, points.loc[i])
+            if text and text not in seen:
+                seen.add(text)
+                labels.append((float(x[i]), float(y[i]), text, colour))
+    return labels
+
+
+Box = tuple[float, float, float, float]  # (x0, y0, x1, y1) in pixels
+
+
+def place_labels(fig: Figure, ax, labels: list[tuple[float, float, str, str]],
+                 dots: pd.DataFrame) -> None:
+    """Write each label beside its point, on the first side where it stays inside the axes and
+    covers no other label and no point of ``dots`` (columns x, y, in data units); a label with
+    no such side is left out, so the figure stays readable."""
+    fig.draw_without_rendering()  # run the layout: pixel positions are now the saved ones
+    to_pixels, frame, scale = ax.transData.transform, ax.get_window_extent(), fig.dpi / 72
+    radius = 5.0 * scale  # pixels: a trial marker's radius (3.4 points) and a margin
+    dot_boxes = [(qx - radius, qy - radius, qx + radius, qy + radius)
+                 for qx, qy in to_pixels(dots[["x", "y"]].to_numpy(dtype=float))]
+    placed: list[Box] = []  # the labels written so far
+    for x, y, text, colour in labels:
+        px, py = to_pixels((x, y))
+        width, height = 0.62 * LABEL_SIZE * scale * len(text), 1.25 * LABEL_SIZE * scale
+        own = (px - radius, py - radius, px + radius, py + radius)
+        for dx, dy, ha, va in LABEL_OFFSETS:
+            left = px + dx * scale - {"left": 0, "center": 0.5, "right": 1}[ha] * width
+            bottom = py + dy * scale - {"bottom": 0, "center": 0.5, "top": 1}[va] * height
+            box = (left, bottom, left + width, bottom + height)
+            inside = frame.x0 <= box[0] and box[2] <= frame.x1 and frame.y0 <= box[1] \
+                and box[3] <= frame.y1
+            if inside and not any(_overlap(box, other) for other in placed) and not any(
+                    _overlap(box, dot) for dot in dot_boxes if dot != own):
+                ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha,
+                            va=va, fontsize=LABEL_SIZE, color=colour, zorder=4,
+                            bbox={"boxstyle": "square,pad=0.1", "facecolor": "white",
+                                  "edgecolor": "none", "alpha": 0.7},  # lines stay behind
+                            ).set_in_layout(False)
+                placed.append(box)
+                break
+
+
+def _overlap(a: Box, b: Box) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
 def size_vs_accuracy(trials: pd.DataFrame, size_column: str) -> Figure | None:
-    """Every finished trial as a point coloured by γ, each sweep's front, the float baseline."""
-    done = finished(trials)
-    if done.empty:
+    """Every finished trial as a point coloured by γ, each sweep's front, the float baseline,
+    and each reference family's points and front (the compress front stays the headline)."""
+    done, refs = finished(trials), all_references(trials)
+    if done.empty and refs.empty:
         return None
     xlabel, title = SIZE_AXES[size_column]
     sweeps = list(dict.fromkeys(trials["sweep"]))
     styles, norm = sweep_styles(sweeps), gamma_norm(done["gamma"])
     fig, ax = new_figure()
     several = len(sweeps) > 1
+    labels = []
     for sweep in sweeps:
         mine, style = trials[trials["sweep"] == sweep], styles[sweep]
         prefix = f"{sweep}: " if several else ""
@@ -93,6 +179,8 @@ def size_vs_accuracy(trials: pd.DataFrame, size_column: str) -> Figure | None:
                    s=46, edgecolors="black", linewidths=0.5, zorder=3)
         draw_front(ax, mine, size_column, style, prefix)
         draw_baseline(ax, mine, style.colour, prefix)
+        labels += draw_references(ax, mine, size_column, prefix,
+                                  style.linestyle if several else "-")
     handles = ax.get_legend_handles_labels()[0]
     for sweep in sweeps:  # what the points are; with several sweeps, which marker is which
         n = len(finished(trials[trials["sweep"] == sweep]))
@@ -101,12 +189,17 @@ def size_vs_accuracy(trials: pd.DataFrame, size_column: str) -> Figure | None:
                               markeredgecolor="black",
                               label=f"{sweep}: {label}" if several else label))
     legend_below(fig, handles)
+    drawn = pd.concat([done, refs])
     ax.set_xscale("log")
-    log_percent_axis(ax.xaxis, 100 * done[size_column].astype(float))
+    log_percent_axis(ax.xaxis, 100 * drawn[size_column].astype(float))
     ax.set_xlabel(xlabel)
     ax.set_ylabel("test accuracy (%)")
     set_titles(fig, ax, sweep_title(title, sweeps), status_note(trials))
     gamma_colourbar(fig, ax, norm)
+    if labels:
+        place_labels(fig, ax, labels, pd.DataFrame({
+            "x": 100 * drawn[size_column].astype(float),
+            "y": 100 * drawn["test_accuracy"].astype(float)}))
     return fig
 
 

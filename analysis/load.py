@@ -25,10 +25,13 @@ REQUIRED = {
     LAYERS_FILE: ("trial_id", "layer", "out_channels_initial", "out_channels_final",
                   "mean_bits"),
 }
-OPTIONAL_TRIAL_COLUMNS = ("sweep", "error", "seed")
+# Older files lack the reference columns (fixed_bits, full_width): they read as null.
+OPTIONAL_TRIAL_COLUMNS = ("sweep", "error", "seed", "width", "fixed_bits", "full_width")
 
 FINISHED, FAILED = "TERMINATED", "ERROR"
 COMPRESS, BASELINE, FLOOR = "compress", "float-baseline", "floor"
+NARROW_FLOAT, FIXED_BITS = "narrow-float", "fixed-bits"  # reference families (DESIGN.md §3)
+KINDS = (COMPRESS, BASELINE, FLOOR, NARROW_FLOAT, FIXED_BITS)  # others: counted, not drawn
 DEFAULT_RESULTS = Path("results")
 
 

@@ -137,9 +137,18 @@ def _who(trial: pd.Series) -> str:
 def _cell(column: str, value: object) -> str:
     """One value of the Markdown table, in the units a reader expects."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if column in ("test_accuracy", "bits_fraction", "weights_kept_fraction"):
+        return OUTSIDE if column == "gap" else "-"
+    if column in ("test_accuracy", "bits_fraction", "weights_kept_fraction",
+                  "reference_accuracy"):
         return _pct(value)
+    if column == "gap":
+        return f"{100 * float(value):+.2f} points"
+    if column == "width":
+        return f"{float(value):.3g}"
+    if column == "width_fraction":
+        return f"{float(value):.3g}×"
+    if column == "fixed_bits":
+        return f"{float(value):.3g}"
     if column == "gamma":
         return f"{float(value):.3g}"
     if column == "mean_bits":
@@ -151,12 +160,17 @@ def _cell(column: str, value: object) -> str:
 
 HEADERS = {"sweep": "sweep", "trial_id": "trial", "gamma": "γ", "test_accuracy": "accuracy",
            "bits_fraction": "size (% of float32)", "weights_kept_fraction": "weights kept",
-           "mean_bits": "mean bits", "train_time_s": "train time"}
+           "mean_bits": "mean bits", "train_time_s": "train time",
+           "width": "width", "width_fraction": "width (× full)", "fixed_bits": "bits per weight",
+           "reference_accuracy": "best reference at this size",
+           "gap": "above (+) / below (-) the references"}
+OUTSIDE = "outside the references' range"  # a gap that is not extrapolated
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    """The Pareto table as a GitHub Markdown table, percentages and units spelled out."""
-    columns = list(TABLE_COLUMNS)
+def to_markdown(table: pd.DataFrame, columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """A table as GitHub Markdown (default: the Pareto table), percentages and units spelled
+    out."""
+    columns = list(columns)
     lines = ["| " + " | ".join(HEADERS[c] for c in columns) + " |",
              "|" + "|".join("---" if c in ("sweep", "trial_id") else "---:" for c in columns)
              + "|"]

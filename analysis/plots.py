@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,12 +23,14 @@ from analysis.figures import layers_figure, size_vs_accuracy
 from analysis.load import (
     DEFAULT_RESULTS,
     FAILED,
+    KINDS,
     Results,
     ResultsError,
     count_by_status,
     load_results,
 )
 from analysis.pareto import pareto_table, pick_layer_trial, to_markdown, trade_offs
+from analysis.references import references_markdown
 from analysis.style import save
 from trainer.cli import OneLineParser  # torch-free: argparse with one-line errors
 
@@ -131,15 +134,18 @@ def trial_layers(results: Results, trial: pd.Series) -> pd.DataFrame:
     return layers[mine].reset_index(drop=True)
 
 
-def write_table(table: pd.DataFrame, best: list[str], out: Path) -> list[Path]:
-    """pareto.csv (raw fractions) and pareto.md (percentages, then the trade-offs) in ``out``."""
+def write_table(table: pd.DataFrame, best: list[str], references: str,
+                out: Path) -> list[Path]:
+    """pareto.csv (raw fractions) and pareto.md (percentages, the trade-offs, then the
+    references' section when there is one) in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "pareto.csv", out / "pareto.md"
     table.to_csv(csv, index=False)
     md.write_text("# Pareto-optimal trials\n\nSmallest size (bits relative to the 32-bit float "
                   "network) for its test accuracy, per sweep; failed and unfinished trials "
                   "are left out.\n\n" + to_markdown(table) + "\n## Best trade-offs\n\n"
-                  + "".join(f"- {line}\n" for line in best or ["none yet"]),
+                  + "".join(f"- {line}\n" for line in best or ["none yet"])
+                  + (f"\n{references}" if references else ""),
                   encoding="utf-8")
     return [csv, md]
 
@@ -154,6 +160,11 @@ def summary(results: Results) -> str:
     for row in t[t["status"] == FAILED].itertuples():
         error = str(row.error or "no error recorded").splitlines()[0][:120]
         lines.append(f"  failed: {row.sweep}/{row.trial_id}: {error}")
+    unknown = t.loc[~t["kind"].isin(KINDS), "kind"].fillna("none").astype(str)
+    if len(unknown):
+        names = ", ".join(f"{n} {k!r}" for k, n in unknown.value_counts(sort=False).items())
+        lines.append(f"  not drawn: {names}: kinds this analysis does not know "
+                     f"(it knows {', '.join(KINDS)})")
     return "\n".join(lines)
 
 
@@ -166,13 +177,16 @@ def run(config: PlotsConfig) -> list[Path]:
     table = pareto_table(results.trials)
     written = write_figures(results, trial, out, config.format, chosen=config.trial is None)
     best = trade_offs(results.trials)
-    written += write_table(table, best, out)
+    references = references_markdown(results.trials)
+    written += write_table(table, best, references, out)
     for note in results.notes:
         print(f"note: {note}")
     print("\nPareto-optimal trials:\n" + (to_markdown(table) if len(table) else
                                             "none yet: no compress trial has finished\n"))
     if best:
         print("Best trade-offs:\n" + "".join(f"  {line}\n" for line in best))
+    if references:  # Markdown headings printed as the lines above: 'Title:'
+        print(re.sub(r"^#+ (.*)$", r"\1:", references, flags=re.MULTILINE))
     for path in written:
         print(f"wrote {path}")
     return written

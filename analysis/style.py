@@ -18,7 +18,7 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from analysis.load import COMPRESS, count_by_status
+from analysis.load import COMPRESS, FIXED_BITS, NARROW_FLOAT, count_by_status
 
 CMAP = colormaps["viridis"]
 NO_GAMMA = "#9a9a9a"  # colour of a trial whose γ is 0 or missing (no place on a log scale)
@@ -29,6 +29,13 @@ LINE_COLOURS = ("black", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:
 LINE_STYLES = ("-", "--", "-.", (0, (6, 2, 1, 2, 1, 2)))  # fronts; baselines are dotted
 BASELINE_STYLE = (0, (1, 1.5))  # dotted: the float baseline of any sweep
 GAMMA_LABEL = "γ, weight of the size term (log scale)"
+# Reference families: a colour outside viridis (the γ colours) and a marker no sweep uses.
+REFERENCE_STYLES = {NARROW_FLOAT: ("tab:blue", "h"), FIXED_BITS: ("darkorange", "d")}
+LABEL_SIZE = 6.5  # points: the light labels of reference points
+# Where a point's label may go, tried in order: (dx, dy) in points, horizontal and vertical
+# alignment of the text: right of the point, left, above, below.
+LABEL_OFFSETS = ((6, 0, "left", "center"), (-6, 0, "right", "center"),
+                 (0, 6, "center", "bottom"), (0, -6, "center", "top"))
 
 
 @dataclass(frozen=True)

@@ -15,13 +15,9 @@ import torch.nn.functional as F
 
 from trainer.cli import OneLineParser
 from trainer.config import TrainConfig, resolve, widths
-from trainer.model import ResNet9, build_model
+from trainer.model import SPATIAL, ResNet9, build_model
 from trainer.results import code_version
 from trainer.train import make_optimizers
-
-# Output side of each conv for a 32x32 input (convs run before their pool).
-SPATIAL = {"prep": 32, "layer1": 32, "res1.conv1": 16, "res1.conv2": 16, "layer2": 16,
-           "layer3": 8, "res3.conv1": 4, "res3.conv2": 4}
 
 
 def parser(name: str, doc: str) -> OneLineParser:
@@ -58,20 +54,16 @@ def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 1) 
 
 def conv_macs(model: ResNet9) -> int:
     """Multiply-accumulates of one forward pass on one 32x32 image, as the network is now."""
-    total = 0
-    for name, layer in model.quant_layers():
-        if name == "head":
-            total += layer.weight.numel()
-        else:
-            total += SPATIAL[name] ** 2 * layer.weight.numel()
-    return total
+    return sum(SPATIAL[name] ** 2 * layer.weight.numel() for name, layer in model.quant_layers())
 
 
 def model_for(preset: str, kind: str = "compress", seed: int = 0, **overrides) -> ResNet9:
+    """A fresh network of ``preset``, in channels_last as the trainer holds it."""
     config = resolve(TrainConfig(preset=preset, kind=kind, **overrides), has_gpu=False)
     torch.manual_seed(seed)
-    return build_model(widths(config.width, kind), quantized=kind == "compress",
-                       init_bits=config.init_bits)
+    model = build_model(widths(config.width, kind), quantized=kind == "compress",
+                        init_bits=config.init_bits)
+    return model.to(memory_format=torch.channels_last)
 
 
 def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float = 0.01,
@@ -80,6 +72,7 @@ def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float
     config = config or resolve(TrainConfig(preset="cpu"), has_gpu=False)
     opts = make_optimizers(model, config)
     model.train()
+    x = x.contiguous(memory_format=torch.channels_last)  # as trainer.data hands batches over
 
     def step() -> None:
         loss = F.cross_entropy(model(x), y, label_smoothing=0.2)

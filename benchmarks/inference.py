@@ -20,7 +20,7 @@ def main() -> None:
     args = p.parse_args()
     small, result = compressed_model()
     full = model_for("cpu", width=small.widths[0] / 64)
-    x = torch.randn(args.batch, 3, 32, 32)
+    x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     small.eval(), full.eval()
 
     def infer(model):

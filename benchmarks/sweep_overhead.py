@@ -45,7 +45,7 @@ def gammas(b: BenchConfig) -> list[float]:
     from sweep.space import sampled_trials
     from trainer.config import resolve
 
-    c = with_gamma_range(SweepConfig(num_samples=b.trials, seed=b.seed, references=False,
+    c = with_gamma_range(SweepConfig(num_samples=b.trials, seed=b.seed, references="none",
                                      preset="smoke", dataset="synthetic", epochs=b.epochs),
                          "smoke")
     return [g for _, g in sampled_trials(c, resolve(base_train_config(c), has_gpu=False))]

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import argparse
+from fractions import Fraction
 
-from sweep.config import GAMMA_RANGE, GAMMA_RANGES, SweepConfig
+from sweep.config import (
+    FIXED_BITS,
+    GAMMA_RANGE,
+    GAMMA_RANGES,
+    NARROW_FRACTIONS,
+    REFERENCES,
+    SweepConfig,
+)
 from trainer.cli import OneLineParser
 from trainer.config import DATASETS, PRESET_NAMES
 
@@ -16,14 +24,18 @@ Sweep the compression factor gamma of self-compressing ResNet-9s on a Ray cluste
 Every trial trains one network with loss CE + gamma * Q (Q = size in bits per original
 weight); gamma is drawn log-uniformly between --gamma-min and --gamma-max, so the sweep
 traces accuracy against size. A float baseline and a floor trial (one channel per layer)
-run too, for reference. Without --address the sweep starts a Ray cluster on this machine
-and prints its dashboard's address. Results go to RESULTS_DIR/NAME/ as trials.parquet,
-epochs.parquet and layers.parquet, rewritten while the sweep runs; draw them with
-`python -m analysis.plots`. A stopped or killed sweep continues with --resume.
+run too, for reference; --references full adds the two obvious alternatives to
+self-compression, narrower float networks and networks held at one bit depth, so the
+plots draw their fronts beside the sweep's. Without --address the sweep starts a Ray
+cluster on this machine and prints its dashboard's address. Results go to
+RESULTS_DIR/NAME/ as trials.parquet, epochs.parquet and layers.parquet, rewritten while
+the sweep runs; draw them with `python -m analysis.plots`. A stopped or killed sweep
+continues with --resume.
 
 examples:
   python -m sweep.run --preset smoke --dataset synthetic --num-samples 4   # a first look
   python -m sweep.run --num-samples 64 --data-dir ../shared/data           # a real sweep
+  python -m sweep.run --references full --data-dir ../shared/data          # and its rivals
   python -m sweep.run --address 10.0.0.1:6379 --data-dir /shared/cifar     # on a cluster
   python -m sweep.run --resume --name sweep-20250101-120000                # after a kill
 """
@@ -45,8 +57,16 @@ def parser() -> argparse.ArgumentParser:
                         help=f"largest gamma, heavy compression (default {GAMMA_RANGE[1]:g})")
     search.add_argument("--seed", type=int, help="the same seed draws the same gammas and "
                         f"trains with the same initial weights (default {d.seed})")
-    search.add_argument("--no-references", dest="references", action="store_false",
-                        help="skip the float-baseline and floor reference trials")
+    refs = search.add_mutually_exclusive_group()
+    refs.add_argument("--references", metavar="{" + ",".join(REFERENCES) + "}",
+                      help="reference trials, trained at gamma 0 with the same recipe. "
+                      "default: a float baseline and a floor trial; full: those, float "
+                      f"networks at {', '.join(str(Fraction(f)) for f in NARROW_FRACTIONS)} "
+                      "of the trials' width (sized against it) and networks held at "
+                      f"{', '.join(map(str, FIXED_BITS))} bits; none: no reference trials "
+                      f"(default: {d.references})")
+    refs.add_argument("--no-references", dest="references", action="store_const",
+                      const="none", help="the same as --references none")
     train = p.add_argument_group("each trial (as in python -m trainer.train)")
     train.add_argument("--preset", metavar="{" + ",".join(PRESET_NAMES) + "}",
                        help="paper (GPU), cpu (laptop), smoke (seconds); auto = paper when "
@@ -54,6 +74,10 @@ def parser() -> argparse.ArgumentParser:
     train.add_argument("--epochs", type=int, help="epochs per trial (default: the preset's)")
     train.add_argument("--width", type=float,
                        help="channel multiplier, 1.0 = 64-128-256-512 (default: the preset's)")
+    train.add_argument("--size-term", choices=("bits", "bops"),
+                       help="what Q counts: bits of the weights (storage), or bops: each "
+                       "layer's bits times its output's spatial size (compute), so gamma buys "
+                       "time (default bits)")
     train.add_argument("--dataset", metavar="{" + ",".join(DATASETS) + "}",
                        help="cifar10, or synthetic: a small generated set (default cifar10)")
     train.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, on every node; "

@@ -30,7 +30,13 @@ RUNTIME_FIELDS = ("address", "results_dir", "name", "resume")
 # longer, so the same gamma compresses more there, hence a decade of margin below.
 GAMMA_RANGES = {"cpu": (3e-3, 1.0)}
 GAMMA_RANGE = (1e-3, 1.0)  # every other preset
-REFERENCE_KINDS = ("float-baseline", "floor")  # the reference trials a sweep runs by default
+# --references: which reference trials run besides the compress trials, all at gamma 0.
+# default: float-baseline and floor; full: also the two obvious alternatives to the method,
+# narrow-float networks and fixed bit depths (their fronts); none: no reference trials.
+REFERENCES = ("default", "full", "none")
+REFERENCE_KINDS = ("float-baseline", "floor")  # the reference trials of --references default
+NARROW_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4)  # narrow-float widths, of the sweep's width
+FIXED_BITS = (2, 3, 4, 6, 8)  # bit depths of the fixed-bits trials (at the sweep's width)
 
 
 @dataclass(frozen=True)
@@ -40,11 +46,12 @@ class SweepConfig:
     gamma_min: float | None = None  # smallest gamma (weight of the size term in CE + gamma * Q)
     gamma_max: float | None = None  # largest gamma (None: the preset's, see gamma_range)
     seed: int = 0  # seeds the gamma sampler and every trial's training (same seed, same gammas)
-    references: bool = True  # also run one float-baseline and one floor trial
+    references: str = "default"  # reference trials: default | full | none (see REFERENCES)
     # --- passed through to every trial's TrainConfig (None: the preset decides) ---
     preset: str = "auto"  # paper | cpu | smoke | auto (paper when the cluster has GPUs, else cpu)
     epochs: int | None = None  # passes over the training set per trial
     width: float | None = None  # channel multiplier on 64-128-256-512
+    size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
     dataset: str = "cifar10"  # cifar10 | synthetic (small generated set for tests)
     data_dir: str | None = None  # folder holding cifar-10-batches-py/ (made absolute); None = cache
     # --- resources and retries (None: chosen from the cluster, see cluster.trial_resources) ---
@@ -70,7 +77,23 @@ class SweepConfig:
     @property
     def num_trials(self) -> int:
         """Trials the finished sweep holds: the samples plus the reference trials."""
-        return self.num_samples + (len(REFERENCE_KINDS) if self.references else 0)
+        return self.num_samples + len(reference_trials(self.references, width=1.0))
+
+
+def reference_trials(references: str, width: float) -> list[dict]:
+    """The TrainConfig fields each reference trial sets, in the order they run (gamma 0).
+
+    ``width`` is the sweep's: narrow-float trials train at fractions of it and are sized
+    against it; fixed-bits trials train at it. The number of trials does not depend on it.
+    """
+    if references == "none":
+        return []
+    trials = [{"kind": kind} for kind in REFERENCE_KINDS]
+    if references == "full":
+        trials += [{"kind": "narrow-float", "width": f * width, "full_width": width}
+                   for f in NARROW_FRACTIONS]
+        trials += [{"kind": "fixed-bits", "fixed_bits": float(b)} for b in FIXED_BITS]
+    return trials
 
 
 def validate(c: SweepConfig) -> None:
@@ -80,6 +103,8 @@ def validate(c: SweepConfig) -> None:
             raise ConfigError(msg)
 
     need(c.num_samples >= 1, f"--num-samples must be at least 1, got {c.num_samples}")
+    need(c.references in REFERENCES, f"unknown --references {c.references!r}: choose default "
+         "(float baseline and floor), full (also narrow-float and fixed-bits) or none")
     for flag, value in (("--gamma-min", c.gamma_min), ("--gamma-max", c.gamma_max)):
         need(value is None or (math.isfinite(value) and value > 0),
              f"{flag} must be > 0 (gamma is sampled log-uniformly), got {value}")
@@ -125,7 +150,7 @@ def with_gamma_range(c: SweepConfig, preset: str) -> SweepConfig:
 def base_train_config(c: SweepConfig) -> TrainConfig:
     """The TrainConfig every trial starts from; trials set gamma, kind, device and threads."""
     chosen = {"epochs": c.epochs, "width": c.width, "data_dir": c.data_dir}
-    return TrainConfig(preset=c.preset, seed=c.seed, dataset=c.dataset,
+    return TrainConfig(preset=c.preset, seed=c.seed, dataset=c.dataset, size_term=c.size_term,
                        **{k: v for k, v in chosen.items() if v is not None})
 
 
@@ -187,13 +212,22 @@ def merge_saved(c: SweepConfig, folder: Path, given: Collection[str]) -> SweepCo
     Settings given on the command line must agree with the saved ones (a resumed sweep
     cannot change its search), so a differing one is an error, never silently ignored.
     """
-    saved = json.loads((folder / SWEEP_FILE).read_text())
+    saved = load_saved(folder)
     for key, value in saved.items():
         if key in given and getattr(c, key) != value:
-            flag = "--no-references" if key == "references" else "--" + key.replace("_", "-")
+            flag = "--" + key.replace("_", "-")
+            drop = "--references / --no-references" if key == "references" else flag
             raise ConfigError(f"sweep {folder.name!r} was started with {flag} {value}; "
-                              f"--resume continues it with its own settings: drop {flag}")
+                              f"--resume continues it with its own settings: drop {drop}")
     return c.replace(**saved, name=folder.name, results_dir=str(folder.parent))
+
+
+def load_saved(folder: Path) -> dict:
+    """The settings in ``folder``'s sweep.json, in today's terms."""
+    saved = json.loads((folder / SWEEP_FILE).read_text())
+    if isinstance(saved.get("references"), bool):  # older code: true = float-baseline + floor
+        saved["references"] = "default" if saved["references"] else "none"
+    return saved
 
 
 def save(c: SweepConfig) -> None:

@@ -17,7 +17,13 @@ import sys
 from sweep import config as sweep_config
 from sweep.cli import PROG, parse
 from sweep.cluster import connect, dashboard_message, first_line, trial_resources
-from sweep.config import SweepConfig, base_train_config, prepare, with_gamma_range
+from sweep.config import (
+    SweepConfig,
+    base_train_config,
+    prepare,
+    reference_trials,
+    with_gamma_range,
+)
 from trainer.cli import fail
 from trainer.config import ConfigError, TrainConfig, resolve
 from trainer.data import DataError
@@ -89,10 +95,20 @@ def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
                                    preset=train.preset, epochs=train.epochs,
                                    width=train.width), train.preset)
     print(f"{PROG}: {c.num_samples} gammas in [{c.gamma_min:g}, {c.gamma_max:g}] (seed "
-          f"{c.seed}){' + float-baseline + floor' if c.references else ''}; preset "
+          f"{c.seed}){describe_references(c.references)}; preset "
           f"{c.preset}, {c.epochs} epochs; {cpus:g} CPUs and {gpus:g} GPUs per trial; "
           f"results in {c.folder}", flush=True)
     return c, train
+
+
+def describe_references(references: str) -> str:
+    """E.g. `` + 11 reference trials (float-baseline, floor, 4 narrow-float, 5 fixed-bits)``."""
+    kinds = [t["kind"] for t in reference_trials(references, width=1.0)]
+    if not kinds:
+        return ""
+    counts = {kind: kinds.count(kind) for kind in kinds}  # in the order they run
+    said = ", ".join(kind if n == 1 else f"{n} {kind}" for kind, n in counts.items())
+    return f" + {len(kinds)} reference trial{'s' if len(kinds) > 1 else ''} ({said})"
 
 
 def make_tuner(c: SweepConfig, train: TrainConfig):
@@ -118,7 +134,7 @@ def make_tuner(c: SweepConfig, train: TrainConfig):
                  CSVLoggerCallback()]
     return tune.Tuner(
         trainable, param_space=space,
-        tune_config=tune.TuneConfig(num_samples=c.num_trials, search_alg=searcher(c)),
+        tune_config=tune.TuneConfig(num_samples=c.num_trials, search_alg=searcher(c, train)),
         run_config=tune.RunConfig(
             name=c.name, storage_path=c.results_dir, callbacks=callbacks, verbose=1,
             failure_config=tune.FailureConfig(max_failures=c.max_failures),

@@ -16,12 +16,16 @@ from pathlib import Path
 
 from ray.tune import Callback
 
+from sweep.space import overrides
 from trainer.results import EPOCH_METRICS, TRIALS_SCHEMA, write_results
 
 WRITE_EVERY_S = 2.0  # rewrite the files at most this often for epoch results alone
 # What a trial's final report contributes: its trials.parquet columns, history and layers.
 SUMMARY_KEYS = (*TRIALS_SCHEMA.names, "history", "layers")
+# The trials.parquet columns that are TrainConfig fields (kind and gamma are set per trial).
+CONFIG_COLUMNS = ("seed", "preset", "width", "full_width", "fixed_bits", "epochs", "size_term")
 SIZE_METRICS = ("test_accuracy", "size_bits", "bits_fraction", "weights_kept_fraction",
+                "macs_kept_fraction",
                 "mean_bits")
 
 
@@ -33,18 +37,24 @@ def new_record(config: dict) -> dict:
 
 def trial_row(sweep: str, trial_id: str, record: dict) -> dict:
     """The trials.parquet row of one trial; a running trial shows its latest epoch."""
-    config, summary = record["config"], record["summary"]
-    row = {"sweep": sweep, "trial_id": trial_id, "status": record["status"],
-           "error": record["error"]}
+    summary = record["summary"]
+    row = config_columns(record["config"])
     if summary is not None:
-        return {**{k: v for k, v in summary.items() if k not in ("history", "layers")}, **row}
-    train = config.get("train", {})
-    row.update(kind=config.get("kind"), gamma=config.get("gamma"), seed=train.get("seed"),
-               preset=train.get("preset"), width=train.get("width"), epochs=train.get("epochs"))
-    if record["epochs"]:
+        row.update({k: v for k, v in summary.items() if k not in ("history", "layers")})
+    elif record["epochs"]:
         last = record["epochs"][max(record["epochs"])]
         row.update({k: last.get(k) for k in SIZE_METRICS}, train_time_s=last.get("time_total_s"))
-    return row
+    if row.get("full_width") is None:  # sized against its own network
+        row["full_width"] = row.get("width")
+    return {**row, "sweep": sweep, "trial_id": trial_id, "status": record["status"],
+            "error": record["error"]}
+
+
+def config_columns(config: dict) -> dict:
+    """The trials.parquet columns a trial's Tune config sets, known before it reports."""
+    train = {**config.get("train", {}), **overrides(config)}
+    return {"kind": config.get("kind"), "gamma": config.get("gamma"),
+            **{k: train.get(k) for k in CONFIG_COLUMNS}}
 
 
 def epoch_rows(trial_id: str, record: dict) -> list[dict]:

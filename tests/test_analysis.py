@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -14,9 +15,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from analysis.figures import size_vs_accuracy
 from analysis.load import ResultsError, load_results
 from analysis.pareto import pareto_front, pareto_table, pick_layer_trial, trade_offs
 from analysis.plots import main
+from analysis.references import envelope_at, gap_table, references_markdown
 from trainer.results import EPOCHS_FILE, LAYERS_FILE, TRIALS_FILE, write_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +33,11 @@ LAYERS = (("prep", 64), ("layer1", 128), ("res1.a", 128), ("res1.b", 128), ("lay
 COMPRESS = ((1e-4, 0.90, 0.80, 6.0), (3e-4, 0.89, 0.62, 5.0), (1e-3, 0.86, 0.66, 5.0),
             (3e-3, 0.84, 0.35, 4.0), (1e-2, 0.78, 0.18, 3.5), (1e-1, 0.60, 0.06, 2.5))
 EPOCHS = 5
+# References of the demo (full width 0.25): narrow-float (width fraction, accuracy), sized
+# fraction² of the full network at 32 bits, two seeds at half width; fixed-bits (bits,
+# accuracy), all weights kept, 8 bits dominated by 6 bits.
+NARROW = ((0.25, 0.80), (0.375, 0.85), (0.5, 0.88), (0.5, 0.875), (0.75, 0.91))
+FIXED = ((2, 0.83), (3, 0.88), (4, 0.905), (6, 0.915), (8, 0.912))
 
 
 def trial_row(sweep: str, tid: str, kind: str, gamma, acc, bits, kept, seed=0,
@@ -97,6 +105,24 @@ def build_sweep(folder: Path, sweep: str = "demo", running: int = 0) -> None:
     trials.append(trial_row(sweep, f"{sweep}_floor", "floor", 0.0, 0.27, 1e-5, 1e-5))
     epochs += epoch_rows(f"{sweep}_floor", 0.27, 1e-5, 1.0, 3.0)
     write_results(folder, trials, epochs, layers)
+
+
+def add_references(folder: Path, sweep: str = "demo", extra: Sequence[dict] = ()) -> None:
+    """Rewrite the sweep's trials.parquet with the NARROW and FIXED references (and ``extra``
+    rows), and the columns that came with them, through pyarrow as a newer sweep writes it."""
+    rows = pq.read_table(folder / TRIALS_FILE).to_pylist()
+    for i, (fraction, acc) in enumerate(NARROW):
+        rows.append({**trial_row(sweep, f"{sweep}_w{i}", "narrow-float", 0.0, acc,
+                                 fraction ** 2, fraction ** 2, seed=i),
+                     "width": 0.25 * fraction, "full_width": 0.25})
+    for bits, acc in FIXED:
+        rows.append({**trial_row(sweep, f"{sweep}_b{bits}", "fixed-bits", 0.0, acc, bits / 32,
+                                 1.0), "fixed_bits": float(bits)})
+    rows += extra
+    for row in rows:  # every row has every column, so that pyarrow infers the same table
+        row.setdefault("full_width", 0.25)
+        row.setdefault("fixed_bits", None)
+    pq.write_table(pa.Table.from_pylist(rows), folder / TRIALS_FILE)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -167,6 +193,70 @@ def test_trade_offs_by_hand():
         "u: no trial within 1 point of the float baseline (90.00 %); the best reached 60.00 %"]
 
 
+# --- the references, by hand ----------------------------------------------------------------
+
+@pytest.mark.parametrize("size, acc, at, expected", [
+    ([0.1, 1.0], [0.70, 0.80], 0.316, 0.70 + 0.10 * (math.log10(0.316) + 1)),  # 0.74997
+    ([1.0, 0.1], [0.80, 0.70], 0.1, 0.70),  # at the ends, in any order
+    ([1.0, 0.1], [0.80, 0.70], 1.0, 0.80),
+    ([0.1, 1.0], [0.70, 0.80], 0.0999, None),  # outside the range: not extrapolated
+    ([0.1, 1.0], [0.70, 0.80], 1.001, None),
+    ([0.1, 0.2, 0.4], [0.70, 0.60, 0.90], 0.2, 0.70 + 0.20 * 0.5),  # 0.2 is dominated
+    ([0.1, 0.5, 1.0], [0.70, 0.90, 0.85], 0.8, 0.90),  # level beyond the most accurate
+    ([0.1, 0.0, math.nan, 1.0], [0.70, 0.99, 0.99, 0.80], 1.0, 0.80),  # no log of 0 or NaN
+    ([], [], 0.5, None),
+])
+def test_envelope_by_hand(size, acc, at, expected):
+    got = envelope_at(size, acc, at)
+    assert got == expected if expected is None else got == pytest.approx(expected, abs=1e-12)
+
+
+def test_gaps_against_the_references_by_hand():
+    # Both size axes hold the same numbers: references at (0.1, 70 %) and (1.0, 80 %).
+    rows = [trial_row("s", "nf", "narrow-float", 0.0, 0.70, 0.1, 0.1),
+            trial_row("s", "fb", "fixed-bits", 0.0, 0.80, 1.0, 1.0),
+            trial_row("s", "fb2", "fixed-bits", 0.0, 0.65, 0.5, 0.5),  # dominated: no effect
+            trial_row("s", "small", "compress", 1.0, 0.60, 0.05, 0.05),
+            trial_row("s", "mid", "compress", 0.1, 0.78, 0.316, 0.316),
+            trial_row("s", "full", "compress", 1e-3, 0.79, 1.0, 1.0),
+            trial_row("t", "alone", "compress", 0.1, 0.78, 0.316, 0.316)]  # no references
+    trials = pd.DataFrame(rows)
+    for size_column in ("bits_fraction", "weights_kept_fraction"):
+        gaps = gap_table(trials, size_column).set_index("trial_id")
+        assert list(gaps.index) == ["small", "mid", "full"]
+        assert math.isnan(gaps.loc["small", "gap"])  # below 0.1: outside the range
+        assert gaps.loc["mid", "reference_accuracy"] == pytest.approx(0.74997, abs=1e-5)
+        assert gaps.loc["mid", "gap"] == pytest.approx(0.03, abs=1e-4)  # +3 points
+        assert gaps.loc["full", "gap"] == pytest.approx(-0.01)  # at the range's end: inside
+    md = references_markdown(trials)
+    assert "| s | mid | 0.1 | 78.00 % | 31.60 % | 31.60 % | 75.00 % | +3.00 points |" in md
+    assert "| s | full | 0.001 | 79.00 % | 100.00 % | 100.00 % | 80.00 % | -1.00 points |" in md
+    assert "| s | small | 1 | 60.00 % | 5.00 % | 5.00 % | - | outside the references' " \
+        "range |" in md
+    assert "alone" not in md
+    # Without full_width and fixed_bits columns (hand-built rows): no width fraction, and the
+    # mean bits of a fixed-bits trial (32 here) stand in for its bit depth.
+    assert "| s | nf | 0.25 | - | 70.00 % |" in md and "| s | fb | 32 | 80.00 % |" in md
+
+
+def test_reference_fronts_are_drawn_and_labelled(tmp_path):
+    build_sweep(tmp_path / "demo")
+    add_references(tmp_path / "demo")
+    trials = load_results([tmp_path]).trials
+    for size_column, fixed in (("bits_fraction", "front of 4 of 5 trials"),
+                               ("weights_kept_fraction", "best of 5 trials, all at 100 %")):
+        fig = size_vs_accuracy(trials, size_column)
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert "narrow float ResNet-9 (width): front of 4 of 5 trials" in legend, legend
+        assert f"fixed bits, all channels: {fixed}" in legend, legend
+        assert legend[0] == "Pareto front (5 trials)"  # the compress front stays first
+        labels = {t.get_text() for t in fig.axes[0].texts}
+        assert {"w=0.25×", "w=0.75×", "2 b", "6 b"} <= labels, labels
+    # References alone (every compress trial still running) still make a figure.
+    refs_only = trials[trials["kind"] != "compress"]
+    assert size_vs_accuracy(refs_only, "bits_fraction") is not None
+
+
 # --- the command ---------------------------------------------------------------------------
 
 def test_cli_draws_every_figure_for_two_sweeps(tmp_path):
@@ -186,6 +276,47 @@ def test_cli_draws_every_figure_for_two_sweeps(tmp_path):
     assert "alpha: best accuracy at <= 5% of the float bits: 84.00 % at 4.38 % of the bits " \
         "(γ = 0.003, trial alpha_03)" in proc.stdout
     assert "2 failed" in proc.stdout and "wrote" in proc.stdout
+
+
+def test_cli_with_reference_trials_and_an_unknown_kind(tmp_path, capsys):
+    build_sweep(tmp_path / "demo")
+    add_references(tmp_path / "demo", extra=[trial_row("demo", "m", "mystery", 0.0, 0.5, 0.1,
+                                                       0.1)])
+    main(["--results", str(tmp_path / "demo")])
+    out = tmp_path / "demo" / "plots"
+    for name in FIGURES:
+        check_png(out / f"{name}.png")
+    assert len(pd.read_csv(out / "pareto.csv")) == 5  # the compress front only
+    md = (out / "pareto.md").read_text()
+    assert "## Best trade-offs\n\n- demo: best accuracy at <= 5% of the float bits" in md
+    assert "### narrow float ResNet-9 (width)" in md and "### fixed bits, all channels" in md
+    assert "| demo | demo_w2 | 0.125 | 0.5× | 88.00 % | 25.00 % | 25.00 % | 32.00 |" in md
+    assert "| demo | demo_b4 | 4 | 90.50 % | 12.50 % | 100.00 % | 4.00 |" in md
+    # 9.69 % of the bits lies between 3 bits (9.375 %, 88 %) and 4 bits (12.5 %, 90.5 %).
+    assert "| demo | demo_01 | 0.0003 | 89.00 % | 9.69 % | 62.00 % | 88.28 % | +0.72 points |" \
+        in md
+    assert "| demo | demo_05 | 0.1 | 60.00 % | 0.47 % | 6.00 % | - | outside the " in md
+    printed = capsys.readouterr().out
+    assert "Against the references:" in printed and "+0.72 points" in printed
+    assert "not drawn: 1 'mystery'" in printed
+
+
+def test_old_files_without_reference_columns(tmp_path, capsys):
+    build_sweep(tmp_path / "old")
+    table = pq.read_table(tmp_path / "old" / TRIALS_FILE)
+    old = [c for c in ("fixed_bits", "full_width") if c in table.column_names]
+    pq.write_table(table.drop_columns(old), tmp_path / "old" / TRIALS_FILE)
+    main(["--results", str(tmp_path / "old")])
+    check_png(tmp_path / "old" / "plots" / "bits_vs_accuracy.png")
+    md = (tmp_path / "old" / "plots" / "pareto.md").read_text()
+    assert "- demo: best accuracy at <= 5% of the float bits" in md
+    assert "reference" not in md.lower()
+    assert "Against the references" not in capsys.readouterr().out
+    trials = load_results([tmp_path / "old"]).trials
+    assert trials["fixed_bits"].isna().all() and trials["full_width"].isna().all()
+    legend = [t.get_text() for t in size_vs_accuracy(trials, "bits_fraction").legends[0]
+              .get_texts()]
+    assert not any("narrow float" in t or "fixed bits" in t for t in legend), legend
 
 
 def test_partial_sweep_and_other_format(tmp_path, capsys):

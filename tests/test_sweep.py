@@ -24,12 +24,13 @@ import pandas as pd
 import pytest
 
 from sweep import config as sweep_config
+from sweep.cli import parse
 from sweep.cluster import trial_resources
-from sweep.config import GAMMA_RANGE, SweepConfig, gamma_range, with_gamma_range
-from sweep.run import main
+from sweep.config import GAMMA_RANGE, REFERENCES, SweepConfig, gamma_range, with_gamma_range
+from sweep.run import describe_references, main
 from sweep.store import epoch_rows, layer_rows, new_record, trial_row
 from sweep.trainable import META_FILE, latest
-from trainer.config import ConfigError
+from trainer.config import ConfigError, resolve
 from trainer.results import EPOCHS_FILE, LAYERS_FILE, TRIALS_FILE
 
 SMOKE = ["--preset", "smoke", "--dataset", "synthetic", "--epochs", "2"]
@@ -57,6 +58,8 @@ def free_port() -> int:
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--num-samples", "many"], "invalid int value"),
     (["--name", "a/b"], "--name must be a plain folder name"),
+    (["--references", "all"], "unknown --references 'all': choose default"),
+    (["--references", "full", "--no-references"], "not allowed with argument --references"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, says):
     results = tmp_path / "results"
@@ -91,12 +94,39 @@ def test_resume_keeps_the_saved_search_and_refuses_to_change_it(tmp_path, capsys
         sweep_config.prepare(SweepConfig(name="old", results_dir=str(tmp_path)))
 
 
+def test_references_default_full_or_none_and_no_references_is_none():
+    assert parse([]) == (SweepConfig(references="default"), frozenset())
+    assert parse(["--references", "full"]) == (SweepConfig(references="full"),
+                                               frozenset({"references"}))
+    assert parse(["--no-references"])[0].references == "none"
+    assert parse(["--references", "none"])[0].references == "none"
+    counts = {r: SweepConfig(num_samples=3, references=r).num_trials for r in REFERENCES}
+    assert counts == {"default": 3 + 2, "full": 3 + 2 + 4 + 5, "none": 3}
+
+
+@pytest.mark.parametrize("saved, loaded", [(True, "default"), (False, "none")])
+def test_a_sweep_json_of_older_code_with_boolean_references_resumes(tmp_path, capsys, saved,
+                                                                    loaded):
+    sweep_config.save(SweepConfig(num_samples=3, dataset="synthetic", results_dir=str(tmp_path),
+                                  name="old"))
+    path = tmp_path / "old" / sweep_config.SWEEP_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "references": saved}))
+    resumed = sweep_config.prepare(SweepConfig(resume=True, results_dir=str(tmp_path)))
+    assert (resumed.references, resumed.num_trials) == (loaded, 3 + 2 * (loaded == "default"))
+    with pytest.raises(SystemExit) as stop:
+        main(["--resume", "--results-dir", str(tmp_path), "--references", "full"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert f"was started with --references {loaded}" in err
+
+
 def test_help_explains_the_sweep(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--help"])
     text = capsys.readouterr().out
     assert stop.value.code == 0
-    for words in ("--num-samples", "--resume", "--address", "log-uniformly", "dashboard"):
+    for words in ("--num-samples", "--resume", "--address", "log-uniformly", "dashboard",
+                  "--references {default,full,none}", "--no-references", "narrower float"):
         assert words in text
     assert "--fail-gamma-above" not in text
 
@@ -120,6 +150,8 @@ def test_records_keep_each_epoch_once_and_the_summary_wins():
     row = trial_row("s", "t", record)
     assert (row["gamma"], row["epochs"], row["test_accuracy"], row["status"]) == (
         0.01, 2, 0.5, "RUNNING")
+    assert (row["kind"], row["width"], row["full_width"], row["fixed_bits"]) == (
+        "compress", 0.125, 0.125, None)
     assert layer_rows("t", record) == []
     history = [epoch(1, 0.35), epoch(2, 0.55)]
     record["summary"] = {"kind": "compress", "gamma": 0.01, "test_accuracy": 0.55,
@@ -128,6 +160,24 @@ def test_records_keep_each_epoch_once_and_the_summary_wins():
     assert [r["test_accuracy"] for r in epoch_rows("t", record)] == [0.35, 0.55]
     assert trial_row("s", "t", record)["test_accuracy"] == 0.55
     assert layer_rows("t", record) == [{"trial_id": "t", "layer": "prep"}]
+
+
+def test_reference_rows_carry_kind_width_and_bits_before_and_after_they_finish():
+    train = {"seed": 0, "preset": "smoke", "width": 0.5, "full_width": None,
+             "fixed_bits": None, "epochs": 2}
+    narrow = new_record({"kind": "narrow-float", "gamma": 0.0, "width": 0.125,
+                         "full_width": 0.5, "fixed_bits": None, "train": train})
+    fixed = new_record({"kind": "fixed-bits", "gamma": 0.0, "width": None,
+                        "full_width": None, "fixed_bits": 4.0, "train": train})
+    columns = ("kind", "width", "full_width", "fixed_bits", "status")
+    assert [tuple(trial_row("s", "t", r)[k] for k in columns) for r in (narrow, fixed)] == [
+        ("narrow-float", 0.125, 0.5, None, "PENDING"), ("fixed-bits", 0.5, 0.5, 4.0, "PENDING")]
+    # The trainer's summary has no full_width: it still comes from the config.
+    narrow["summary"] = {"kind": "narrow-float", "width": 0.125, "fixed_bits": None,
+                         "test_accuracy": 0.5, "history": [], "layers": []}
+    narrow["status"] = "TERMINATED"
+    assert tuple(trial_row("s", "t", narrow)[k] for k in columns) == (
+        "narrow-float", 0.125, 0.5, None, "TERMINATED")
 
 
 def test_the_latest_checkpoint_of_the_same_trial_is_chosen(tmp_path):
@@ -165,10 +215,17 @@ def test_resources_default_to_one_cpu_or_a_quarter_gpu_and_must_fit():
 def sampled(c: SweepConfig) -> list[tuple[str, float]]:
     """The (kind, gamma) of every trial the sweep's seeded searcher proposes, in order."""
     from sweep.space import sampled_trials
-    from trainer.config import resolve
 
     return sampled_trials(with_gamma_range(c, c.preset),
                           resolve(sweep_config.base_train_config(c), has_gpu=False))
+
+
+def proposed(c: SweepConfig) -> list[dict]:
+    """The Tune config of every trial the sweep's seeded searcher proposes, in order."""
+    from sweep.space import sampled_configs
+
+    return sampled_configs(with_gamma_range(c, c.preset),
+                           resolve(sweep_config.base_train_config(c), has_gpu=False))
 
 
 def test_the_default_gamma_range_is_the_presets_and_a_given_bound_wins():
@@ -190,6 +247,55 @@ def test_the_same_seed_draws_the_same_gammas_and_references_come_first():
     low, high = GAMMA_RANGE
     assert len(set(gammas)) == 5 and all(low <= g <= high for g in gammas)
     assert [g for _, g in sampled(c.replace(seed=1))[2:]] != gammas
+
+
+FULL_REFERENCES = [  # (kind, width, full_width, fixed_bits) of --references full, width 0.5
+    ("float-baseline", None, None, None), ("floor", None, None, None),
+    ("narrow-float", 0.0625, 0.5, None), ("narrow-float", 0.125, 0.5, None),
+    ("narrow-float", 0.25, 0.5, None), ("narrow-float", 0.375, 0.5, None),
+    *[("fixed-bits", None, None, float(b)) for b in (2, 3, 4, 6, 8)]]
+
+
+def test_full_references_come_first_at_their_widths_and_bits_then_the_same_gammas():
+    c = SweepConfig(num_samples=3, dataset="synthetic", preset="smoke", width=0.5,
+                    references="full")
+    configs = proposed(c)
+    assert len(configs) == c.num_trials == 3 + len(FULL_REFERENCES)
+    refs, rest = configs[:len(FULL_REFERENCES)], configs[len(FULL_REFERENCES):]
+    assert [(t["kind"], t["width"], t["full_width"], t["fixed_bits"]) for t in refs] == (
+        FULL_REFERENCES)
+    assert all(t["gamma"] == 0.0 for t in refs)
+    assert all(t["train"]["width"] == 0.5 for t in configs)  # the sweep's, shared
+    assert [(t["kind"], t["width"], t["fixed_bits"]) for t in rest] == [
+        ("compress", None, None)] * 3
+    assert [t["gamma"] for t in rest] == [g for _, g in sampled(c.replace(references="none"))]
+    # Without --width the sweep's width is the preset's (smoke: 0.125).
+    narrow = [t for t in proposed(c.replace(width=None)) if t["kind"] == "narrow-float"]
+    assert [(t["width"], t["full_width"]) for t in narrow] == [
+        (0.125 * f, 0.125) for f in (1 / 8, 1 / 4, 1 / 2, 3 / 4)]
+
+
+def test_reference_trials_build_valid_train_configs_and_keys_that_tell_them_apart():
+    from sweep.space import train_config, trial_key
+
+    configs = proposed(SweepConfig(num_samples=1, dataset="synthetic", preset="smoke",
+                                          width=0.5, references="full"))
+    built = [resolve(train_config(t, "cpu", 1), has_gpu=False) for t in configs]
+    assert [(b.kind, b.width if b.kind == "narrow-float" else None, b.full_width, b.fixed_bits)
+            for b in built[:-1]] == FULL_REFERENCES
+    assert all(b.width == 0.5 for b in built if b.kind != "narrow-float")
+    assert all(b.gamma == 0.0 for b in built[:-1]) and built[-1].kind == "compress"
+    keys = [json.dumps(trial_key(t), sort_keys=True) for t in configs]
+    assert len(set(keys)) == len(keys)  # no trial resumes from another's checkpoint
+    assert set(trial_key(configs[0])) == {"kind", "gamma", "train"}  # as before references
+    assert trial_key(configs[2])["width"] == 0.0625
+
+
+def test_the_start_up_line_counts_the_reference_trials():
+    assert describe_references("full") == (
+        " + 11 reference trials (float-baseline, floor, 4 narrow-float, 5 fixed-bits)")
+    assert describe_references("default") == " + 2 reference trials (float-baseline, floor)"
+    assert describe_references("none") == ""
 
 
 # --- real Ray clusters -----------------------------------------------------------------------

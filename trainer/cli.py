@@ -79,6 +79,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
     p.add_argument("--init-bits", type=float, default=d.init_bits,
                    help="initial bit depth of every channel (default %(default)s)")
+    p.add_argument("--size-term", choices=("bits", "bops"), default=d.size_term,
+                   help="what the size term Q counts: bits of the weights (storage), or "
+                        "bops, each layer's bits times its output's spatial size (compute), "
+                        "so gamma buys training and inference time (default %(default)s)")
     p.add_argument("--lr-exp", type=float,
                    help="peak Adam learning rate of the exponents e (default: --lr-quant)")
     p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,

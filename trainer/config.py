@@ -47,6 +47,7 @@ class TrainConfig:
     init_bits: float = 8.0  # initial bit depth b of every channel
     lr_exp: float | None = None  # peak Adam learning rate of the exponents e (None: lr_quant)
     gamma_ramp: float = 0.0  # fraction of training over which gamma ramps up from 0 (0 = off)
+    size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
     momentum: float = 0.9  # SGD Nesterov momentum of the weights
     weight_decay: float = 5e-4  # L2 on weights and BatchNorm parameters (not on b, e)
     label_smoothing: float = 0.2  # cross-entropy label smoothing (Page's recipe)
@@ -127,6 +128,8 @@ def validate(c: TrainConfig) -> None:
     need(c.lr_quant is not None and c.lr_quant >= 0, f"--lr-quant must be >= 0, got {c.lr_quant}")
     need(0 < c.init_bits <= 32, f"--init-bits must be in (0, 32], got {c.init_bits}")
     need(c.lr_exp is None or c.lr_exp >= 0, f"--lr-exp must be >= 0, got {c.lr_exp}")
+    need(c.size_term in ("bits", "bops"),
+         f"unknown --size-term {c.size_term!r}: choose bits (storage) or bops (compute)")
     need(0 <= c.gamma_ramp <= 1, f"--gamma-ramp must be in [0, 1], got {c.gamma_ramp}")
     need(c.full_width is None or (c.full_width > 0 and math.isfinite(c.full_width)),
          f"--full-width must be > 0, got {c.full_width}")

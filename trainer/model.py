@@ -27,6 +27,11 @@ T = TypeVar("T")
 # Every weight layer of the uncompressed network, in forward order.
 LAYER_NAMES = ("prep", "layer1", "res1.conv1", "res1.conv2", "layer2", "layer3",
                "res3.conv1", "res3.conv2", "head")
+# Side of each layer's output map for a 32x32 image (a conv's output, before its pool): a
+# weight of the layer is used SPATIAL**2 times per image. The head runs once.
+SPATIAL = {"prep": 32, "layer1": 32, "res1.conv1": 16, "res1.conv2": 16, "layer2": 16,
+           "layer3": 8, "res3.conv1": 4, "res3.conv2": 4, "head": 1}
+SIZE_TERMS = ("bits", "bops")  # what Q counts: bits of weights, or bits x uses per image
 
 
 class ConvBlock(nn.Module):
@@ -113,7 +118,7 @@ class ResNet9(nn.Module):
 
     def __init__(self, widths: tuple[int, int, int, int] = (64, 128, 256, 512),
                  num_classes: int = 10, quantized: bool = True, init_bits: float = 8.0,
-                 n0: int | None = None):
+                 full_widths: tuple[int, int, int, int] | None = None):
         super().__init__()
         c0, c1, c2, c3 = widths
         q = dict(quantized=quantized, init_bits=init_bits)
@@ -126,9 +131,11 @@ class ResNet9(nn.Module):
         self.layer3 = ConvBlock(c2, c3, pool=True, **q)
         self.res3 = Residual(c3, **q)
         self.head = QLinear(c3, num_classes, **q)
-        # N0: the weights sizes are measured against; this network's own unless a reference
-        # trial is measured against a wider one (narrow-float: the preset's full network).
-        self.n0 = n0 or sum(m.weight.numel() for _, m in self.quant_layers())
+        # N0 and the MACs of one image: what sizes are measured against. This network's
+        # own, unless a reference trial is measured against a wider one (narrow-float).
+        full = layer_weights(full_widths or self.widths, num_classes)
+        self.n0 = sum(full.values())
+        self.macs0 = sum(n * SPATIAL[name] ** 2 for name, n in full.items())
         self.initial_shapes = {n: tuple(m.weight.shape) for n, m in self.quant_layers()}
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, 32, 32) -> (B, classes)
@@ -192,11 +199,21 @@ class ResNet9(nn.Module):
         out.append(("head", self.head, live))
         return out
 
-    def size(self) -> Size:
-        """The network's size now: differentiable Q for the loss, exact bits for reports."""
-        parts = [layer_size(layer, live_in) for _, layer, live_in in self.live_inputs()]
-        diff, exact, live = (sum(p[i] for p in parts) for i in range(3))
-        return Size(q=diff / self.n0, bits=exact, live_weights=live)
+    def size(self, size_term: str = "bits") -> Size:
+        """The network's size now: differentiable Q for the loss, exact bits for reports.
+
+        ``bits``: Q = sum_l z_l / N0, bits per original weight. ``bops``: each layer's z_l
+        weighted by its output's spatial size (the bit-operations of one image), over the
+        original network's MACs: Q is bits per original multiply-accumulate.
+        """
+        diff = exact = live = macs = 0
+        for name, layer, live_in in self.live_inputs():
+            d, e, n = layer_size(layer, live_in)
+            uses = SPATIAL[name] ** 2
+            diff = diff + (d * uses if size_term == "bops" else d)
+            exact, live, macs = exact + e, live + n, macs + n * uses
+        q = diff / (self.macs0 if size_term == "bops" else self.n0)
+        return Size(q=q, bits=exact, live_weights=live, macs=macs)
 
     def dead_penalty(self) -> Tensor:
         """Sum of the constant outputs of dead channels (train and eval mode): the L1 term."""
@@ -214,18 +231,20 @@ class ResNet9(nn.Module):
                     if n in present else None) for n in LAYER_NAMES}
 
 
-def weight_count(widths: tuple[int, int, int, int], num_classes: int = 10) -> int:
-    """Weights (conv + linear) of the uncompressed ResNet-9 with these channel counts."""
+def layer_weights(widths: tuple[int, int, int, int], num_classes: int = 10) -> dict[str, int]:
+    """Weights of each layer of the uncompressed ResNet-9 with these channel counts."""
     c0, c1, c2, c3 = widths
-    return 9 * (3 * c0 + c0 * c1 + 2 * c1 * c1 + c1 * c2 + c2 * c3 + 2 * c3 * c3) + \
-        c3 * num_classes
+    convs = (3 * c0, c0 * c1, c1 * c1, c1 * c1, c1 * c2, c2 * c3, c3 * c3, c3 * c3)
+    return {**{name: 9 * n for name, n in zip(LAYER_NAMES, convs, strict=False)},
+            "head": c3 * num_classes}
 
 
 def build_model(widths: tuple[int, int, int, int], quantized: bool, init_bits: float,
-                num_classes: int = 10, n0: int | None = None) -> ResNet9:
+                num_classes: int = 10,
+                full_widths: tuple[int, int, int, int] | None = None) -> ResNet9:
     """A fresh ResNet-9 (the seed must be set by the caller for reproducible weights).
 
-    ``n0``: the weight count sizes are measured against (None: this network's own).
+    ``full_widths``: the network sizes are measured against (None: this one).
     """
     return ResNet9(widths, num_classes=num_classes, quantized=quantized, init_bits=init_bits,
-                   n0=n0)
+                   full_widths=full_widths)

@@ -105,6 +105,7 @@ class Size:
     q: Tensor  # differentiable size, bits per original weight (the Q in the loss)
     bits: Tensor  # exact size in bits: ceil(b+) bits per live weight
     live_weights: Tensor  # weights of live output channels times live input channels
+    macs: Tensor  # multiply-accumulates of one image's forward pass through the live weights
 
 
 def layer_size(layer: QuantMixin, live_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:

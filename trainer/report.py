@@ -24,6 +24,7 @@ def size_metrics(model: ResNet9) -> dict[str, float]:
         "bits_fraction": bits / (32 * model.n0),
         "weights_kept_fraction": live / model.n0,
         "mean_bits": bits / live if live else 0.0,
+        "macs_kept_fraction": float(size.macs) / model.macs0,
     }
 
 

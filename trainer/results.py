@@ -19,19 +19,24 @@ TRIALS_FILE, EPOCHS_FILE, LAYERS_FILE = "trials.parquet", "epochs.parquet", "lay
 TRIALS_SCHEMA = pa.schema([
     ("sweep", pa.string()),
     ("trial_id", pa.string()),
-    ("kind", pa.string()),  # compress | float-baseline | floor
+    ("kind", pa.string()),  # compress | float-baseline | narrow-float | fixed-bits | floor
     ("status", pa.string()),  # TERMINATED | ERROR | RUNNING | PENDING
     ("error", pa.string()),  # one-line error of a failed trial, else null
     ("gamma", pa.float64()),
     ("seed", pa.int64()),
     ("preset", pa.string()),
-    ("width", pa.float64()),
+    ("width", pa.float64()),  # channel multiplier the trial trained at
     ("epochs", pa.int64()),
+    ("fixed_bits", pa.float64()),  # bit depth every channel keeps: fixed-bits only, else null
+    ("full_width", pa.float64()),  # width whose weights (N0) the sizes are measured against:
+    #   the trial's own width, except for narrow-float (the sweep's width)
     ("test_accuracy", pa.float64()),  # fraction in [0, 1]
     ("size_bits", pa.float64()),  # exact size of the weights in bits
     ("bits_fraction", pa.float64()),  # size_bits / (32 * N0)
     ("weights_kept_fraction", pa.float64()),  # live weights / N0
     ("mean_bits", pa.float64()),  # size_bits / live weights
+    ("macs_kept_fraction", pa.float64()),  # forward MACs of the live weights / original's
+    ("size_term", pa.string()),  # what the size term counted: bits | bops (null: bits)
     ("train_time_s", pa.float64()),  # wall time of training, evaluation included
     ("device", pa.string()),
     ("hostname", pa.string()),
@@ -48,6 +53,7 @@ EPOCHS_SCHEMA = pa.schema([
     ("bits_fraction", pa.float64()),
     ("weights_kept_fraction", pa.float64()),
     ("mean_bits", pa.float64()),
+    ("macs_kept_fraction", pa.float64()),  # forward MACs of the live weights / original's
     ("channels_kept", pa.int64()),  # live output channels summed over the conv layers
     ("epoch_time_s", pa.float64()),  # training time of this epoch, evaluation excluded
     ("time_total_s", pa.float64()),  # wall time since the trial started

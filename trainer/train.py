@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from trainer import data as D
 from trainer.config import QUANTIZED_KINDS, ConfigError, TrainConfig, resolve, widths
-from trainer.model import ResNet9, build_model, weight_count
+from trainer.model import ResNet9, build_model
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
 
@@ -75,11 +75,12 @@ def load_data(config: TrainConfig, device: torch.device) -> D.DeviceData:
 
 def model_for(config: TrainConfig) -> ResNet9:
     """The network a resolved ``config`` trains, before any cut (seed set by the caller)."""
-    n0 = weight_count(widths(config.full_width)) if config.full_width else None
+    full = widths(config.full_width) if config.full_width else None
     fixed = config.kind == "fixed-bits"
     model = build_model(widths(config.width, config.kind),
                         quantized=config.kind in QUANTIZED_KINDS,
-                        init_bits=config.fixed_bits if fixed else config.init_bits, n0=n0)
+                        init_bits=config.fixed_bits if fixed else config.init_bits,
+                        full_widths=full)
     if fixed:  # bit depths held; the exponents still learn
         for _, layer in model.quant_layers():
             layer.b.requires_grad_(False)
@@ -200,7 +201,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             loss = ce
             if compress:
                 gamma = gamma_at(state.step, total_steps, c)
-                loss = ce + gamma * model.size().q + c.dead_l1 * model.dead_penalty()
+                loss = ce + gamma * model.size(c.size_term).q + c.dead_l1 * model.dead_penalty()
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -242,7 +243,8 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
     return {
         "kind": state.config.kind, "gamma": state.config.gamma, "seed": state.config.seed,
         "preset": state.config.preset, "width": state.config.width,
-        "fixed_bits": state.config.fixed_bits,
+        "fixed_bits": state.config.fixed_bits, "size_term": state.config.size_term,
+        "full_width": state.config.full_width or state.config.width,
         "epochs": state.config.epochs, "test_accuracy": last.get("test_accuracy"),
         **size_metrics(model), "train_time_s": state.time_total_s,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
