@@ -1,9 +1,10 @@
 """The quantizer: exact zeros at 0 bits, gradients, and the size it reports."""
 
 import torch
+import torch.nn.functional as F
 
 from trainer.model import ResNet9
-from trainer.quant import QConv2d, initial_exponent, quantize
+from trainer.quant import QConv2d, initial_exponent, quantize, snapped_bits
 
 
 def test_zero_bits_give_an_exactly_zero_channel_and_no_gradient_to_b():
@@ -68,3 +69,59 @@ def test_fractional_bits_are_stored_as_their_ceiling():
     q_bits = float(size.q.detach() * model.n0)
     assert float(size.bits) > q_bits  # 3 bits stored for b = 2.5
     assert float(size.bits) == q_bits * 3 / 2.5
+
+
+def test_the_bops_size_weights_each_layer_by_its_output_map():
+    model = ResNet9((4, 6, 8, 10), init_bits=3.0)
+    bits, bops = model.size("bits"), model.size("bops")
+    # both count bits per original weight / per original MAC
+    assert float(bits.q.detach()) == 3.0 and float(bops.q.detach()) == 3.0
+    assert float(bops.macs) == model.macs0
+    with torch.no_grad():  # kill the 4x4 res3 branch's first conv: few MACs, many weights
+        model.res3.conv1.conv.b.fill_(0.0)
+    bits, bops = model.size("bits"), model.size("bops")
+    gone = 9 * 10 * 10  # res3.conv1's weights; res3.conv2 loses all its inputs too
+    assert float(bits.live_weights) == model.n0 - 2 * gone
+    assert float(bops.macs) == model.macs0 - 2 * gone * 16
+    # the same cut costs bops far less than bits: 4x4 maps are 1/64 of the prep's 32x32
+    assert 3.0 - float(bops.q.detach()) < (3.0 - float(bits.q.detach())) / 4
+
+
+def test_hold_range_takes_the_gradients_of_bits_and_range_and_keeps_the_range():
+    torch.manual_seed(0)
+    conv = QConv2d(3, 4, init_bits=3.0)
+    with torch.no_grad():
+        conv.b.copy_(torch.tensor([2.3, 3.7, 1.4, 4.2]))
+    x = torch.randn(2, 3, 8, 8)
+    target = torch.randn(2, 4, 8, 8)
+    conv.hold_range = True
+    F.mse_loss(conv(x), target).backward()
+    # the same loss written explicitly in (b, r), e = r - b + 1
+    b = conv.b.detach().clone().requires_grad_()
+    r = (conv.e.detach() + conv.b.detach() - 1).requires_grad_()
+    out = F.conv2d(x, quantize(conv.weight.detach(), b, r - b + 1), padding=1)
+    F.mse_loss(out, target).backward()
+    torch.testing.assert_close(conv.b.grad, b.grad)
+    torch.testing.assert_close(conv.e.grad, r.grad)
+    assert not torch.equal(conv.b.grad, conv.e.grad)  # b's gradient is not e's
+    before = conv.b.detach().clone()
+    range_before = conv.e.detach() + before
+    with torch.no_grad():
+        conv.b -= 0.5  # what the size term does to b
+    conv.follow_bits(before)
+    torch.testing.assert_close(conv.e.detach() + conv.b.detach(), range_before)
+
+
+def test_snapping_bits_keeps_every_weight_and_stores_fewer_bits():
+    torch.manual_seed(1)
+    conv = QConv2d(16, 64, init_bits=4.0)
+    with torch.no_grad():
+        conv.b.copy_(torch.linspace(-0.5, 6.0, 64))
+    before, bits_before = conv.qweight().detach(), torch.ceil(torch.relu(conv.b.detach()))
+    conv.snap_bits()
+    torch.testing.assert_close(conv.qweight().detach(), before, rtol=0, atol=0)
+    bits_after = torch.ceil(torch.relu(conv.b.detach()))
+    assert torch.all(bits_after <= bits_before) and bits_after.sum() < bits_before.sum()
+    assert torch.equal(conv.b.detach() > 0, torch.linspace(-0.5, 6.0, 64) > 0)  # none die
+    assert float(snapped_bits(torch.tensor([1.5]))) == 1.0  # {-1, 0}: the levels of 1 bit
+    assert float(snapped_bits(torch.tensor([1.75]))) == 1.75  # {-2, .., 1}: needs 2 bits

@@ -179,3 +179,22 @@ def test_optimizer_state_is_sliced_and_the_next_step_matches_the_uncut_network()
         for attr in ("weight", "bias", "running_mean", "running_var"):
             ref = getattr(blocks[name].bn, attr)[rows]
             torch.testing.assert_close(getattr(block.bn, attr), ref, rtol=1e-10, atol=1e-13)
+
+
+def test_a_channels_last_network_stays_channels_last_through_a_cut():
+    torch.manual_seed(5)
+    model = ResNet9(WIDTHS).to(memory_format=torch.channels_last)
+    randomize(model, 5)
+    opts = make_optimizers(model)
+    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+    step(model, opts, x, y)
+    random_dead(model, 5, fraction=0.4)
+    assert cut_dead_channels(model, opts) > 0
+    cl = torch.channels_last
+    for name, layer in model.quant_layers():
+        if name != "head" and layer.weight.numel():
+            assert layer.weight.is_contiguous(memory_format=cl), name
+            momentum = opts[0].state[layer.weight]["momentum_buffer"]
+            assert momentum.is_contiguous(memory_format=cl), name
+    step(model, opts, x, y)  # and training goes on

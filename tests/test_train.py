@@ -81,3 +81,38 @@ def test_a_short_smoke_run_on_real_cifar10_beats_chance(cifar_dir):
                    verbose=False)
     assert result["n_train"] == 4096
     assert result["test_accuracy"] > 0.2  # chance is 0.1
+
+
+def test_reference_kinds_are_sized_against_the_full_network():
+    smoke = dict(preset="smoke", dataset="synthetic", epochs=1, gamma=0.0)
+    narrow = train(TrainConfig(kind="narrow-float", width=0.0625, **smoke), verbose=False)
+    assert narrow["full_width"] == 0.125  # the smoke preset's width
+    assert 0.2 < narrow["weights_kept_fraction"] < 0.3  # half the width: ~1/4 of the weights
+    assert narrow["bits_fraction"] == narrow["weights_kept_fraction"]
+    fixed = train(TrainConfig(kind="fixed-bits", fixed_bits=3.0, **smoke), verbose=False)
+    assert fixed["mean_bits"] == 3.0 and fixed["weights_kept_fraction"] == 1.0
+    assert fixed["bits_fraction"] == 3.0 / 32
+
+
+def test_fixed_bits_hold_their_bit_depth_while_exponents_learn():
+    captured = {}
+    train(TrainConfig(preset="smoke", dataset="synthetic", kind="fixed-bits", fixed_bits=2.0,
+                      epochs=1), on_epoch=lambda m, s: captured.update(state=s), verbose=False)
+    layers = [layer for _, layer in captured["state"].model.quant_layers()]
+    assert all(torch.equal(layer.b, torch.full_like(layer.b, 2.0)) for layer in layers)
+    fresh = TrainConfig(preset="smoke", dataset="synthetic", kind="fixed-bits", fixed_bits=2.0)
+    from trainer.config import resolve
+    from trainer.train import model_for
+
+    torch.manual_seed(0)
+    start = model_for(resolve(fresh))
+    pairs = zip(start.quant_layers(), layers, strict=True)
+    assert any(not torch.equal(a.e, b.e) for (_, a), b in pairs)
+
+
+def test_gamma_ramps_up_linearly_over_its_fraction_of_training():
+    from trainer.train import gamma_at
+
+    config = TrainConfig(gamma=0.4, gamma_ramp=0.5)
+    assert [gamma_at(s, 100, config) for s in (0, 25, 50, 99)] == [0.0, 0.2, 0.4, 0.4]
+    assert gamma_at(0, 100, config.replace(gamma_ramp=0.0)) == 0.4

@@ -85,6 +85,13 @@ def parser() -> argparse.ArgumentParser:
                         "so gamma buys training and inference time (default %(default)s)")
     p.add_argument("--lr-exp", type=float,
                    help="peak Adam learning rate of the exponents e (default: --lr-quant)")
+    p.add_argument("--snap-bits", action=argparse.BooleanOptionalAction, default=d.snap_bits,
+                   help="after training, store each bit depth in the smallest form that gives "
+                        "the same weights (default: on)")
+    p.add_argument("--hold-range", action=argparse.BooleanOptionalAction, default=d.hold_range,
+                   help="learn each channel's bit depth b and clipping range 2^(e+b-1) "
+                        "instead of b and e, so the size term drops low-order bits instead of "
+                        "clipping the largest weights (default: on)")
     p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,
                    help="fraction of training over which gamma ramps up from 0 "
                         "(default %(default)s: off)")

@@ -47,6 +47,10 @@ class TrainConfig:
     init_bits: float = 8.0  # initial bit depth b of every channel
     lr_exp: float | None = None  # peak Adam learning rate of the exponents e (None: lr_quant)
     gamma_ramp: float = 0.0  # fraction of training over which gamma ramps up from 0 (0 = off)
+    snap_bits: bool = True  # after the last step, store each b in the smallest form that
+    #   gives the same weights (b in (k, ~k+0.3) -> k): same network, ceil(b) one bit less
+    hold_range: bool = True  # learn (b, clipping range e+b-1) instead of (b, e): the size
+    #   term then drops low-order bits instead of clipping the largest weights (README)
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
     momentum: float = 0.9  # SGD Nesterov momentum of the weights
     weight_decay: float = 5e-4  # L2 on weights and BatchNorm parameters (not on b, e)

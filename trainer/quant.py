@@ -49,6 +49,20 @@ def initial_exponent(w: Tensor, bits: float) -> Tensor:
     return torch.log2(top / levels)
 
 
+def snapped_bits(b: Tensor) -> Tensor:
+    """The smallest bit depth per channel whose quantizer gives exactly the same weights as ``b``.
+
+    The forward pass depends on b only through the integer bounds round(-2^(b-1)) and
+    round(2^(b-1) - 1). For b in (k, 1 + log2(2^(k-1) + 1/2)) with k >= 1 those are the bounds
+    of k bits (-2^(k-1) and 2^(k-1) - 1), yet the exact size counts ceil(b) = k + 1 bits per
+    weight. Snapping such b down to k changes no weight and stores one bit less. (Below 1 bit
+    nothing snaps: 0 bits is a dead channel.) A margin keeps clear of round-half ties.
+    """
+    k = torch.floor(b)
+    top = 1 + torch.log2(torch.exp2(k - 1) + 0.5) - 1e-4
+    return torch.where((k >= 1) & (b < top), k, b)
+
+
 class QuantMixin:
     """Shared by QConv2d and QLinear: optional per-channel (b, e) and the quantized weight."""
 
@@ -56,6 +70,10 @@ class QuantMixin:
 
     def _init_quant(self, quantized: bool, init_bits: float) -> None:
         self.quantized = quantized
+        # With ``hold_range`` the learned pair is (b, r = e + b - 1): the size term's pull on b
+        # coarsens the grid inside a clipping range 2^r that only the loss moves (see
+        # ``qweight`` and ``follow_bits``). The forward pass is q(w; b, e) either way.
+        self.hold_range = False
         # Original indices of the rows (outputs) and columns (inputs) still present: a
         # shrunken layer knows where it sits in the uncompressed network.
         self.register_buffer("out_idx", torch.arange(self.weight.shape[0]))
@@ -67,7 +85,27 @@ class QuantMixin:
 
     def qweight(self) -> Tensor:
         """The weight used in the forward pass: quantized, or the float weight."""
-        return quantize(self.weight, self.b, self.e) if self.quantized else self.weight
+        if not self.quantized:
+            return self.weight
+        e = self.e
+        if self.hold_range:  # same value; b's gradient is taken at a fixed range e + b - 1
+            e = e - (self.b - self.b.detach())
+        return quantize(self.weight, self.b, e)
+
+    @torch.no_grad()
+    def snap_bits(self) -> None:
+        """Store each channel's bit depth in its smallest form (``snapped_bits``): same weights."""
+        if self.quantized:  # at the same e: the grid stays, only the bound's form changes
+            self.b.copy_(snapped_bits(self.b))
+
+    @torch.no_grad()
+    def follow_bits(self, b_before: Tensor) -> None:
+        """``hold_range``: after an optimizer step, move e against b's change, keeping the range.
+
+        Together with ``qweight``'s gradient this is exactly gradient descent on (b, r),
+        r = e + b - 1, while e and b stay the stored parameters.
+        """
+        self.e -= self.b - b_before
 
     def live_out(self) -> Tensor:
         """Bool mask (O,) of output channels with b+ > 0 (all True when not quantized)."""

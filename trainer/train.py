@@ -81,9 +81,10 @@ def model_for(config: TrainConfig) -> ResNet9:
                         quantized=config.kind in QUANTIZED_KINDS,
                         init_bits=config.fixed_bits if fixed else config.init_bits,
                         full_widths=full)
-    if fixed:  # bit depths held; the exponents still learn
-        for _, layer in model.quant_layers():
+    for _, layer in model.quant_layers():
+        if fixed:  # bit depths held; the exponents still learn
             layer.b.requires_grad_(False)
+        layer.hold_range = config.hold_range and not fixed
     return model
 
 
@@ -205,14 +206,21 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
+            held = [(layer, layer.b.detach().clone()) for _, layer in model.quant_layers()
+                    if layer.quantized and layer.hold_range]
             for opt in opts:
                 opt.step()
+            for layer, b_before in held:
+                layer.follow_bits(b_before)
             loss_sum += ce.detach()
             state.step += 1
             if state.step % c.cut_every == 0:
                 cut_dead_channels(model, opts)
             if progress:
                 progress.update(i, epoch)
+        if compress and c.snap_bits and epoch == c.epochs:
+            for _, layer in model.quant_layers():
+                layer.snap_bits()  # the same weights, stored in fewer bits
         cut_dead_channels(model, opts)
         if cuda:
             torch.cuda.synchronize()
