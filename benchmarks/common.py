@@ -73,16 +73,22 @@ def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float
     opts = make_optimizers(model, config)
     model.train()
     x = x.contiguous(memory_format=torch.channels_last)  # as trainer.data hands batches over
+    layers = [layer for _, layer in model.quant_layers() if layer.quantized]
+    for layer in layers:
+        layer.hold_range = config.hold_range
 
-    def step() -> None:
+    def step() -> None:  # as trainer.train's loop runs it
         loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
         if model.quantized:
             loss = loss + gamma * model.size().q + config.dead_l1 * model.dead_penalty()
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
+        held = [(layer, layer.b.detach().clone()) for layer in layers if layer.hold_range]
         for o in opts:
             o.step()
+        for layer, b_before in held:
+            layer.follow_bits(b_before)
     return step
 
 

@@ -14,8 +14,8 @@ from benchmarks.common import conv_macs, count, emit, interleaved, model_for, pa
 from trainer.config import TrainConfig
 from trainer.train import train
 
-STRONG = TrainConfig(preset="cpu", dataset="synthetic", gamma=1.0, epochs=6, batch_size=128,
-                     lr_quant=0.1, init_bits=2.0, synthetic_size=2048, cut_every=5, seed=0)
+STRONG = TrainConfig(preset="cpu", dataset="synthetic", gamma=2.0, epochs=6, batch_size=128,
+                     lr_quant=0.2, init_bits=2.0, synthetic_size=2048, cut_every=5, seed=0)
 
 
 def compressed_model():

@@ -38,7 +38,9 @@ def test_ci_runs_the_readme_setup_and_test_commands():
 @pytest.mark.parametrize("argv", [["overhead", "--reps", "0"], ["shrink", "--steps", "-1"],
                                   ["inference", "--batch", "many"],
                                   ["floor", "--data-dir", "tests"],
-                                  ["sweep_overhead", "--trials", "0"]])
+                                  ["sweep_overhead", "--trials", "0"],
+                                  ["roofline", "--matmul", "0"],
+                                  ["gpu_check", "--kind", "nope", "--data-dir", "data"]])
 def test_benchmarks_reject_bad_input_on_one_line(argv):
     done = subprocess.run([sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:]], cwd=REPO,
                           capture_output=True, text=True)

@@ -7,12 +7,13 @@ import torch
 from trainer.config import TrainConfig
 from trainer.train import load_model, save_model, train
 
-# A network that compresses within seconds: 2-bit start, fast bit-depth learning rate.
-STRONG = TrainConfig(preset="smoke", dataset="synthetic", gamma=1.0, epochs=6, batch_size=128,
-                     width=0.25, lr_quant=0.1, init_bits=2.0, synthetic_size=2048, cut_every=5)
+# A network that compresses within seconds: 2-bit start, fast bit-depth learning rate (with
+# hold-range, the default, b falls more slowly than with plain (b, e): gamma 2, lr_quant 0.2).
+STRONG = TrainConfig(preset="smoke", dataset="synthetic", gamma=2.0, epochs=6, batch_size=128,
+                     width=0.25, lr_quant=0.2, init_bits=2.0, synthetic_size=2048, cut_every=5)
 
 
-def test_a_strong_gamma_shrinks_the_network_and_late_epochs_get_faster(tmp_path):
+def test_a_strong_gamma_shrinks_the_network_and_its_work(tmp_path):
     states = []
     result = train(STRONG, on_epoch=lambda m, s: states.append(copy.deepcopy(s.state_dict())),
                    verbose=False)
@@ -24,8 +25,8 @@ def test_a_strong_gamma_shrinks_the_network_and_late_epochs_get_faster(tmp_path)
     model = load_model_from(states[-1], tmp_path)
     present = sum(layer.weight.numel() for _, layer in model.quant_layers())
     assert present < 0.6 * model.n0
-    first, late = hist[0]["epoch_time_s"], min(h["epoch_time_s"] for h in hist[-2:])
-    assert late < first, f"late epoch {late:.2f}s not faster than the first {first:.2f}s"
+    # the work of a forward pass shrinks with it (its time: benchmarks.shrink, not a test)
+    assert hist[-1]["macs_kept_fraction"] < hist[0]["macs_kept_fraction"] <= 1.0
     assert result["test_accuracy"] > 0.3  # still far above chance (0.1)
 
 

@@ -1,0 +1,56 @@
+"""One trial on a GPU, timed per epoch, with its peak GPU memory: the GPU check's trial step.
+
+Runs ``trainer.train`` in this process (so the CUDA allocator's peak is this trial's) and
+prints one JSON line per epoch and one for the trial: seconds, test accuracy, bits, peak
+GPU memory (``torch.cuda.max_memory_allocated``, GiB). Used by ``benchmarks/gpu_check.sh``.
+
+    python -m benchmarks.gpu_check --kind float-baseline --data-dir data [--epochs 24]
+"""
+
+import json
+import time
+
+import torch
+
+from benchmarks.common import parser
+from trainer.config import KINDS, TrainConfig
+from trainer.train import train
+
+
+def main() -> None:
+    p = parser("gpu_check", __doc__)
+    p.add_argument("--kind", choices=KINDS, default="compress", help="trial kind (compress)")
+    p.add_argument("--gamma", type=float, default=0.05, help="gamma of a compress trial")
+    p.add_argument("--preset", default="paper", help="preset (%(default)s)")
+    p.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
+    p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        p.error("no CUDA GPU is visible: this check is for a GPU machine")
+    config = TrainConfig(kind=args.kind, gamma=args.gamma, preset=args.preset,
+                         data_dir=args.data_dir, device="cuda",
+                         **({"epochs": args.epochs} if args.epochs else {}))
+    torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+
+    def on_epoch(m: dict, _state) -> None:
+        print(json.dumps({"kind": args.kind, "epoch": m["epoch"],
+                          "epoch_s": round(m["epoch_time_s"], 2),
+                          "test_accuracy": m["test_accuracy"],
+                          "bits_fraction": round(m["bits_fraction"], 4),
+                          "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}),
+              flush=True)
+
+    result = train(config, on_epoch=on_epoch, verbose=False)
+    print(json.dumps({"kind": args.kind, "trial_s": round(time.perf_counter() - start, 1),
+                      "train_s": round(result["train_time_s"], 1),
+                      "test_accuracy": result["test_accuracy"],
+                      "bits_fraction": result["bits_fraction"],
+                      "weights_kept_fraction": result["weights_kept_fraction"],
+                      "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                      "device": result["device"], "torch": torch.__version__,
+                      "code_version": result["code_version"]}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

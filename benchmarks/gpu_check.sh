@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU check: what one GPU does with scnn, in one script of at most about 6 minutes.
+#
+# Run from the repository root of a fresh copy on a machine with one GPU:
+#     bash benchmarks/gpu_check.sh
+# It needs the CIFAR-10 JPEG archive and its rebuild script in data/ (ignored by git), copied
+# from ../shared/data/ beforehand:
+#     mkdir -p data && cp ../shared/data/cifar-10-jpeg.tar.gz ../shared/data/build_from_jpeg.py data/
+# and, for the sweep step, Ray: if `import ray` fails it installs wheels from .whl/ (see
+# benchmarks/README.md: Ray 2.60's wheel is 79 MB, over the device tool's 64 MiB carry, so
+# carry it in a call of its own and install it into /tmp/site there first, or the sweep
+# step is skipped and says so).
+#
+# Steps, each printed as it runs (JSON lines from benchmarks.gpu_check):
+#   1. the GPU (nvidia-smi), rebuild CIFAR-10 into data/cifar-10-batches-py
+#   2. a paper-preset float baseline and a paper-preset compress trial, per-epoch seconds,
+#      accuracy, peak GPU memory (EPOCHS=24 by default: the preset's)
+#   3. an 8-trial sweep of shortened paper trials (SWEEP_EPOCHS=3) at GPUS_PER_TRIAL=0.25,
+#      its wall time and every trial's result
+# Results land in ${OUT:-/tmp/gpu_check}.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check}
+EPOCHS=${EPOCHS:-24}
+SWEEP_EPOCHS=${SWEEP_EPOCHS:-3}
+GPUS_PER_TRIAL=${GPUS_PER_TRIAL:-0.25}
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+mkdir -p "$OUT"
+step() { echo; echo "== $(date +%T) $*"; }
+
+step "the machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+git log --oneline -1 2>/dev/null || true
+
+step "rebuild CIFAR-10 from data/cifar-10-jpeg.tar.gz"
+if [ ! -f data/cifar-10-batches-py/test_batch ]; then
+  $PY data/build_from_jpeg.py data/cifar-10-jpeg.tar.gz data/cifar-10-batches-py || {
+    echo "cannot rebuild the data: copy ../shared/data/cifar-10-jpeg.tar.gz and" \
+         "build_from_jpeg.py into data/ first"; exit 2; }
+fi
+
+step "paper-preset float baseline, $EPOCHS epochs"
+timeout 170 $PY -m benchmarks.gpu_check --kind float-baseline --epochs "$EPOCHS" \
+  --data-dir data | tee "$OUT/float.jsonl" || echo "float baseline: stopped or failed ($?)"
+
+step "paper-preset compress trial (gamma 0.05), $EPOCHS epochs"
+timeout 170 $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" \
+  --data-dir data | tee "$OUT/compress.jsonl" || echo "compress: stopped or failed ($?)"
+
+step "8-trial sweep, $SWEEP_EPOCHS epochs each, $GPUS_PER_TRIAL GPU per trial"
+[ -d /tmp/site ] && export PYTHONPATH="$PYTHONPATH:/tmp/site"  # Ray installed by a call before
+if ! $PY -c "import ray.tune" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
+    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
+if $PY -c "import ray.tune" 2>/dev/null; then
+  start=$(date +%s)
+  timeout 200 $PY -m sweep.run --preset paper --epochs "$SWEEP_EPOCHS" --num-samples 8 \
+    --references none --gpus-per-trial "$GPUS_PER_TRIAL" --data-dir data \
+    --results-dir "$OUT" --name gpu8 2>&1 | grep -v "^│\|^├\|^╭\|^╰" | tail -40
+  echo "sweep wall time: $(( $(date +%s) - start )) s"
+  $PY - "$OUT/gpu8" <<'EOF'
+import sys
+import pandas as pd
+t = pd.read_parquet(f"{sys.argv[1]}/trials.parquet")
+print(t[["kind", "status", "gamma", "test_accuracy", "bits_fraction", "train_time_s"]]
+      .to_string(index=False))
+EOF
+else
+  echo "sweep skipped: Ray is not importable here (carry its wheels, see the header)"
+fi
+step "done"
