@@ -18,7 +18,7 @@ from trainer.export import main, read_weights
 from trainer.packed import pack, unpack, write_weights
 from trainer.results import write_results
 from trainer.surgery import cut_dead_channels
-from trainer.train import load_model, model_for, save_model, train
+from trainer.train import load_model, model_for, model_from, save_model, train
 
 # Compresses in about 3 s: channels cut in res3, others dead but not yet cut (their BatchNorm
 # still emits a constant), and res3's sum on a union that is neither side's channels.
@@ -52,17 +52,11 @@ def cli(argv, capsys) -> tuple[int, str, str]:
 
 def test_the_network_has_cuts_dead_channels_and_a_union(run):
     _, _, checkpoint = run
-    model = load_model_state(checkpoint)
+    model = model_from(checkpoint)
     present = {n: layer.weight.shape[0] for n, layer in model.quant_layers()}
     assert sum(present.values()) < sum(s[0] for s in model.initial_shapes.values())
     assert any(b.dead().any() for _, b in model.blocks())  # dead, not cut: unpriced weights
     assert not model.res3.aligned
-
-
-def load_model_state(state: dict):
-    from trainer.train import model_from
-
-    return model_from(state)
 
 
 def test_packed_integers_read_back_bit_for_bit(run, tmp_path):
@@ -250,3 +244,11 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, says, sweep, r
     assert err.startswith("scnn export: error: ") and len(err.splitlines()) == 1, err
     assert says in err and "Traceback" not in err and "this ran" not in out + err
     assert not (tmp_path / "out").exists()
+
+
+def test_help_explains_the_files_and_the_sources(capsys):
+    code, out, _ = cli(["--help"], capsys)
+    assert code == 0
+    for needle in ("weights.safetensors", "model.onnx", "export.json", "--trial", "--front",
+                   "0.05 points", "examples"):
+        assert needle in out

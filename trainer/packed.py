@@ -248,6 +248,9 @@ def write_weights(model: ResNet9, config: dict, path: str | os.PathLike) -> Size
             "logit_scale": repr(LOGIT_SCALE), "input_mean": json.dumps(MEAN),
             "input_std": json.dumps(STD)}
     save_file(tensors, str(path), metadata=meta)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)  # like the Parquet results: readable by everyone
     with open(path, "rb") as f:
         header = 8 + int.from_bytes(f.read(8), "little")  # length prefix + JSON header
     return Sizes(size_bits=size_bits, payload=tensors["payload"].nbytes,
