@@ -221,6 +221,8 @@ def prepare(args: argparse.Namespace) -> list[tuple[Source, object, dict, tuple,
     """Everything checked and loaded before a file is written; ExportError/DataError else."""
     if args.out.exists() and not args.out.is_dir():
         raise ExportError(f"--out {args.out} is a file: give a folder")
+    if args.threads < 0:
+        raise ExportError(f"--threads must be >= 0 (0: the libraries' choice), got {args.threads}")
     sources = find_sources(args.source, args.trial, args.front)
     tests: dict[tuple, tuple] = {}
     jobs = []
