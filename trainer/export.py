@@ -242,12 +242,12 @@ def main(argv: list[str] | None = None) -> None:
     from trainer.data import DataError
 
     args = parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     try:
         jobs = prepare(args)
     except (ExportError, ConfigError, DataError) as err:
         fail(str(err), prog=PROG)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     failed = 0
     for src, model, saved, test, out in jobs:
         record = export_network(src, model, saved, test, out, args.threads)
