@@ -120,6 +120,8 @@ def pack(rows: list[np.ndarray], bits: list[int]) -> np.ndarray:
     """
     pieces = []
     for values, b in zip(rows, bits, strict=True):
+        if b == 0 and values.any():
+            raise ValueError("a row of 0 bits holds nonzero integers")
         if b == 0 or values.size == 0:
             continue
         lo, hi = -(1 << (b - 1)), (1 << (b - 1)) - 1
