@@ -87,6 +87,13 @@ def load_cifar10(data_dir: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
             torch.from_numpy(x_test), torch.from_numpy(y_test))
 
 
+def load_cifar10_test(data_dir: str | None) -> tuple[Tensor, Tensor]:
+    """(x_test, y_test) of CIFAR-10 alone, as ``load_cifar10`` gives them."""
+    folder = find_batches(data_dir) if data_dir else download(default_cache())
+    x_test, y_test = _read_batch(folder / TEST_FILE)
+    return torch.from_numpy(x_test), torch.from_numpy(y_test)
+
+
 def make_synthetic(n_train: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """A learnable 10-class set: a smooth random template per class plus noise, as uint8."""
     g = torch.Generator().manual_seed(10_000 + seed)

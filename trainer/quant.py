@@ -28,14 +28,29 @@ def quantize(w: Tensor, b: Tensor, e: Tensor) -> Tensor:
     With b <= 0 the clamp range is [-0.5, -0.5], which rounds to 0: the channel is exactly
     zero, and relu passes no gradient back to b, so a dead channel stays dead.
     """
+    scale, x = _scaled(w, b, e)
+    return scale * round_ste(x)
+
+
+def _scaled(w: Tensor, b: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
+    """(2^e shaped to broadcast over ``w``, clamp(2^-e * w, -2^(b+ - 1), 2^(b+ - 1) - 1))."""
     shape = (-1,) + (1,) * (w.dim() - 1)
     bits = F.relu(b).view(shape)
     scale = torch.exp2(e).view(shape)
     lo = -torch.exp2(bits - 1)
     hi = torch.exp2(bits - 1) - 1
     # minimum/maximum rather than clamp: gradients must reach the bounds (and so b).
-    x = torch.maximum(torch.minimum(w / scale, hi), lo)
-    return scale * round_ste(x)
+    return scale, torch.maximum(torch.minimum(w / scale, hi), lo)
+
+
+def integer_weights(w: Tensor, b: Tensor, e: Tensor) -> Tensor:
+    """The integers k (int64, shaped like ``w``) of ``quantize(w, b, e) = 2^e * k``, exactly.
+
+    Each channel's k fits in ceil(b+) bits two's complement (k = 0 when b+ = 0): the
+    rounded bounds of b+ bits lie within those of ceil(b+) bits.
+    """
+    _, x = _scaled(w.detach(), b.detach(), e.detach())
+    return torch.round(x).to(torch.int64)
 
 
 def initial_exponent(w: Tensor, bits: float) -> Tensor:
@@ -91,6 +106,13 @@ class QuantMixin:
         if self.hold_range:  # same value; b's gradient is taken at a fixed range e + b - 1
             e = e - (self.b - self.b.detach())
         return quantize(self.weight, self.b, e)
+
+    def qints(self) -> Tensor:
+        """The integers k of the quantized weight: ``qweight() == 2^e * k`` exactly (int64).
+
+        (``hold_range`` changes only e's gradient in ``qweight``, not its value.)
+        """
+        return integer_weights(self.weight, self.b, self.e)
 
     @torch.no_grad()
     def snap_bits(self) -> None:

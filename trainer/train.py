@@ -280,9 +280,16 @@ def save_model(path: str | os.PathLike, state: TrainState) -> None:
 
 def load_model(path: str | os.PathLike, map_location: str = "cpu") -> ResNet9:
     """Rebuild a network saved by ``save_model`` (or a checkpoint) with its live channels."""
-    saved = torch.load(path, map_location=map_location, weights_only=False)
-    config = TrainConfig(**saved["config"])
-    model = model_for(config)
+    return model_from(torch.load(path, map_location=map_location, weights_only=True))
+
+
+def model_from(saved: dict) -> ResNet9:
+    """The network (eval mode) of a loaded ``save_model`` file or checkpoint.
+
+    The file holds only dicts, lists, tensors and numbers (the config as a dict), so it is
+    read with ``weights_only=True``: loading it never runs code from the file.
+    """
+    model = model_for(TrainConfig(**saved["config"]))
     apply_layout(model, saved["layout"])
     model.load_state_dict(saved["model"])
     return model.eval()

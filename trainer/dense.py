@@ -1,0 +1,146 @@
+"""The slim dense network: plain float layers rebuilt from ``weights.safetensors``, to ONNX.
+
+Every conv's weight is dequantized (2^e * k, exactly the training's ``qweight()``) and its
+BatchNorm (eval mode) is folded in:
+
+    BN(conv(x, W)) = conv(x, s * W) + (beta - mean * s),   s = gamma / sqrt(var + eps)
+
+so a block is conv with bias -> ReLU (-> 2x2 max-pool), and the head is a linear layer
+whose weight carries the logit scale 0.125 (a power of two: folding it is exact). Cut
+channels are gone: the layers have the rows and columns the file holds, dead-but-present
+channels included (they still emit their BatchNorm constant).
+
+**Residual unions.** A residual sum lives on the union of its shortcut's and its branch's
+channels. Here the shortcut's producer (layer1, layer3) and the branch's last conv compute
+their outputs directly on the union: their rows for union channels they do not have are
+zero with zero bias, so they emit ReLU(0) = 0 there and the sum is a plain Add. Every
+layer's columns are placed by original channel index in the channels its producer computes
+(an input channel it does not read gets a zero column). An activation with no channels
+left keeps one zero channel, so no tensor is empty.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from trainer.packed import Exported, Layer
+
+PAD = -1  # a channel that exists only to keep an activation non-empty (always zero)
+
+
+class DenseNet(nn.Module):
+    """ResNet-9 as conv+bias -> ReLU blocks on the live channels; input normalised images."""
+
+    def __init__(self, convs: dict[str, nn.Conv2d], head: nn.Linear):
+        super().__init__()
+        self.convs = nn.ModuleDict({name.replace(".", "_"): c for name, c in convs.items()})
+        self.head = head
+
+    def block(self, name: str, x: Tensor, pool: bool = False) -> Tensor:
+        y = F.relu(self.convs[name](x))
+        return F.max_pool2d(y, 2) if pool else y
+
+    def residual(self, name: str, x: Tensor) -> Tensor:
+        if f"{name}_conv1" not in self.convs:  # the branch was removed: identity
+            return x
+        return x + self.block(f"{name}_conv2", self.block(f"{name}_conv1", x))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, 3, 32, 32) -> (B, classes)
+        x = self.residual("res1", self.block("layer1", self.block("prep", x), pool=True))
+        x = self.block("layer3", self.block("layer2", x, pool=True), pool=True)
+        x = self.residual("res3", x)
+        return self.head(torch.amax(x, dim=(2, 3)))
+
+
+def channels(idx: Tensor) -> list[int]:
+    """An activation's channels (original indices), or one pad channel when there are none."""
+    return idx.tolist() or [PAD]
+
+
+def positions(idx: Tensor, space: list[int], what: str) -> Tensor:
+    """Where each original channel of ``idx`` sits in ``space`` (it must be there)."""
+    where = {c: i for i, c in enumerate(space) if c != PAD}
+    missing = [c for c in idx.tolist() if c not in where]
+    if missing:
+        raise RuntimeError(f"{what}: channels {missing} are not among {space}")
+    return torch.tensor([where[c] for c in idx.tolist()], dtype=torch.long)
+
+
+def folded(layer: Layer, eps: float) -> tuple[Tensor, Tensor]:
+    """(weight, bias) of a conv with its eval-mode BatchNorm folded in (float64 math)."""
+    w = layer.weight().double()
+    bn = {k: v.double() for k, v in layer.bn.items()}
+    s = bn["weight"] / torch.sqrt(bn["running_var"] + eps)
+    return (w * s.view(-1, 1, 1, 1)).float(), (bn["bias"] - bn["running_mean"] * s).float()
+
+
+def dense_conv(name: str, layer: Layer, rows: list[int], cols: list[int],
+               eps: float) -> nn.Conv2d:
+    """A Conv2d computing ``rows`` (original channels, pads) from the activation ``cols``."""
+    w, b = folded(layer, eps)
+    k = w.shape[-1]
+    conv = nn.Conv2d(len(cols), len(rows), kernel_size=k, padding=k // 2, bias=True)
+    weight = torch.zeros(len(rows), len(cols), k, k)
+    bias = torch.zeros(len(rows))
+    r = positions(layer.out_idx, rows, f"{name} rows")
+    c = positions(layer.in_idx, cols, f"{name} columns")
+    weight[r[:, None], c] = w
+    bias[r] = b
+    with torch.no_grad():
+        conv.weight.copy_(weight)
+        conv.bias.copy_(bias)
+    return conv
+
+
+def build_dense(ex: Exported) -> DenseNet:
+    """The dense float network of an exported one (eval mode)."""
+    layers, eps = ex.layers, ex.meta["bn_eps"]
+    convs: dict[str, nn.Conv2d] = {}
+
+    def conv(name: str, rows: list[int], cols: list[int]) -> list[int]:
+        convs[name] = dense_conv(name, layers[name], rows, cols, eps)
+        return rows
+
+    x = conv("prep", channels(layers["prep"].out_idx), [0, 1, 2])
+    for before, trunk, res in ((None, "layer1", "res1"), ("layer2", "layer3", "res3")):
+        if before is not None:
+            x = conv(before, channels(layers[before].out_idx), x)
+        union = channels(ex.unions[res])
+        shortcut = conv(trunk, union, x)  # the shortcut's channels, computed on the union
+        if f"{res}.conv1" in layers:
+            h = conv(f"{res}.conv1", channels(layers[f"{res}.conv1"].out_idx), shortcut)
+            conv(f"{res}.conv2", union, h)
+        x = union
+    top = layers["head"]
+    head = nn.Linear(len(x), top.out_idx.numel(), bias=False)
+    weight = torch.zeros(top.out_idx.numel(), len(x))
+    weight[:, positions(top.in_idx, x, "head columns")] = top.weight() * ex.meta["logit_scale"]
+    with torch.no_grad():
+        head.weight.copy_(weight)
+    return DenseNet(convs, head).eval()
+
+
+def export_onnx(net: DenseNet, path: str | os.PathLike) -> None:
+    """Write ``net`` as ONNX: input ``images`` (N, 3, 32, 32) float32, output ``logits``."""
+    from torch.export import Dim
+
+    program = torch.onnx.export(net.eval(), (torch.zeros(2, 3, 32, 32),), dynamo=True,
+                                input_names=["images"], output_names=["logits"],
+                                dynamic_shapes=({0: Dim("batch")},), verbose=False)
+    program.save(str(path))
+
+
+def onnx_logits(path: str | os.PathLike, batches, threads: int = 0) -> np.ndarray:
+    """Run the ONNX file on CPU with onnxruntime over ``batches`` of images; (N, classes)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(["logits"], {"images": x.numpy()})[0] for x in batches])

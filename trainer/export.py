@@ -1,0 +1,278 @@
+"""Export a trained network as files a user can deploy: ``python -m trainer.export SOURCE``.
+
+SOURCE is a run folder (``python -m trainer.train --out DIR``), its ``model.pt``, or a sweep
+folder with ``--trial ID`` (the trial's latest Ray checkpoint, ``state.pt``) or ``--front``
+(every trial on the sweep's Pareto front of bits against accuracy, each in OUT/<trial>/).
+Into ``--out`` go:
+
+- ``weights.safetensors``: the integer weights bit-packed at each channel's bit depth, with
+  bit depths, exponents, channel indices and BatchNorm (format: ``trainer.packed``). Its
+  payload is ``ceil(size_bits / 8)`` bytes.
+- ``model.onnx``: the slim dense float network rebuilt from that file (``trainer.dense``).
+- ``export.json``: where it came from, the reported and the packed sizes, the file sizes,
+  and the test accuracy re-measured from ``model.onnx`` with onnxruntime, which must be
+  within 0.05 points of the reported one (else status ``failed`` and exit 1).
+
+Files are read without unpickling code (``torch.load(weights_only=True)``). Bad input exits
+2 with one line and writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from trainer.cli import OneLineParser, fail
+from trainer.config import ConfigError, TrainConfig
+from trainer.data import MEAN, STD
+from trainer.packed import Exported, Sizes, read_weights, write_weights
+from trainer.sources import ExportError, Source, find_sources, load_source
+
+__all__ = ["export_network", "main", "read_weights"]
+
+PROG = "scnn export"
+TOLERANCE = 0.0005  # 0.05 points: how far the ONNX accuracy may be from the reported one
+WEIGHTS, ONNX, REPORT = "weights.safetensors", "model.onnx", "export.json"
+ROW_KEYS = ("trial_id", "kind", "status", "gamma", "seed", "preset", "width", "epochs",
+            "test_accuracy", "size_bits", "bits_fraction", "weights_kept_fraction",
+            "mean_bits", "device")
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+def test_set(config: TrainConfig, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The test images (uint8) and labels the run was evaluated on."""
+    from trainer import data as D
+
+    if config.dataset == "synthetic":
+        x, y = D.make_synthetic(config.synthetic_size, config.seed)[2:]
+    else:
+        x, y = D.load_cifar10_test(data_dir or config.data_dir)
+    n = config.test_subset or len(y)
+    return x[:n], y[:n]
+
+
+def batches(x: torch.Tensor, size: int = 1000):
+    """Normalised float32 batches of uint8 images, as the training's test batches."""
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1)
+    for i in range(0, len(x), size):
+        yield (x[i:i + size].float() - mean) / std
+
+
+def check_file(model, exported: Exported) -> None:
+    """The file's integers and dequantized weights are the network's, bit for bit."""
+    for name, layer in model.quant_layers():
+        got = exported.layers[name]
+        if not torch.equal(got.ints, layer.qints()):
+            raise RuntimeError(f"{name}: integers read back differ from the network's")
+        want = layer.qweight().detach().contiguous()
+        if not torch.equal(got.weight().view(torch.int32), want.view(torch.int32)):
+            raise RuntimeError(f"{name}: dequantized weights differ from qweight() in bits")
+
+
+# --- exporting -----------------------------------------------------------------------------
+
+def export_network(src: Source, model, saved: dict, test: tuple, out: Path,
+                   threads: int = 0) -> dict:
+    """Write the three files of one network into ``out``; return export.json's record."""
+    from trainer.dense import build_dense, export_onnx, onnx_logits
+
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = write_weights(model, saved["config"], out / WEIGHTS)
+    exported = read_weights(out / WEIGHTS)
+    check_file(model, exported)
+    export_onnx(build_dense(exported), out / ONNX)
+    x, y = test
+    with torch.no_grad():
+        torch_logits = torch.cat([model(b) for b in batches(x)]).numpy()
+    logits = onnx_logits(out / ONNX, batches(x), threads)
+    record = report(src, saved, sizes, out)
+    record.update(
+        test_images=len(y), test_accuracy_onnx=accuracy(logits, y),
+        test_accuracy_torch=accuracy(torch_logits, y),
+        max_logit_diff_onnx_vs_torch=float(np.abs(logits - torch_logits).max()))
+    record.update(verdict(record))
+    (out / REPORT).write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def accuracy(logits: np.ndarray, y: torch.Tensor) -> float:
+    return float((logits.argmax(1) == y.numpy()).mean())
+
+
+def report(src: Source, saved: dict, sizes: Sizes, out: Path) -> dict:
+    """export.json without the accuracies: source, reported row, sizes."""
+    import onnx
+    import onnxruntime
+    import safetensors
+
+    config = saved["config"]
+    row = {k: clean(src.row.get(k)) for k in ROW_KEYS} if src.row else None
+    return {
+        "status": None, "error": None, "source": str(src.weights), "trial": src.trial,
+        "kind": config["kind"], "gamma": config["gamma"], "reported": row,
+        **reported_accuracy(row, saved),
+        "size_bits": sizes.size_bits, "payload_bytes": sizes.payload,
+        "payload_rounding": "ceil(size_bits / 8): one bitstream, padded to a byte once",
+        "metadata_bytes": sizes.metadata, "metadata_overhead": sizes.overhead,
+        "unpriced_bytes": sizes.unpriced, "batchnorm_bytes": sizes.batchnorm,
+        "header_bytes": sizes.header,
+        "files": {name: (out / name).stat().st_size for name in (WEIGHTS, ONNX)},
+        "test_set": {k: config[k] for k in ("dataset", "data_dir", "test_subset")},
+        "input": {"name": "images", "shape": ["N", 3, 32, 32], "dtype": "float32",
+                  "normalise": "(pixel - mean) / std per channel, pixels in 0..255",
+                  "mean": list(MEAN), "std": list(STD)},
+        "output": {"name": "logits", "shape": ["N", 10]},
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__,
+                     "safetensors": safetensors.__version__},
+    }
+
+
+def reported_accuracy(row: dict | None, saved: dict) -> dict:
+    """The accuracy the export must reproduce, and where it comes from.
+
+    The trials.parquet row; else a checkpoint's last epoch; else (a bare model.pt, which
+    records no metrics) the PyTorch network's, re-measured here.
+    """
+    if row and row.get("test_accuracy") is not None:
+        return {"reported_accuracy": row["test_accuracy"],
+                "reported_accuracy_from": "trials.parquet"}
+    if saved.get("history"):
+        return {"reported_accuracy": saved["history"][-1]["test_accuracy"],
+                "reported_accuracy_from": "the checkpoint's last epoch"}
+    return {"reported_accuracy": None,
+            "reported_accuracy_from": "nothing reported: PyTorch float32, re-measured here"}
+
+
+def clean(value):
+    """A Parquet value as JSON can hold it (NaN -> None)."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def verdict(record: dict) -> dict:
+    """status ok/failed and why: the ONNX accuracy and the payload against the reported."""
+    row = record["reported"] or {}
+    reported = record["reported_accuracy"]
+    if reported is None:
+        reported = record["test_accuracy_torch"]
+    problems = []
+    gap = abs(record["test_accuracy_onnx"] - reported)
+    if gap > TOLERANCE + 1e-12:
+        problems.append(
+            f"ONNX accuracy {record['test_accuracy_onnx']:.2%} differs from the reported "
+            f"{reported:.2%} by {100 * gap:.2f} points (more than {100 * TOLERANCE:.2f}; "
+            f"PyTorch float32 here: {record['test_accuracy_torch']:.2%}; the run's device: "
+            f"{row.get('device') or 'not recorded'})")
+    if row and row.get("size_bits") is not None and row["size_bits"] != record["size_bits"]:
+        problems.append(f"packed {record['size_bits']} bits but the run reported "
+                        f"{row['size_bits']:.0f}")
+    return {"status": "failed" if problems else "ok", "error": "; ".join(problems) or None,
+            "accuracy_tolerance_points": 100 * TOLERANCE}
+
+
+# --- command line --------------------------------------------------------------------------
+
+HELP = """\
+Export trained networks as files a user can deploy, and check them.
+
+Writes into --out: weights.safetensors (each live channel's integer weights bit-packed at
+its bit depth ceil(b+), with bit depths, exponents, channel indices and BatchNorm; the
+packed payload is size_bits / 8 bytes), model.onnx (the slim dense float network: cut
+channels gone, weights dequantized, BatchNorm folded) and export.json (sizes, and the test
+accuracy re-measured from model.onnx with onnxruntime). Exit status 1 when that accuracy is
+more than 0.05 points from the reported one (export.json then says failed), 2 for bad input.
+
+examples:
+  python -m trainer.export results/run1 --out exported/run1          # a trainer --out folder
+  python -m trainer.export results/run1/model.pt --out exported/run1
+  python -m trainer.export results/cpu-12 --trial 7dd1a_00011 --out exported/t11
+  python -m trainer.export results/cpu-12 --front --out exported/front
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m trainer.export", description=HELP,
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      error_prefix=PROG)
+    p.add_argument("source", type=Path, metavar="SOURCE",
+                   help="a run folder (python -m trainer.train --out DIR), its model.pt, or a "
+                        "sweep folder (with --trial or --front)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the files into")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", help="the sweep trial to export (trial_id in trials.parquet)")
+    which.add_argument("--front", action="store_true",
+                       help="export every trial on the sweep's Pareto front of bits vs "
+                            "accuracy, each into OUT/<trial_id>/")
+    p.add_argument("--data-dir", help="where CIFAR-10 is here (default: the run's --data-dir)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for PyTorch and onnxruntime (default: their choice)")
+    return p
+
+
+def prepare(args: argparse.Namespace) -> list[tuple[Source, object, dict, tuple, Path]]:
+    """Everything checked and loaded before a file is written; ExportError/DataError else."""
+    if args.out.exists() and not args.out.is_dir():
+        raise ExportError(f"--out {args.out} is a file: give a folder")
+    if args.threads < 0:
+        raise ExportError(f"--threads must be >= 0 (0: the libraries' choice), got {args.threads}")
+    sources = find_sources(args.source, args.trial, args.front)
+    tests: dict[tuple, tuple] = {}
+    jobs = []
+    for src in sources:
+        model, saved = load_source(src)
+        config = TrainConfig(**saved["config"])
+        key = (config.dataset, config.synthetic_size, config.seed, config.test_subset,
+               args.data_dir or config.data_dir)
+        if key not in tests:
+            tests[key] = test_set(config, args.data_dir)
+        out = args.out / src.trial if args.front else args.out
+        jobs.append((src, model, saved, tests[key], out))
+    return jobs
+
+
+def main(argv: list[str] | None = None) -> None:
+    from trainer.data import DataError
+
+    args = parser().parse_args(argv)
+    try:
+        jobs = prepare(args)
+    except (ExportError, ConfigError, DataError) as err:
+        fail(str(err), prog=PROG)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    failed = 0
+    for src, model, saved, test, out in jobs:
+        record = export_network(src, model, saved, test, out, args.threads)
+        print(summary(record, out))
+        if record["status"] != "ok":
+            failed += 1
+            print(f"{PROG}: failed: {src.label}: {record['error']} (see {out / REPORT})",
+                  file=sys.stderr)
+    raise SystemExit(1 if failed else 0)
+
+
+def summary(r: dict, out: Path) -> str:
+    """What was written, in a few lines."""
+    reported = r["reported_accuracy"]
+    said = f"reported {reported:.2%}" if reported is not None else "nothing reported"
+    return (f"{PROG}: {r['status']}: {out}/\n"
+            f"  {WEIGHTS}: {r['files'][WEIGHTS]:,} bytes = payload {r['payload_bytes']:,} "
+            f"(size_bits {r['size_bits']:,} / 8, rounded up) + metadata "
+            f"{r['metadata_bytes']:,} ({r['metadata_overhead']:.2%} of the payload) + "
+            f"BatchNorm {r['batchnorm_bytes']:,} + unpriced {r['unpriced_bytes']:,} + header "
+            f"{r['header_bytes']:,}\n"
+            f"  {ONNX}: {r['files'][ONNX]:,} bytes; test accuracy {r['test_accuracy_onnx']:.2%}"
+            f" on {r['test_images']:,} images ({said}, PyTorch {r['test_accuracy_torch']:.2%}),"
+            f" max logit difference {r['max_logit_diff_onnx_vs_torch']:.2e}")
+
+
+if __name__ == "__main__":
+    main()
