@@ -49,7 +49,7 @@ def free_port() -> int:
     (["--num-samples", "0"], "--num-samples must be at least 1"),
     (["--gamma-min", "0"], "--gamma-min must be > 0"),
     (["--gamma-min", "0.1", "--gamma-max", "0.01"], "must be above --gamma-min"),
-    (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.003 to 1"),
+    (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.003 to 0.3"),
     (["--gamma-max", "-1"], "--gamma-max must be > 0"),
     (["--resume", "--name", "nope"], "no sweep named 'nope'"),
     (["--resume"], "no sweep to resume"),
@@ -229,7 +229,7 @@ def proposed(c: SweepConfig) -> list[dict]:
 
 
 def test_the_default_gamma_range_is_the_presets_and_a_given_bound_wins():
-    assert gamma_range("cpu") == (3e-3, 1.0) and gamma_range("paper") == GAMMA_RANGE
+    assert gamma_range("cpu") == (3e-3, 0.3) and gamma_range("paper") == GAMMA_RANGE
     c = SweepConfig(gamma_max=0.5)
     assert (with_gamma_range(c, "cpu").gamma_min, with_gamma_range(c, "cpu").gamma_max) == (
         3e-3, 0.5)

@@ -175,7 +175,7 @@ def layer_size(layer: QuantMixin, live_in: Tensor) -> tuple[Tensor, Tensor, Tens
     z = k*k * I_live * sum_i b+_i. With integer b the two sizes agree exactly.
     """
     w = layer.weight
-    per_in = w[0, 0].numel() if w.dim() == 4 else 1  # k*k weights per (out, in) pair
+    per_in = w.shape[2] * w.shape[3] if w.dim() == 4 else 1  # k*k weights per (out, in) pair
     n_in = live_in.sum().to(w.dtype) * per_in
     if layer.quantized:
         bits = F.relu(layer.b)
