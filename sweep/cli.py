@@ -54,8 +54,8 @@ def parser() -> argparse.ArgumentParser:
                         f"{GAMMA_RANGES['cpu'][0]:g} with the cpu preset, else "
                         f"{GAMMA_RANGE[0]:g})")
     search.add_argument("--gamma-max", type=float, metavar="G",
-                        help=f"largest gamma, heavy compression (default: {GAMMA_RANGES['cpu'][1]:g} with "
-                        f"the cpu preset, else {GAMMA_RANGE[1]:g})")
+                        help="largest gamma, heavy compression (default: "
+                        f"{GAMMA_RANGES['cpu'][1]:g} with the cpu preset, else {GAMMA_RANGE[1]:g})")
     search.add_argument("--seed", type=int, help="the same seed draws the same gammas and "
                         f"trains with the same initial weights (default {d.seed})")
     refs = search.add_mutually_exclusive_group()
