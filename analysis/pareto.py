@@ -134,27 +134,24 @@ def _who(trial: pd.Series) -> str:
     return f"γ = {float(trial['gamma']):.3g}, trial {trial['trial_id']}"
 
 
+# How each numeric column is written in the Markdown tables (percent columns use _pct).
+FORMATS = {"gap": "{:+.2f} points", "width": "{:.3g}", "width_fraction": "{:.3g}×",
+           "fixed_bits": "{:.3g}", "gamma": "{:.3g}", "mean_bits": "{:.2f}",
+           "train_time_s": "{:.0f} s"}
+PERCENT_COLUMNS = ("test_accuracy", "bits_fraction", "weights_kept_fraction",
+                   "reference_accuracy")
+
+
 def _cell(column: str, value: object) -> str:
     """One value of the Markdown table, in the units a reader expects."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return OUTSIDE if column == "gap" else "-"
-    if column in ("test_accuracy", "bits_fraction", "weights_kept_fraction",
-                  "reference_accuracy"):
+    if column in PERCENT_COLUMNS:
         return _pct(value)
     if column == "gap":
-        return f"{100 * float(value):+.2f} points"
-    if column == "width":
-        return f"{float(value):.3g}"
-    if column == "width_fraction":
-        return f"{float(value):.3g}×"
-    if column == "fixed_bits":
-        return f"{float(value):.3g}"
-    if column == "gamma":
-        return f"{float(value):.3g}"
-    if column == "mean_bits":
-        return f"{float(value):.2f}"
-    if column == "train_time_s":
-        return f"{float(value):.0f} s"
+        return FORMATS[column].format(100 * float(value))
+    if column in FORMATS:
+        return FORMATS[column].format(float(value))
     return str(value)
 
 
