@@ -157,8 +157,8 @@ def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.Devic
     if resume is not None:
         apply_layout(model, resume["layout"])
         model.load_state_dict(resume["model"])
-    # channels_last on CPU too: oneDNN's convolutions run 1.2-1.5x faster in it (local/cl.py
-    # style measurement in benchmarks.roofline); surgery keeps new weights in it.
+    # channels_last on CPU too: oneDNN's convolutions run faster in it (a cpu-width compress
+    # step 1.33 -> 1.11 s, a float one 1.22 -> 0.80 s: benchmarks/README.md); cuts keep it.
     model = model.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(config.seed)
     state = TrainState(config, model, make_optimizers(model, config), gen)
