@@ -14,10 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from trainer.cli import OneLineParser
-from trainer.config import TrainConfig, resolve, widths
-from trainer.model import SPATIAL, ResNet9, build_model
+from trainer.config import TrainConfig, resolve
+from trainer.model import SPATIAL, ResNet9
 from trainer.results import code_version
-from trainer.train import make_optimizers
+from trainer.train import make_optimizers, step_optimizers
+from trainer.train import model_for as trainer_model
 
 
 def parser(name: str, doc: str) -> OneLineParser:
@@ -58,12 +59,10 @@ def conv_macs(model: ResNet9) -> int:
 
 
 def model_for(preset: str, kind: str = "compress", seed: int = 0, **overrides) -> ResNet9:
-    """A fresh network of ``preset``, in channels_last as the trainer holds it."""
+    """A fresh network of ``preset``, built and laid out (channels_last) as the trainer does."""
     config = resolve(TrainConfig(preset=preset, kind=kind, **overrides), has_gpu=False)
     torch.manual_seed(seed)
-    model = build_model(widths(config.width, kind), quantized=kind == "compress",
-                        init_bits=config.init_bits)
-    return model.to(memory_format=torch.channels_last)
+    return trainer_model(config).to(memory_format=torch.channels_last)
 
 
 def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float = 0.01,
@@ -73,9 +72,6 @@ def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float
     opts = make_optimizers(model, config)
     model.train()
     x = x.contiguous(memory_format=torch.channels_last)  # as trainer.data hands batches over
-    layers = [layer for _, layer in model.quant_layers() if layer.quantized]
-    for layer in layers:
-        layer.hold_range = config.hold_range
 
     def step() -> None:  # as trainer.train's loop runs it
         loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
@@ -84,11 +80,7 @@ def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()
-        held = [(layer, layer.b.detach().clone()) for layer in layers if layer.hold_range]
-        for o in opts:
-            o.step()
-        for layer, b_before in held:
-            layer.follow_bits(b_before)
+        step_optimizers(model, opts)
     return step
 
 

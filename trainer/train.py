@@ -125,6 +125,16 @@ def set_lr(optimizers: list[torch.optim.Optimizer], config: TrainConfig, factor:
     return config.lr * factor
 
 
+def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> None:
+    """One step of every optimizer; hold-range layers then move e against b's change."""
+    held = [(layer, layer.b.detach().clone()) for _, layer in model.quant_layers()
+            if layer.quantized and layer.hold_range]
+    for opt in optimizers:
+        opt.step()
+    for layer, b_before in held:
+        layer.follow_bits(b_before)
+
+
 def gamma_at(step: int, total: int, config: TrainConfig) -> float:
     """The size term's weight at ``step``: gamma, ramped up linearly over ``gamma_ramp``."""
     ramp = config.gamma_ramp * total
@@ -206,12 +216,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             for opt in opts:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
-            held = [(layer, layer.b.detach().clone()) for _, layer in model.quant_layers()
-                    if layer.quantized and layer.hold_range]
-            for opt in opts:
-                opt.step()
-            for layer, b_before in held:
-                layer.follow_bits(b_before)
+            step_optimizers(model, opts)
             loss_sum += ce.detach()
             state.step += 1
             if state.step % c.cut_every == 0:
