@@ -1,7 +1,8 @@
 """``python -m analysis.plots``: the figures and the Pareto table of one or more sweeps.
 
 Reads the Parquet results (a sweep folder, or a folder of sweep folders; default
-``results/``), writes the figures and ``pareto.md``/``pareto.csv`` into ``--out`` (default
+``results/``) and, where a sweep has exports (``exports/*/export.json``), their inference
+speed; writes the figures and ``pareto.md``/``pareto.csv`` into ``--out`` (default
 ``plots/`` inside the results folder), and prints what it wrote and a short summary. Bad
 input ends with exit status 2 and one line on stderr.
 """
@@ -31,6 +32,7 @@ from analysis.load import (
 )
 from analysis.pareto import pareto_table, pick_layer_trial, to_markdown, trade_offs
 from analysis.references import references_markdown
+from analysis.speed import ExportsError, inference_figure, load_exports
 from analysis.style import save
 from trainer.cli import OneLineParser  # torch-free: argparse with one-line errors
 
@@ -117,6 +119,9 @@ def write_figures(results: Results, trial: pd.Series | None, out: Path, fmt: str
             trial_layers(results, trial), trial, why),
     }
     written = []
+    exports = load_exports(results.folders)
+    if not exports.empty:  # drawn only for sweeps with exports/*/export.json
+        figures["inference_speed"] = lambda: inference_figure(exports)
     for name, draw in figures.items():
         fig = draw()
         if fig is None:
@@ -197,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     try:
         run(config)
-    except ResultsError as exc:
+    except (ResultsError, ExportsError) as exc:
         print(f"scnn analysis: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except BrokenPipeError:  # stdout piped into e.g. `head`, which has stopped reading

@@ -6,6 +6,7 @@ import argparse
 from fractions import Fraction
 
 from sweep.config import (
+    EXPORTS,
     FIXED_BITS,
     GAMMA_RANGE,
     GAMMA_RANGES,
@@ -38,6 +39,7 @@ examples:
   python -m sweep.run --references full --data-dir ../shared/data          # and its rivals
   python -m sweep.run --address 10.0.0.1:6379 --data-dir /shared/cifar     # on a cluster
   python -m sweep.run --resume --name sweep-20250101-120000                # after a kill
+  python -m sweep.run --export front --data-dir ../shared/data   # then export its front
 """
 
 
@@ -98,6 +100,11 @@ def parser() -> argparse.ArgumentParser:
                      f"fails, from its last checkpoint (default {d.max_failures})")
     run.add_argument("--fail-gamma-above", type=float, help=argparse.SUPPRESS)  # tests only
     out = p.add_argument_group("results")
+    out.add_argument("--export", metavar="{" + ",".join(EXPORTS) + "}",
+                     help="when the sweep has finished, export (python -m trainer.export) "
+                     "every trial on its Pareto front into NAME/exports/<trial_id>/: bit-packed "
+                     "weights, ONNX, export.json with the re-measured accuracy and images/s "
+                     f"(default: {d.export}; kept by --resume)")
     out.add_argument("--results-dir", metavar="DIR",
                      help=f"parent folder of the sweep folders (default {d.results_dir}/)")
     out.add_argument("--name", help="sweep folder name (default sweep-<date>-<time>)")

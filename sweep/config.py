@@ -21,6 +21,8 @@ from trainer.config import ConfigError, TrainConfig, resolve
 SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
 # Fields that say how this invocation runs, not what the sweep is: never saved, free on resume.
 RUNTIME_FIELDS = ("address", "results_dir", "name", "resume")
+# Saved fields that --resume may change (given on its command line, the new value is saved).
+FREE_ON_RESUME = ("export",)
 # The default gamma range is the preset's: a longer run compresses more at the same gamma.
 # cpu, measured with hold-range learning (the default since 97f8ea3) on the CIFAR-10 copy
 # (sweep cpu-refs, 5 epochs, seed 0, float 81.05 %): 0.0036 gives 80.2 % at 11.6 % of the
@@ -37,6 +39,10 @@ REFERENCES = ("default", "full", "none")
 REFERENCE_KINDS = ("float-baseline", "floor")  # the reference trials of --references default
 NARROW_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4)  # narrow-float widths, of the sweep's width
 FIXED_BITS = (2, 3, 4, 6, 8)  # bit depths of the fixed-bits trials (at the sweep's width)
+# --export: what the sweep exports (python -m trainer.export) once it has finished.
+# none: nothing; front: every trial on its Pareto front of bits against accuracy.
+EXPORTS = ("none", "front")
+EXPORTS_DIR = "exports"  # in the sweep folder: exports/<trial_id>/
 
 
 @dataclass(frozen=True)
@@ -54,6 +60,7 @@ class SweepConfig:
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
     dataset: str = "cifar10"  # cifar10 | synthetic (small generated set for tests)
     data_dir: str | None = None  # folder holding cifar-10-batches-py/ (made absolute); None = cache
+    export: str = "none"  # once finished: none | front (each front trial into exports/<id>/)
     # --- resources and retries (None: chosen from the cluster, see cluster.trial_resources) ---
     gpus_per_trial: float | None = None  # GPUs per trial; fractions pack trials on one GPU
     cpus_per_trial: float | None = None  # CPUs per trial, also its torch threads
@@ -103,6 +110,8 @@ def validate(c: SweepConfig) -> None:
             raise ConfigError(msg)
 
     need(c.num_samples >= 1, f"--num-samples must be at least 1, got {c.num_samples}")
+    need(c.export in EXPORTS, f"unknown --export {c.export!r}: choose front (export every "
+         f"trial on the sweep's Pareto front into {EXPORTS_DIR}/ when it ends) or none")
     need(c.references in REFERENCES, f"unknown --references {c.references!r}: choose default "
          "(float baseline and floor), full (also narrow-float and fixed-bits) or none")
     for flag, value in (("--gamma-min", c.gamma_min), ("--gamma-max", c.gamma_max)):
@@ -214,12 +223,13 @@ def merge_saved(c: SweepConfig, folder: Path, given: Collection[str]) -> SweepCo
     """
     saved = load_saved(folder)
     for key, value in saved.items():
-        if key in given and getattr(c, key) != value:
+        if key in given and key not in FREE_ON_RESUME and getattr(c, key) != value:
             flag = "--" + key.replace("_", "-")
             drop = "--references / --no-references" if key == "references" else flag
             raise ConfigError(f"sweep {folder.name!r} was started with {flag} {value}; "
                               f"--resume continues it with its own settings: drop {drop}")
-    return c.replace(**saved, name=folder.name, results_dir=str(folder.parent))
+    changed = {k: getattr(c, k) for k in FREE_ON_RESUME if k in given}
+    return c.replace(**{**saved, **changed}, name=folder.name, results_dir=str(folder.parent))
 
 
 def load_saved(folder: Path) -> dict:

@@ -3,8 +3,10 @@
 Checks the command line before any Ray process starts, connects to a cluster, runs (or
 resumes) the Tune experiment with the Parquet callback, and ends with the Pareto-optimal
 trials and the paths of the results. Exit status: 0 when the sweep finished (failed trials
-included, recorded), 1 when nothing could run, 2 for bad input, 130 when it was stopped
-(Ctrl-C or SIGTERM) and can be resumed.
+included, recorded), 1 when nothing could run or an export (``--export front``) failed, 2
+for bad input, 130 when it was stopped (Ctrl-C or SIGTERM) and can be resumed. With
+``--export front`` a finished sweep exports its Pareto front in this process
+(``trainer.export.export_front``) into ``exports/<trial_id>/`` of its folder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from sweep import config as sweep_config
 from sweep.cli import PROG, parse
 from sweep.cluster import connect, dashboard_message, first_line, trial_resources
 from sweep.config import (
+    EXPORTS_DIR,
     SweepConfig,
     base_train_config,
     prepare,
@@ -180,7 +183,28 @@ def finish(c: SweepConfig) -> int:
         print(to_markdown(pareto_table(trials)))
     print(f"results: {c.folder}/{{{TRIALS_FILE}, epochs.parquet, {LAYERS_FILE}}}\n"
           f"plots:   python -m analysis.plots --results {c.folder}")
+    if c.export == "front" and done and not export_front(c):
+        return 1
     return 0 if done else 1
+
+
+def export_front(c: SweepConfig) -> bool:
+    """Export the finished sweep's Pareto front into exports/; False when any export failed.
+
+    Accuracy is re-measured on the sweep's own dataset and data folder.
+    """
+    from trainer.data import DataError
+    from trainer.export import export_front as export
+    from trainer.sources import ExportError
+
+    out = c.folder / EXPORTS_DIR
+    print(f"\n{PROG}: exporting the Pareto front into {out}/", flush=True)
+    try:
+        failed = export(c.folder, out, c.data_dir, prog=PROG)
+    except (ExportError, ConfigError, DataError) as err:
+        print(f"{PROG}: error: export: {err}", file=sys.stderr)
+        return False
+    return not failed
 
 
 if __name__ == "__main__":

@@ -129,12 +129,17 @@ def latest(dirs: Iterable[Path], key: dict) -> list[tuple[int, Path]]:
 
 
 def load_latest(dirs: Iterable[Path], key: dict) -> dict | None:
-    """The latest readable checkpoint of the trial ``key`` as the trainer's state dict."""
+    """The latest readable checkpoint of the trial ``key`` as the trainer's state dict.
+
+    Read with ``weights_only=True``: a checkpoint holds only dicts, lists, numbers, strings
+    and tensors (``TrainState.state_dict``), so loading one never runs code from the file; a
+    file that holds anything else is skipped like a damaged one.
+    """
     import torch
 
     for _, folder in latest(dirs, key):
         try:
-            return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=False)
-        except Exception:  # missing, or cut short by a kill while Tune copied it
+            return torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        except Exception:  # missing, cut short by a kill while Tune copied it, or not ours
             continue  # Tune deletes the one before only once this one is complete
     return None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -381,3 +382,41 @@ def test_imports_neither_torch_nor_ray():
     code = ("import analysis.plots, sys; "
             "bad = [m for m in ('torch', 'ray') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
+
+
+def write_export(sweep_folder: Path, tid: str, acc: float, payload: int, speeds: dict) -> None:
+    """An export.json as trainer.export writes it (only the keys the analysis reads)."""
+    folder = sweep_folder / "exports" / tid
+    folder.mkdir(parents=True)
+    report = {"trial": tid, "kind": "compress", "gamma": 0.01, "test_accuracy_onnx": acc,
+              "payload_bytes": payload, "files": {"weights.safetensors": payload + 3000},
+              "inference": {"threads": 1, "machine": "x86_64",
+                            "images_per_s": {str(b): v for b, v in speeds.items()}}}
+    (folder / "export.json").write_text(json.dumps(report))
+
+
+def test_exports_draw_inference_speed_against_accuracy(tmp_path, capsys):
+    from analysis.speed import load_exports
+
+    build_sweep(tmp_path / "s")
+    main(["--results", str(tmp_path / "s")])
+    assert not (tmp_path / "s" / "plots" / "inference_speed.png").exists()  # no exports yet
+    for i, (acc, payload, one, many) in enumerate(((0.6458, 77_756, 2100.0, 9100.0),
+                                                   (0.7195, 85_640, 1900.0, 8000.0),
+                                                   (0.8052, 153_874, 1500.0, 5200.0))):
+        write_export(tmp_path / "s", f"demo_0{i}", acc, payload, {1: one, 256: many})
+    rows = load_exports([tmp_path / "s"])
+    assert len(rows) == 6 and set(rows["batch"]) == {"1", "256"}
+    assert rows.loc[rows["trial_id"] == "demo_02", "payload_bytes"].iloc[0] == 153_874
+    main(["--results", str(tmp_path / "s")])
+    check_png(tmp_path / "s" / "plots" / "inference_speed.png")
+    assert "inference_speed.png" in capsys.readouterr().out
+
+
+def test_a_damaged_export_json_exits_2_with_one_line(tmp_path):
+    build_sweep(tmp_path / "s")
+    (tmp_path / "s" / "exports" / "x").mkdir(parents=True)
+    (tmp_path / "s" / "exports" / "x" / "export.json").write_text("{")
+    proc = cli("--results", str(tmp_path / "s"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert "cannot read" in proc.stderr and "export.json" in proc.stderr

@@ -14,8 +14,16 @@ import torch
 from trainer.cli import write_run
 from trainer.config import TrainConfig, resolve
 from trainer.dense import build_dense, export_onnx, onnx_logits
-from trainer.export import main, read_weights
-from trainer.packed import pack, unpack, write_weights
+from trainer.export import export_front, main, read_weights
+from trainer.packed import (
+    FORMATS,
+    pack,
+    pack_bits,
+    unpack,
+    unpack_bits,
+    weight_tensors,
+    write_weights,
+)
 from trainer.results import write_results
 from trainer.surgery import cut_dead_channels
 from trainer.train import load_model, model_for, model_from, save_model, train
@@ -74,6 +82,12 @@ def test_packed_integers_read_back_bit_for_bit(run, tmp_path):
         assert torch.equal(got.out_idx, layer.out_idx) and torch.equal(got.in_idx, layer.in_idx)
         assert torch.equal(got.bits, torch.ceil(torch.relu(layer.b.detach())).long())
     assert sizes.unpriced > 0  # dead-but-present inputs: stored, outside the payload
+    # Trained with half_exponents: every e is a float16, stored so, and B <= 15 as nibbles.
+    assert back.meta["exp_dtype"] == "float16" and back.meta["bits_encoding"] == "nibbles"
+    rows = sum(layer.b.numel() for _, layer in model.quant_layers())
+    live = sum(int((layer.b > 0).sum()) for _, layer in model.quant_layers())
+    masks = weight_tensors(model)[0]["masks"].nbytes
+    assert sizes.metadata == math.ceil(rows / 2) + 2 * live + masks
     # The payload is the reported size: one bitstream, rounded up to a byte once.
     assert sizes.size_bits == result["size_bits"] == float(model.size().bits)
     assert sizes.payload == math.ceil(result["size_bits"] / 8)
@@ -91,6 +105,101 @@ def test_pack_and_unpack_are_inverse_at_every_bit_depth(bits):
     assert all(np.array_equal(a, b) for a, b in zip(rows, back, strict=True))
     with pytest.raises(ValueError, match="do not fit"):
         pack([np.array([hi + 1])], [bits])
+
+
+def test_bit_depths_pack_as_nibbles_up_to_15_and_as_bytes_above():
+    bits = np.array([0, 15, 3, 1, 7], np.uint8)
+    stored, encoding = pack_bits(bits)
+    assert encoding == "nibbles" and stored.tolist() == [0x0F, 0x31, 0x70]
+    assert unpack_bits(stored, encoding)[:5].tolist() == bits.tolist()
+    stored, encoding = pack_bits(np.append(bits, 16))
+    assert encoding == "uint8" and stored.tolist() == [0, 15, 3, 1, 7, 16]
+
+
+def float32_only(model) -> None:
+    """Move one live e off the float16 grid and one channel to 16 bits: the fallbacks."""
+    with torch.no_grad():
+        layer = model.layer2.conv
+        o = int((layer.b > 0).nonzero()[0])
+        layer.e[o] += 2.0 ** -20
+        layer.b[o] = 16.0
+
+
+@pytest.mark.parametrize("old_format", [False, True])
+def test_exponents_off_float16_stay_float32_and_old_files_read(run, tmp_path, old_format):
+    """A network trained before half_exponents (or with a bit depth over 15) still exports
+    bit for bit; and a format-1 file (bits one per byte, exp float32) still reads."""
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    model = load_model(run[0] / "model.pt")
+    float32_only(model)
+    path = tmp_path / "w.safetensors"
+    if old_format:  # what the first exports wrote
+        write_weights(model, {}, path)
+        with safe_open(str(path), framework="np") as f:
+            meta = f.metadata()
+        tensors, _, _ = weight_tensors(model)
+        tensors["exp"] = tensors["exp"].astype(np.float32)
+        meta = {k: v for k, v in meta.items() if k not in ("bits_encoding", "exp_dtype")}
+        save_file(tensors, str(path), metadata={**meta, "format": FORMATS[0]})
+    else:
+        sizes = write_weights(model, {}, path)
+        rows = sum(layer.b.numel() for _, layer in model.quant_layers())
+        live = sum(int((layer.b > 0).sum()) for _, layer in model.quant_layers())
+        masks = weight_tensors(model)[0]["masks"].nbytes
+        assert sizes.metadata == rows + 4 * live + masks  # uint8 bits, float32 exp
+    back = read_weights(path)
+    assert (back.meta["exp_dtype"], back.meta["bits_encoding"]) == ("float32", "uint8")
+    for name, layer in model.quant_layers():
+        assert torch.equal(back.layers[name].ints, layer.qints()), name
+        qweight = layer.qweight().detach().contiguous()
+        assert torch.equal(back.layers[name].weight().view(torch.int32),
+                           qweight.view(torch.int32)), name
+
+
+def test_half_exponents_round_e_to_float16_unless_turned_off(run):
+    _, _, checkpoint = run  # trained with the default, half_exponents=True
+    for _, layer in model_from(checkpoint).quant_layers():
+        assert torch.equal(layer.e.half().float(), layer.e), "an e is not a float16"
+    off = {}
+    train(CUTS.replace(epochs=1, half_exponents=False),
+          on_epoch=lambda m, s: off.update(model=s.model), verbose=False)
+    es = torch.cat([layer.e.detach() for _, layer in off["model"].quant_layers()])
+    assert not torch.equal(es.half().float(), es)
+
+
+def test_half_exponents_keeps_every_integer_and_moves_e_by_a_float16_rounding():
+    torch.manual_seed(0)
+    model = model_for(resolve(TrainConfig(preset="smoke", width=0.0625)))
+    with torch.no_grad():
+        for _, layer in model.quant_layers():
+            layer.b.uniform_(-1.0, 9.0)  # dead rows and non-integer bit depths
+            layer.e.add_(torch.rand_like(layer.e) * 0.01)  # off the float16 grid
+    before = {n: (layer.qints(), layer.e.detach().clone()) for n, layer in model.quant_layers()}
+    for name, layer in model.quant_layers():
+        layer.half_exponents()
+        ints, e = before[name]
+        assert torch.equal(layer.qints(), ints), name
+        assert torch.equal(layer.e, e.half().float()), name  # the nearest float16
+        assert (layer.e - e).abs().max() <= 2.0 ** -11 * e.abs().max()
+
+
+def test_the_uncompressed_reference_builds_the_same_dense_network(tmp_path):
+    """float_exported (benchmarks.inference's reference): a float network's dense logits."""
+    from trainer.dense import float_exported
+
+    torch.manual_seed(0)
+    model = model_for(resolve(TrainConfig(preset="smoke", kind="float-baseline", width=0.0625)))
+    with torch.no_grad():
+        for _, block in model.blocks():
+            block.bn.running_mean.normal_(0, 0.3)
+            block.bn.running_var.uniform_(0.5, 1.5)
+    model.eval()
+    dense = build_dense(float_exported(model))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(dense(x), model(x), rtol=1e-5, atol=1e-5)
 
 
 def test_the_dense_network_computes_what_the_cut_network_computes(tmp_path):
@@ -151,6 +260,10 @@ def test_export_of_a_run_folder_reproduces_the_reported_accuracy(run, tmp_path, 
         report["payload_bytes"] + report["metadata_bytes"] + report["unpriced_bytes"]
         + report["batchnorm_bytes"] + report["header_bytes"])
     assert "payload" in out and "metadata" in out
+    speed = report["inference"]
+    assert speed["threads"] == 1 and set(speed["images_per_s"]) == {"1", "256"}
+    assert all(v > 0 for v in speed["images_per_s"].values())
+    assert speed["runs"]["1"] >= 3 and "images/s at batch 1" in out
 
 
 def test_an_accuracy_that_does_not_match_fails_with_exit_1(run, tmp_path, capsys):
@@ -193,6 +306,17 @@ def test_a_sweep_trial_and_the_front_export_from_checkpoints(sweep, tmp_path, ca
     assert code == 0, err
     assert [p.name for p in (tmp_path / "front").iterdir()] == ["abc_00000"]
     assert (tmp_path / "front" / "abc_00000" / "model.onnx").is_file()
+
+
+def test_export_front_in_process_writes_one_folder_and_one_line_per_trial(sweep, tmp_path,
+                                                                          capsys):
+    failed = export_front(sweep, tmp_path / "exports", None, prog="scnn sweep")
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert failed == 0
+    assert len(lines) == 1 and lines[0].startswith("scnn sweep: exported abc_00000 (ok): ")
+    assert "images/s at batch 1" in lines[0]
+    report = json.loads((tmp_path / "exports" / "abc_00000" / "export.json").read_text())
+    assert report["status"] == "ok" and report["inference"]["images_per_s"]["256"] > 0
 
 
 def unsafe_pickle(path):

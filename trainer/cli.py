@@ -88,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--snap-bits", action=argparse.BooleanOptionalAction, default=d.snap_bits,
                    help="after training, store each bit depth in the smallest form that gives "
                         "the same weights (default: on)")
+    p.add_argument("--half-exponents", action=argparse.BooleanOptionalAction,
+                   default=d.half_exponents,
+                   help="after training, round each exponent to the nearest float16 (before "
+                        "the final test, so the reported accuracy is the stored network's), "
+                        "which an export stores in 2 bytes instead of 4 (default: on)")
     p.add_argument("--hold-range", action=argparse.BooleanOptionalAction, default=d.hold_range,
                    help="learn each channel's bit depth b and clipping range 2^(e+b-1) "
                         "instead of b and e, so the size term drops low-order bits instead of "

@@ -49,6 +49,8 @@ class TrainConfig:
     gamma_ramp: float = 0.0  # fraction of training over which gamma ramps up from 0 (0 = off)
     snap_bits: bool = True  # after the last step, store each b in the smallest form that
     #   gives the same weights (b in (k, ~k+0.3) -> k): same network, ceil(b) one bit less
+    half_exponents: bool = True  # after the last step (with snap_bits, before the final
+    #   test), round every exponent e to the nearest float16, which an export stores in 2 bytes
     hold_range: bool = True  # learn (b, clipping range e+b-1) instead of (b, e): the size
     #   term then drops low-order bits instead of clipping the largest weights (README)
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)

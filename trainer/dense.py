@@ -22,13 +22,14 @@ left keeps one zero channel, so no tensor is empty.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.packed import Exported, Layer
+from trainer.packed import BN_FIELDS, LOGIT_SCALE, RESIDUALS, Exported, Layer
 
 PAD = -1  # a channel that exists only to keep an activation non-empty (always zero)
 
@@ -125,6 +126,40 @@ def build_dense(ex: Exported) -> DenseNet:
     return DenseNet(convs, head).eval()
 
 
+@dataclass
+class FloatLayer:
+    """A layer as ``build_dense`` reads it, holding float weights instead of integers."""
+
+    w: Tensor  # (O, I, k, k) or (O, I) float32: the weight the network computes with
+    out_idx: Tensor  # (O,) original output channels
+    in_idx: Tensor  # (I,) original input channels
+    bn: dict[str, Tensor] | None  # BatchNorm of a conv; None for the head
+
+    def weight(self) -> Tensor:
+        return self.w
+
+
+def float_exported(model) -> Exported:
+    """Any ResNet9 (a float one too: the uncompressed reference) in ``build_dense``'s terms.
+
+    Each layer's weight is ``qweight()``: the float weight, or the quantized one.
+    """
+    blocks = dict(model.blocks())
+    layers = {}
+    for name, layer in model.quant_layers():
+        block = blocks.get(name)
+        bn = None if block is None else {f: getattr(block.bn, f).detach().clone()
+                                         for f in BN_FIELDS}
+        layers[name] = FloatLayer(layer.qweight().detach().clone().contiguous(),
+                                  layer.out_idx.clone(), layer.in_idx.clone(), bn)
+    eps = {float(b.bn.eps) for b in blocks.values()}
+    if len(eps) != 1:
+        raise RuntimeError(f"BatchNorm eps differ between layers: {sorted(eps)}")
+    return Exported(layers=layers, unions={r: getattr(model, r).out_idx.clone()
+                                           for r in RESIDUALS},
+                    meta={"bn_eps": eps.pop(), "logit_scale": LOGIT_SCALE})
+
+
 def export_onnx(net: DenseNet, path: str | os.PathLike) -> None:
     """Write ``net`` as ONNX: input ``images`` (N, 3, 32, 32) float32, output ``logits``."""
     from torch.export import Dim
@@ -135,12 +170,39 @@ def export_onnx(net: DenseNet, path: str | os.PathLike) -> None:
     program.save(str(path))
 
 
-def onnx_logits(path: str | os.PathLike, batches, threads: int = 0) -> np.ndarray:
-    """Run the ONNX file on CPU with onnxruntime over ``batches`` of images; (N, classes)."""
+def session(path: str | os.PathLike, threads: int = 0):
+    """An onnxruntime CPU session of ``path``; ``threads`` > 0 fixes its thread count."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return np.concatenate([session.run(["logits"], {"images": x.numpy()})[0] for x in batches])
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_speed(path: str | os.PathLike, batch: int, threads: int, seconds: float = 0.5,
+               warmup: int = 3, min_runs: int = 3) -> dict:
+    """Images per second of ``path`` with onnxruntime on the CPU at batch ``batch``.
+
+    ``warmup`` untimed runs, then runs of one random batch until ``seconds`` have passed (at
+    least ``min_runs``): images / wall time of the timed runs.
+    """
+    import time
+
+    run = session(path, threads)
+    x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+    for _ in range(warmup):
+        run.run(["logits"], {"images": x})
+    runs, start = 0, time.perf_counter()
+    while runs < min_runs or time.perf_counter() - start < seconds:
+        run.run(["logits"], {"images": x})
+        runs += 1
+    elapsed = time.perf_counter() - start
+    return {"images_per_s": batch * runs / elapsed, "runs": runs, "seconds": elapsed}
+
+
+def onnx_logits(path: str | os.PathLike, batches, threads: int = 0) -> np.ndarray:
+    """Run the ONNX file on CPU with onnxruntime over ``batches`` of images; (N, classes)."""
+    run = session(path, threads)
+    return np.concatenate([run.run(["logits"], {"images": x.numpy()})[0] for x in batches])

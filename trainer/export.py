@@ -11,7 +11,11 @@ Into ``--out`` go:
 - ``model.onnx``: the slim dense float network rebuilt from that file (``trainer.dense``).
 - ``export.json``: where it came from, the reported and the packed sizes, the file sizes,
   and the test accuracy re-measured from ``model.onnx`` with onnxruntime, which must be
-  within 0.05 points of the reported one (else status ``failed`` and exit 1).
+  within 0.05 points of the reported one (else status ``failed`` and exit 1), and the
+  images per second of ``model.onnx`` with onnxruntime on the CPU at batch 1 and 256
+  (``SPEED_THREADS`` threads, a short warm-up and a timed loop: ``inference``).
+
+``python -m sweep.run --export front`` calls ``export_front`` when the sweep has finished.
 
 Files are read without unpickling code (``torch.load(weights_only=True)``). Bad input exits
 2 with one line and writes nothing.
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -34,11 +39,15 @@ from trainer.data import MEAN, STD
 from trainer.packed import Exported, Sizes, read_weights, write_weights
 from trainer.sources import ExportError, Source, find_sources, load_source
 
-__all__ = ["export_network", "main", "read_weights"]
+__all__ = ["export_front", "export_network", "main", "read_weights"]
 
 PROG = "scnn export"
 TOLERANCE = 0.0005  # 0.05 points: how far the ONNX accuracy may be from the reported one
 WEIGHTS, ONNX, REPORT = "weights.safetensors", "model.onnx", "export.json"
+SPEED_THREADS = 1  # onnxruntime threads of the speed measurement: small, fixed, comparable
+SPEED_BATCHES = (1, 256)  # batch sizes it measures: one image at a time, and throughput
+SPEED_SECONDS = 0.5  # timed seconds per batch size (after SPEED_WARMUP untimed runs)
+SPEED_WARMUP = 3
 ROW_KEYS = ("trial_id", "kind", "status", "gamma", "seed", "preset", "width", "epochs",
             "test_accuracy", "size_bits", "bits_fraction", "weights_kept_fraction",
             "mean_bits", "device")
@@ -80,8 +89,11 @@ def check_file(model, exported: Exported) -> None:
 # --- exporting -----------------------------------------------------------------------------
 
 def export_network(src: Source, model, saved: dict, test: tuple, out: Path,
-                   threads: int = 0) -> dict:
-    """Write the three files of one network into ``out``; return export.json's record."""
+                   threads: int = 0, speed: bool = True) -> dict:
+    """Write the three files of one network into ``out``; return export.json's record.
+
+    ``speed``: measure ``model.onnx``'s images per second (``inference_speed``).
+    """
     from trainer.dense import build_dense, export_onnx, onnx_logits
 
     out.mkdir(parents=True, exist_ok=True)
@@ -97,10 +109,27 @@ def export_network(src: Source, model, saved: dict, test: tuple, out: Path,
     record.update(
         test_images=len(y), test_accuracy_onnx=accuracy(logits, y),
         test_accuracy_torch=accuracy(torch_logits, y),
-        max_logit_diff_onnx_vs_torch=float(np.abs(logits - torch_logits).max()))
+        max_logit_diff_onnx_vs_torch=float(np.abs(logits - torch_logits).max()),
+        inference=inference_speed(out / ONNX) if speed else None)
     record.update(verdict(record))
     (out / REPORT).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def inference_speed(onnx_path: Path) -> dict:
+    """Images per second of an ONNX network at each of SPEED_BATCHES (export.json's
+    ``inference``): onnxruntime, CPU, SPEED_THREADS threads."""
+    import platform
+
+    from trainer.dense import onnx_speed
+
+    runs = {str(b): onnx_speed(onnx_path, b, SPEED_THREADS, SPEED_SECONDS, SPEED_WARMUP)
+            for b in SPEED_BATCHES}
+    return {"runtime": "onnxruntime CPUExecutionProvider", "threads": SPEED_THREADS,
+            "warmup_runs": SPEED_WARMUP, "timed_seconds": SPEED_SECONDS,
+            "images_per_s": {b: r["images_per_s"] for b, r in runs.items()},
+            "runs": {b: r["runs"] for b, r in runs.items()},
+            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
 
 
 def accuracy(logits: np.ndarray, y: torch.Tensor) -> float:
@@ -217,25 +246,49 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def prepare(args: argparse.Namespace) -> list[tuple[Source, object, dict, tuple, Path]]:
+Job = tuple[Source, object, dict, tuple, Path]  # (source, network, saved, test set, out)
+
+
+def plan(source: Path, out: Path, trial: str | None = None, front: bool = False,
+         data_dir: str | None = None, threads: int = 0) -> list[Job]:
     """Everything checked and loaded before a file is written; ExportError/DataError else."""
-    if args.out.exists() and not args.out.is_dir():
-        raise ExportError(f"--out {args.out} is a file: give a folder")
-    if args.threads < 0:
-        raise ExportError(f"--threads must be >= 0 (0: the libraries' choice), got {args.threads}")
-    sources = find_sources(args.source, args.trial, args.front)
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file: give a folder")
+    if threads < 0:
+        raise ExportError(f"--threads must be >= 0 (0: the libraries' choice), got {threads}")
+    sources = find_sources(source, trial, front)
     tests: dict[tuple, tuple] = {}
     jobs = []
     for src in sources:
         model, saved = load_source(src)
         config = TrainConfig(**saved["config"])
         key = (config.dataset, config.synthetic_size, config.seed, config.test_subset,
-               args.data_dir or config.data_dir)
+               data_dir or config.data_dir)
         if key not in tests:
-            tests[key] = test_set(config, args.data_dir)
-        out = args.out / src.trial if args.front else args.out
-        jobs.append((src, model, saved, tests[key], out))
+            tests[key] = test_set(config, data_dir)
+        jobs.append((src, model, saved, tests[key], out / src.trial if front else out))
     return jobs
+
+
+def run_jobs(jobs: list[Job], threads: int = 0, prog: str = PROG,
+             say=lambda record, out: print(summary(record, out))) -> int:
+    """Export every job, ``say`` each record; the number that failed (each said on stderr)."""
+    failed = 0
+    for src, model, saved, test, out in jobs:
+        record = export_network(src, model, saved, test, out, threads)
+        say(record, out)
+        if record["status"] != "ok":
+            failed += 1
+            print(f"{prog}: failed: {src.label}: {record['error']} (see {out / REPORT})",
+                  file=sys.stderr)
+    return failed
+
+
+def export_front(sweep: Path, out: Path, data_dir: str | None, prog: str = PROG) -> int:
+    """Export every trial on ``sweep``'s Pareto front into ``out``/<trial_id>/, in-process,
+    one line each; the number that failed. ExportError/DataError when nothing can be."""
+    return run_jobs(plan(sweep, out, front=True, data_dir=data_dir), prog=prog,
+                    say=lambda r, o: print(one_line(r, o, prog), flush=True))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -243,20 +296,30 @@ def main(argv: list[str] | None = None) -> None:
 
     args = parser().parse_args(argv)
     try:
-        jobs = prepare(args)
+        jobs = plan(args.source, args.out, args.trial, args.front, args.data_dir, args.threads)
     except (ExportError, ConfigError, DataError) as err:
         fail(str(err), prog=PROG)
     if args.threads:
         torch.set_num_threads(args.threads)
-    failed = 0
-    for src, model, saved, test, out in jobs:
-        record = export_network(src, model, saved, test, out, args.threads)
-        print(summary(record, out))
-        if record["status"] != "ok":
-            failed += 1
-            print(f"{PROG}: failed: {src.label}: {record['error']} (see {out / REPORT})",
-                  file=sys.stderr)
-    raise SystemExit(1 if failed else 0)
+    raise SystemExit(1 if run_jobs(jobs, args.threads) else 0)
+
+
+def speed_text(r: dict) -> str:
+    """'1,234 images/s at batch 1, 5,678 at batch 256 (onnxruntime, 1 thread)'."""
+    inf = r.get("inference")
+    if not inf:
+        return "speed not measured"
+    parts = [f"{v:,.0f} images/s at batch {b}" if i == 0 else f"{v:,.0f} at batch {b}"
+             for i, (b, v) in enumerate(inf["images_per_s"].items())]
+    n = inf["threads"]
+    return f"{', '.join(parts)} (onnxruntime, {n} thread{'s' if n != 1 else ''})"
+
+
+def one_line(r: dict, out: Path, prog: str = PROG) -> str:
+    """One export in one line: status, where, size, accuracy, speed."""
+    return (f"{prog}: exported {r['trial'] or r['source']} ({r['status']}): "
+            f"{r['test_accuracy_onnx']:.2%} accuracy, payload {r['payload_bytes']:,} B + "
+            f"metadata {r['metadata_overhead']:.2%}, {speed_text(r)} -> {out}/")
 
 
 def summary(r: dict, out: Path) -> str:
@@ -271,7 +334,8 @@ def summary(r: dict, out: Path) -> str:
             f"{r['header_bytes']:,}\n"
             f"  {ONNX}: {r['files'][ONNX]:,} bytes; test accuracy {r['test_accuracy_onnx']:.2%}"
             f" on {r['test_images']:,} images ({said}, PyTorch {r['test_accuracy_torch']:.2%}),"
-            f" max logit difference {r['max_logit_diff_onnx_vs_torch']:.2e}")
+            f" max logit difference {r['max_logit_diff_onnx_vs_torch']:.2e}\n"
+            f"  speed: {speed_text(r)}")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,12 @@ present input channels (columns); O0 x I0 x k x k is its original weight shape. 
 
     payload   uint8 (ceil(size_bits / 8),)  every layer's live weights, one bitstream (below)
     unpriced  uint8 (n,)        weights on inputs that are present but dead (below); usually 0
-    bits      uint8 (sum O,)    B of each present row, layer after layer (0: a dead row)
-    exp       float32 (sum O_live,)  e of each row with B > 0, layer after layer
+    bits      uint8 (ceil(sum O / 2),)  B of each present row, layer after layer (0: a dead
+                                row), as 4-bit nibbles, two per byte (the first row in the
+                                high nibble); uint8 (sum O,), one per byte, when a B is over 15
+    exp       float16 (sum O_live,)  e of each row with B > 0, layer after layer; float32 when
+                                an e is not exactly a float16 (a network trained before
+                                ``half_exponents``, or with ``--no-half-exponents``)
     masks     uint8             per layer: its present rows, its present columns, its live
                                 columns, as bit masks of ceil(O0 / 8), ceil(I0 / 8), ceil(I0 / 8)
                                 bytes; then the channels of the residual sums res1 and res3
@@ -37,11 +41,15 @@ not cut yet; the size does not count its consumers' weights on it, yet the netwo
 them. They go in ``unpriced``, a second bitstream laid out like the payload (each live
 row's weights on the present-but-dead columns), outside the payload.
 
-The header's ``__metadata__`` (strings) holds ``format`` (``scnn.weights/1``), ``layers``
+The header's ``__metadata__`` (strings) holds ``format`` (``scnn.weights/2``),
+``bits_encoding`` (``nibbles`` or ``uint8``), ``exp_dtype`` (``float16`` or ``float32``), ``layers``
 (the layers present, JSON list), ``shapes`` (original weight shape of every layer, JSON),
 ``config`` (the TrainConfig, JSON), ``bn_eps``, ``logit_scale`` (the head's output is
 multiplied by it) and ``input_mean``/``input_std`` (images with pixels in 0..255 enter the
 network as (x - mean) / std).
+
+Format 1 (``scnn.weights/1``, the first exports) stored ``bits`` one per byte and ``exp`` as
+float32 and had neither key; ``read_weights`` reads both formats.
 """
 
 from __future__ import annotations
@@ -59,7 +67,9 @@ from trainer.data import MEAN, STD
 from trainer.model import ResNet9
 from trainer.quant import layer_size
 
-FORMAT = "scnn.weights/1"
+FORMAT = "scnn.weights/2"
+FORMATS = ("scnn.weights/1", FORMAT)  # what read_weights reads
+NIBBLE_MAX = 15  # the largest bit depth a 4-bit nibble holds
 LOGIT_SCALE = 0.125  # ResNet9.forward multiplies the head's output by this
 BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 RESIDUALS = ("res1", "res3")
@@ -168,6 +178,31 @@ def unmask(packed: np.ndarray, n: int) -> Tensor:
     return torch.from_numpy(np.flatnonzero(np.unpackbits(packed)[:n])).to(torch.int64)
 
 
+def pack_bits(bits: np.ndarray) -> tuple[np.ndarray, str]:
+    """(the bit depths as stored, their encoding): nibbles when every B <= 15, else uint8."""
+    bits = np.asarray(bits, dtype=np.uint8)
+    if bits.size and int(bits.max()) > NIBBLE_MAX:
+        return bits, "uint8"
+    padded = np.append(bits, np.zeros(bits.size % 2, np.uint8))
+    return (padded[0::2] << 4) | padded[1::2], "nibbles"
+
+
+def unpack_bits(stored: np.ndarray, encoding: str) -> np.ndarray:
+    """Inverse of ``pack_bits`` (uint8); from nibbles, with the zero pad nibble if any."""
+    if encoding == "uint8":
+        return stored
+    if encoding == "nibbles":
+        return np.stack([stored >> 4, stored & 0x0F], axis=1).ravel()
+    raise ValueError(f"unknown bits encoding {encoding!r}: expected nibbles or uint8")
+
+
+def pack_exponents(exp: np.ndarray) -> np.ndarray:
+    """The exponents as float16 when every one is exactly a float16, else float32."""
+    exp = np.asarray(exp, dtype=np.float32)
+    half = exp.astype(np.float16)
+    return half if np.array_equal(half.astype(np.float32), exp) else exp
+
+
 # --- writing -------------------------------------------------------------------------------
 
 @dataclass
@@ -226,8 +261,8 @@ def weight_tensors(model: ResNet9) -> tuple[dict[str, np.ndarray], list[str], in
     tensors = {
         "payload": pack([v for p in parts for v in p.priced], live_bits),
         "unpriced": pack([v for p in parts for v in p.unpriced], live_bits),
-        "bits": np.concatenate([p.bits for p in parts]),
-        "exp": np.concatenate([p.exp for p in parts]),
+        "bits": np.concatenate([p.bits for p in parts]),  # (sum O,) uint8, packed below
+        "exp": pack_exponents(np.concatenate([p.exp for p in parts])),
         "masks": np.concatenate([m for p in parts for m in p.masks] + unions),
         "bn": np.concatenate([p.bn for p in parts if p.bn is not None], axis=1),
     }
@@ -241,10 +276,12 @@ def write_weights(model: ResNet9, config: dict, path: str | os.PathLike) -> Size
     from safetensors.numpy import save_file
 
     tensors, names, size_bits = weight_tensors(model)
+    tensors["bits"], encoding = pack_bits(tensors["bits"])
     eps = {float(b.bn.eps) for _, b in model.blocks()} or {1e-5}
     if len(eps) > 1:
         raise RuntimeError(f"BatchNorm eps differ between layers: {sorted(eps)}")
-    meta = {"format": FORMAT, "layers": json.dumps(names),
+    meta = {"format": FORMAT, "bits_encoding": encoding,
+            "exp_dtype": str(tensors["exp"].dtype), "layers": json.dumps(names),
             "shapes": json.dumps({n: list(s) for n, s in model.initial_shapes.items()}),
             "config": json.dumps(config), "bn_eps": repr(eps.pop()),
             "logit_scale": repr(LOGIT_SCALE), "input_mean": json.dumps(MEAN),
@@ -283,15 +320,19 @@ def read_weights(path: str | os.PathLike) -> Exported:
 
     with safe_open(str(path), framework="np") as f:
         raw = dict(f.metadata() or {})
-        if raw.get("format") != FORMAT:
+        if raw.get("format") not in FORMATS:
             raise ValueError(f"{path} is not an scnn weights file (format "
-                             f"{raw.get('format')!r}, expected {FORMAT!r})")
+                             f"{raw.get('format')!r}, expected one of {', '.join(FORMATS)})")
         t = {k: f.get_tensor(k) for k in f.keys()}
     meta = {"layers": json.loads(raw["layers"]), "shapes": json.loads(raw["shapes"]),
             "config": json.loads(raw["config"]), "bn_eps": float(raw["bn_eps"]),
             "logit_scale": float(raw["logit_scale"]),
             "input_mean": json.loads(raw["input_mean"]),
-            "input_std": json.loads(raw["input_std"])}
+            "input_std": json.loads(raw["input_std"]),
+            "bits_encoding": raw.get("bits_encoding", "uint8"),  # format 1: one per byte
+            "exp_dtype": str(t["exp"].dtype)}
+    t["bits"] = unpack_bits(t["bits"], meta["bits_encoding"])  # a pad nibble may end it
+    t["exp"] = t["exp"].astype(np.float32)  # float16 -> float32 is exact
     bits, exp, masks, bn = (Cursor(t[k]) for k in ("bits", "exp", "masks", "bn"))
     layers = {}
     for name in meta["layers"]:
@@ -312,6 +353,9 @@ def read_weights(path: str | os.PathLike) -> Exported:
     for res in RESIDUALS:
         c0 = meta["shapes"][f"{res}.conv2"][0]
         unions[res] = unmask(masks.take(-(-c0 // 8)), c0)
+    rest = bits.array[bits.at:]
+    if rest.size > (meta["bits_encoding"] == "nibbles") or rest.any():
+        raise ValueError(f"{path}: {rest.size} bit depths left over after the last layer")
     return Exported(layers=layers, unions=unions, meta=meta)
 
 

@@ -223,9 +223,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
                 cut_dead_channels(model, opts)
             if progress:
                 progress.update(i, epoch)
-        if compress and c.snap_bits and epoch == c.epochs:
-            for _, layer in model.quant_layers():
-                layer.snap_bits()  # the same weights, stored in fewer bits
+        if epoch == c.epochs:
+            finish_quantizers(model, c)
         cut_dead_channels(model, opts)
         if cuda:
             torch.cuda.synchronize()
@@ -244,6 +243,15 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         if on_epoch is not None:
             on_epoch(metrics, state)
     return summarize(state, data)
+
+
+def finish_quantizers(model: ResNet9, config: TrainConfig) -> None:
+    """After the last step, before the final test: the network in the form an export stores."""
+    for _, layer in model.quant_layers():
+        if config.kind == "compress" and config.snap_bits:
+            layer.snap_bits()  # the same weights, stored in fewer bits
+        if config.half_exponents:
+            layer.half_exponents()  # e in 2 bytes; the final test measures this network
 
 
 def summarize(state: TrainState, data: D.DeviceData) -> dict:
