@@ -29,8 +29,8 @@ from sweep.cluster import trial_resources
 from sweep.config import GAMMA_RANGE, REFERENCES, SweepConfig, gamma_range, with_gamma_range
 from sweep.run import describe_references, main
 from sweep.store import epoch_rows, layer_rows, new_record, trial_row
-from sweep.trainable import META_FILE, latest
-from trainer.config import ConfigError, resolve
+from sweep.trainable import META_FILE, STATE_FILE, latest, load_latest
+from trainer.config import ConfigError, TrainConfig, resolve
 from trainer.results import EPOCHS_FILE, LAYERS_FILE, TRIALS_FILE
 
 SMOKE = ["--preset", "smoke", "--dataset", "synthetic", "--epochs", "2"]
@@ -60,6 +60,7 @@ def free_port() -> int:
     (["--name", "a/b"], "--name must be a plain folder name"),
     (["--references", "all"], "unknown --references 'all': choose default"),
     (["--references", "full", "--no-references"], "not allowed with argument --references"),
+    (["--export", "all"], "unknown --export 'all': choose front"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, says):
     results = tmp_path / "results"
@@ -92,6 +93,19 @@ def test_resume_keeps_the_saved_search_and_refuses_to_change_it(tmp_path, capsys
     assert (resumed.name, resumed.num_samples, resumed.dataset) == ("old", 3, "synthetic")
     with pytest.raises(ConfigError, match="already exists"):
         sweep_config.prepare(SweepConfig(name="old", results_dir=str(tmp_path)))
+
+
+def test_export_is_saved_kept_by_resume_and_may_be_turned_on_there(tmp_path):
+    assert parse(["--export", "front"])[0].export == "front"
+    sweep_config.save(SweepConfig(num_samples=3, dataset="synthetic", export="front",
+                                  results_dir=str(tmp_path), name="old"))
+    saved = json.loads((tmp_path / "old" / sweep_config.SWEEP_FILE).read_text())
+    assert saved["export"] == "front"
+    resumed = sweep_config.prepare(SweepConfig(resume=True, results_dir=str(tmp_path)))
+    assert resumed.export == "front"
+    off = sweep_config.prepare(SweepConfig(resume=True, export="none",
+                                           results_dir=str(tmp_path)), {"export"})
+    assert off.export == "none"  # not part of the search: the new value wins, and is saved
 
 
 def test_references_default_full_or_none_and_no_references_is_none():
@@ -298,6 +312,41 @@ def test_the_start_up_line_counts_the_reference_trials():
     assert describe_references("none") == ""
 
 
+def test_checkpoints_load_without_unpickling_code_and_resume(tmp_path, capsys):
+    import pickle
+
+    import torch
+
+    from trainer.train import train
+
+    config = TrainConfig(preset="smoke", dataset="synthetic", epochs=1, synthetic_size=256,
+                         threads=1)
+    states = []
+    train(config, on_epoch=lambda m, s: states.append(s.state_dict()), verbose=False)
+    key = {"kind": "compress", "gamma": 0.01}
+
+    def checkpoint(name: str, epoch: int) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / META_FILE).write_text(json.dumps({"epoch": epoch, "trial": key}))
+        return folder
+
+    good = checkpoint("good", 1)
+    torch.save(states[-1], good / STATE_FILE)
+    evil = checkpoint("evil", 2)  # the latest, but it would run code when unpickled
+
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this ran",))
+
+    (evil / STATE_FILE).write_bytes(pickle.dumps({"config": Payload()}))
+    loaded = load_latest([evil, good], key)
+    assert "this ran" not in capsys.readouterr().out
+    assert loaded is not None and loaded["epoch"] == 1
+    result = train(config.replace(epochs=2), resume=loaded, verbose=False)
+    assert [m["epoch"] for m in result["history"]] == [1, 2]
+
+
 # --- real Ray clusters -----------------------------------------------------------------------
 
 def kill_marked(marker: str) -> None:
@@ -412,6 +461,12 @@ def wait_for(path: Path, enough, proc: subprocess.Popen, timeout: float = 300) -
     raise AssertionError(f"{path} did not fill up in {timeout} s")
 
 
+def pareto_front_ids(trials: pd.DataFrame) -> list[str]:
+    from analysis.pareto import front_of
+
+    return list(front_of(trials, "bits_fraction")["trial_id"])
+
+
 def start_sweep(env: dict, cwd: Path, log: Path, *args: str) -> subprocess.Popen:
     """A sweep in its own process group (with its embedded cluster), output to ``log``."""
     with open(log, "w") as out:
@@ -423,7 +478,7 @@ def start_sweep(env: dict, cwd: Path, log: Path, *args: str) -> subprocess.Popen
 def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, tmp_path):
     results = tmp_path / "results"
     args = [*SMOKE, "--epochs", "3", "--num-samples", "4", "--name", "k",
-            "--results-dir", str(results)]
+            "--results-dir", str(results), "--export", "front"]
     proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *args)
     try:
         before = wait_for(results / "k" / TRIALS_FILE,
@@ -432,8 +487,16 @@ def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, t
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole embedded cluster
         proc.wait()
-    sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
+    out = sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
     trials = assert_complete(results / "k", 6, 3)
+    # --export front was saved with the sweep: the resumed sweep exports its front.
+    front = set(pareto_front_ids(trials))
+    exported = {p.parent.name for p in (results / "k" / "exports").glob("*/export.json")}
+    assert front and exported == front
+    for trial_id in front:
+        report = json.loads((results / "k" / "exports" / trial_id / "export.json").read_text())
+        assert report["status"] == "ok" and report["inference"]["images_per_s"]["1"] > 0
+        assert f"scnn sweep: exported {trial_id} (ok)" in out.stdout
     expected = sampled(SweepConfig(num_samples=4, dataset="synthetic", preset="smoke"))
     assert sorted(zip(trials["kind"], trials["gamma"], strict=True)) == sorted(expected)
     done = before[before["status"] == "TERMINATED"]["trial_id"]
