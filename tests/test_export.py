@@ -19,8 +19,10 @@ from trainer.packed import (
     FORMATS,
     pack,
     pack_bits,
+    pack_masks,
     unpack,
     unpack_bits,
+    unpack_masks,
     weight_tensors,
     write_weights,
 )
@@ -86,7 +88,7 @@ def test_packed_integers_read_back_bit_for_bit(run, tmp_path):
     assert back.meta["exp_dtype"] == "float16" and back.meta["bits_encoding"] == "nibbles"
     rows = sum(layer.b.numel() for _, layer in model.quant_layers())
     live = sum(int((layer.b > 0).sum()) for _, layer in model.quant_layers())
-    masks = weight_tensors(model)[0]["masks"].nbytes
+    masks = pack_masks(weight_tensors(model)[0]["masks"])[0].nbytes
     assert sizes.metadata == math.ceil(rows / 2) + 2 * live + masks
     # The payload is the reported size: one bitstream, rounded up to a byte once.
     assert sizes.size_bits == result["size_bits"] == float(model.size().bits)
@@ -116,6 +118,18 @@ def test_bit_depths_pack_as_nibbles_up_to_15_and_as_bytes_above():
     assert encoding == "uint8" and stored.tolist() == [0, 15, 3, 1, 7, 16]
 
 
+def test_masks_are_stored_compressed_only_when_that_is_shorter():
+    ones = np.full(300, 0xFF, np.uint8)  # a network with nothing cut: all channels present
+    stored, encoding = pack_masks(ones)
+    assert encoding == "zlib" and stored.size < 30
+    assert np.array_equal(unpack_masks(stored, encoding), ones)
+    noise = np.random.default_rng(0).integers(0, 256, 40, dtype=np.uint8)
+    stored, encoding = pack_masks(noise)  # nothing to gain: kept as it is
+    assert encoding == "raw" and np.array_equal(stored, noise)
+    with pytest.raises(ValueError, match="unknown masks encoding"):
+        unpack_masks(stored, "gzip")
+
+
 def float32_only(model) -> None:
     """Move one live e off the float16 grid and one channel to 16 bits: the fallbacks."""
     with torch.no_grad():
@@ -141,13 +155,14 @@ def test_exponents_off_float16_stay_float32_and_old_files_read(run, tmp_path, ol
             meta = f.metadata()
         tensors, _, _ = weight_tensors(model)
         tensors["exp"] = tensors["exp"].astype(np.float32)
-        meta = {k: v for k, v in meta.items() if k not in ("bits_encoding", "exp_dtype")}
+        meta = {k: v for k, v in meta.items()
+                if k not in ("bits_encoding", "exp_dtype", "masks_encoding")}
         save_file(tensors, str(path), metadata={**meta, "format": FORMATS[0]})
     else:
         sizes = write_weights(model, {}, path)
         rows = sum(layer.b.numel() for _, layer in model.quant_layers())
         live = sum(int((layer.b > 0).sum()) for _, layer in model.quant_layers())
-        masks = weight_tensors(model)[0]["masks"].nbytes
+        masks = pack_masks(weight_tensors(model)[0]["masks"])[0].nbytes
         assert sizes.metadata == rows + 4 * live + masks  # uint8 bits, float32 exp
     back = read_weights(path)
     assert (back.meta["exp_dtype"], back.meta["bits_encoding"]) == ("float32", "uint8")

@@ -20,7 +20,10 @@ present input channels (columns); O0 x I0 x k x k is its original weight shape. 
     masks     uint8             per layer: its present rows, its present columns, its live
                                 columns, as bit masks of ceil(O0 / 8), ceil(I0 / 8), ceil(I0 / 8)
                                 bytes; then the channels of the residual sums res1 and res3
-                                (the union of shortcut and branch, DESIGN.md §1), ceil(C0 / 8)
+                                (the union of shortcut and branch, DESIGN.md §1), ceil(C0 / 8);
+                                the whole as zlib's stream when that is shorter (header
+                                ``masks_encoding``: zlib or raw; a network with few cuts has
+                                masks of nearly all ones, a few dozen bytes compressed)
     bn        float32 (4, sum O of the convs)  BatchNorm weight, bias, running mean and
                                 running variance of each conv's rows (the head has none)
 
@@ -57,6 +60,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -196,6 +200,22 @@ def unpack_bits(stored: np.ndarray, encoding: str) -> np.ndarray:
     raise ValueError(f"unknown bits encoding {encoding!r}: expected nibbles or uint8")
 
 
+def pack_masks(masks: np.ndarray) -> tuple[np.ndarray, str]:
+    """(the masks as stored, their encoding): zlib's stream when shorter, else raw."""
+    masks = np.asarray(masks, dtype=np.uint8)
+    packed = np.frombuffer(zlib.compress(masks.tobytes(), 9), dtype=np.uint8)
+    return (packed, "zlib") if packed.size < masks.size else (masks, "raw")
+
+
+def unpack_masks(stored: np.ndarray, encoding: str) -> np.ndarray:
+    """Inverse of ``pack_masks``."""
+    if encoding == "raw":
+        return stored
+    if encoding == "zlib":
+        return np.frombuffer(zlib.decompress(stored.tobytes()), dtype=np.uint8)
+    raise ValueError(f"unknown masks encoding {encoding!r}: expected zlib or raw")
+
+
 def pack_exponents(exp: np.ndarray) -> np.ndarray:
     """The exponents as float16 when every one is exactly a float16, else float32."""
     exp = np.asarray(exp, dtype=np.float32)
@@ -277,10 +297,11 @@ def write_weights(model: ResNet9, config: dict, path: str | os.PathLike) -> Size
 
     tensors, names, size_bits = weight_tensors(model)
     tensors["bits"], encoding = pack_bits(tensors["bits"])
+    tensors["masks"], masks_encoding = pack_masks(tensors["masks"])
     eps = {float(b.bn.eps) for _, b in model.blocks()} or {1e-5}
     if len(eps) > 1:
         raise RuntimeError(f"BatchNorm eps differ between layers: {sorted(eps)}")
-    meta = {"format": FORMAT, "bits_encoding": encoding,
+    meta = {"format": FORMAT, "bits_encoding": encoding, "masks_encoding": masks_encoding,
             "exp_dtype": str(tensors["exp"].dtype), "layers": json.dumps(names),
             "shapes": json.dumps({n: list(s) for n, s in model.initial_shapes.items()}),
             "config": json.dumps(config), "bn_eps": repr(eps.pop()),
@@ -332,6 +353,7 @@ def read_weights(path: str | os.PathLike) -> Exported:
             "bits_encoding": raw.get("bits_encoding", "uint8"),  # format 1: one per byte
             "exp_dtype": str(t["exp"].dtype)}
     t["bits"] = unpack_bits(t["bits"], meta["bits_encoding"])  # a pad nibble may end it
+    t["masks"] = unpack_masks(t["masks"], raw.get("masks_encoding", "raw"))
     t["exp"] = t["exp"].astype(np.float32)  # float16 -> float32 is exact
     bits, exp, masks, bn = (Cursor(t[k]) for k in ("bits", "exp", "masks", "bn"))
     layers = {}
