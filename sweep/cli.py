@@ -38,6 +38,7 @@ examples:
   python -m sweep.run --num-samples 64 --data-dir ../shared/data           # a real sweep
   python -m sweep.run --references full --data-dir ../shared/data          # and its rivals
   python -m sweep.run --address 10.0.0.1:6379 --data-dir /shared/cifar     # on a cluster
+  python -m sweep.run --num-samples 64 --name big --mlflow                 # and in MLflow
   python -m sweep.run --resume --name sweep-20250101-120000                # after a kill
 """
 

@@ -114,8 +114,10 @@ class MLflowCallback(MLflowLoggerCallback):
                                          metrics_to_log=metrics, step=int(metrics["epoch"]))
 
     def log_trial_end(self, trial, failed: bool = False):
+        if trial not in self._trial_runs:  # ended before it started: no run to close
+            return
         record = self.store.records.get(trial.trial_id)
-        if record is not None and trial in self._trial_runs:
+        if record is not None:
             with tempfile.TemporaryDirectory() as folder:
                 write(folder, self.experiment_name, {trial.trial_id: record})
                 self.mlflow_util.save_artifacts(run_id=self._trial_runs[trial], dir=folder)

@@ -185,7 +185,8 @@ def test_help_explains_the_sweep(capsys):
     text = capsys.readouterr().out
     assert stop.value.code == 0
     for words in ("--num-samples", "--resume", "--address", "log-uniformly", "dashboard",
-                  "--references {default,full,none}", "--no-references", "narrower float"):
+                  "--references {default,full,none}", "--no-references", "narrower float",
+                  "--mlflow [URI]", "tensorboard --logdir"):
         assert words in text
     assert "--fail-gamma-above" not in text
 
@@ -689,7 +690,7 @@ def test_ray_job_submit_runs_the_sweep_on_a_token_cluster(ray_env, tmp_path):
     finally:
         stop_head(head, ray_env)
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
-    assert "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    assert "Job 'scnn-smoke' succeeded" in status.stdout, status.stdout + status.stderr
     assert_complete(results / "job", 2, 1)
     assert "the running Ray cluster (token authentication on)" in logs.stdout
     assert "Pareto-optimal trials" in logs.stdout and str(results / "job") in logs.stdout
