@@ -21,6 +21,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from ray._private.dict import flatten_dict
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
@@ -102,9 +103,13 @@ class MLflowCallback(MLflowLoggerCallback):
             client = self.mlflow_util._get_client()
             runs = client.search_runs([self.mlflow_util.experiment_id],
                                       filter_string=f"tags.trial_name = '{trial}'")
-            if runs:
-                self._trial_runs[trial] = runs[0].info.run_id
-                client.update_run(runs[0].info.run_id, status="RUNNING")
+            # A trial Tune re-creates under the same id may hold other settings; MLflow
+            # refuses to change a run's parameters, so that one gets a run of its own.
+            params = {k: str(v) for k, v in flatten_dict(trial.config).items()}
+            same = [r for r in runs if r.data.params == params]
+            if same:
+                self._trial_runs[trial] = same[0].info.run_id
+                client.update_run(same[0].info.run_id, status="RUNNING")
         super().log_trial_start(trial)
 
     def log_trial_result(self, iteration: int, trial, result: dict):

@@ -575,7 +575,7 @@ def start_sweep(env: dict, cwd: Path, log: Path, *args: str) -> subprocess.Popen
 def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, tmp_path):
     results = tmp_path / "results"
     args = [*SMOKE, "--epochs", "3", "--num-samples", "4", "--name", "k",
-            "--results-dir", str(results)]
+            "--results-dir", str(results), "--mlflow"]
     proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *args)
     try:
         before = wait_for(results / "k" / TRIALS_FILE,
@@ -595,6 +595,14 @@ def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, t
     epochs = read(results / "k", EPOCHS_FILE).set_index(["trial_id", "epoch"])
     kept = before_epochs[before_epochs["trial_id"].isin(done)].set_index(["trial_id", "epoch"])
     pd.testing.assert_frame_equal(epochs.loc[kept.index], kept)
+    # MLflow: the resumed trials went on in the runs they had; every run finished.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'k' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("k").experiment_id])
+    names = sorted(r.data.tags["trial_name"].removeprefix("run_trial_") for r in runs)
+    assert names == sorted(trials["trial_id"])  # one run per trial, none started twice
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 @pytest.mark.ray
