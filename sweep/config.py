@@ -186,7 +186,8 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
 
 
 def with_mlflow_uri(c: SweepConfig, folder: Path) -> SweepConfig:
-    """``c`` with ``--mlflow`` given no URI resolved to the SQLite store in ``folder``.
+    """``c`` with ``--mlflow`` given no URI resolved to the SQLite store in ``folder``, and a
+    SQLite path made absolute.
 
     ConfigError when --mlflow is asked for and mlflow is not installed.
     """
@@ -195,7 +196,11 @@ def with_mlflow_uri(c: SweepConfig, folder: Path) -> SweepConfig:
     if importlib.util.find_spec("mlflow") is None:
         raise ConfigError("--mlflow needs the mlflow package: pip install 'mlflow>=2.10' "
                           "(or pip install -e '.[dev]' in this repository)")
-    return c if c.mlflow else c.replace(mlflow=f"sqlite:///{folder.resolve() / MLFLOW_DB}")
+    if not c.mlflow:
+        return c.replace(mlflow=f"sqlite:///{folder.resolve() / MLFLOW_DB}")
+    if c.mlflow.startswith("sqlite:///"):  # a relative path: from here, not a trial's folder
+        return c.replace(mlflow="sqlite:///" + str(Path(c.mlflow[10:]).resolve()))
+    return c
 
 
 def check_data(c: SweepConfig) -> None:

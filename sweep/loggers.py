@@ -61,8 +61,8 @@ class TensorBoardCallback(TBXLoggerCallback):
                                  {**metrics, "training_iteration": int(metrics["epoch"])})
 
     def log_trial_end(self, trial, failed: bool = False):
-        # Tune's own logs hparams only for trials with sampled parameters, which the
-        # reference trials (the searcher's preset points) have none of.
+        # Tune's own logger writes hparams only for trials with sampled parameters, which
+        # the reference trials (the searcher's preset points) have none of.
         from tensorboardX.summary import hparams as hparams_summary
 
         writer, last = self._trial_writer.pop(trial, None), self._trial_result.pop(trial, {})

@@ -30,12 +30,12 @@ from sweep.config import GAMMA_RANGE, REFERENCES, SweepConfig, gamma_range, with
 from sweep.run import describe_references, main
 from sweep.store import epoch_rows, layer_rows, new_record, trial_row
 from sweep.trainable import META_FILE, latest
+from tests.conftest import REPO
 from trainer.config import ConfigError, resolve
 from trainer.results import EPOCHS_FILE, LAYERS_FILE, TRIALS_FILE
 
 SMOKE = ["--preset", "smoke", "--dataset", "synthetic", "--epochs", "2"]
 N_LAYERS = 9  # rows per trial in layers.parquet
-REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")  # the CLI of this Python's Ray, venv or not
 
 
@@ -125,6 +125,10 @@ def test_mlflow_without_uri_is_the_sweeps_sqlite_store_and_resume_keeps_it(tmp_p
     assert c.mlflow == f"sqlite:///{tmp_path / 'm' / 'mlflow.db'}"
     assert parse(["--mlflow", "http://mlflow:5000"])[0].mlflow == "http://mlflow:5000"
     assert parse([])[0].mlflow is None
+    other = sweep_config.prepare(*parse(["--mlflow", "sqlite:///db/x.db", "--name", "o",
+                                         "--dataset", "synthetic",
+                                         "--results-dir", str(tmp_path)]))
+    assert other.mlflow == f"sqlite:///{Path.cwd() / 'db' / 'x.db'}"
     sweep_config.save(c)
     resumed = sweep_config.prepare(*parse(["--resume", "--results-dir", str(tmp_path)]))
     assert resumed.mlflow == c.mlflow
