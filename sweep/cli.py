@@ -30,14 +30,16 @@ self-compression, narrower float networks and networks held at one bit depth, so
 plots draw their fronts beside the sweep's. Without --address the sweep starts a Ray
 cluster on this machine and prints its dashboard's address. Results go to
 RESULTS_DIR/NAME/ as trials.parquet, epochs.parquet and layers.parquet, rewritten while
-the sweep runs; draw them with `python -m analysis.plots`. A stopped or killed sweep
-continues with --resume.
+the sweep runs; draw them with `python -m analysis.plots`. Every trial's epochs also go to
+TensorBoard files there (tensorboard --logdir RESULTS_DIR/NAME), and with --mlflow to
+MLflow. A stopped or killed sweep continues with --resume.
 
 examples:
   python -m sweep.run --preset smoke --dataset synthetic --num-samples 4   # a first look
   python -m sweep.run --num-samples 64 --data-dir ../shared/data           # a real sweep
   python -m sweep.run --references full --data-dir ../shared/data          # and its rivals
   python -m sweep.run --address 10.0.0.1:6379 --data-dir /shared/cifar     # on a cluster
+  python -m sweep.run --num-samples 64 --name big --mlflow                 # and in MLflow
   python -m sweep.run --resume --name sweep-20250101-120000                # after a kill
   python -m sweep.run --export front --data-dir ../shared/data   # then export its front
 """
@@ -108,6 +110,11 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--results-dir", metavar="DIR",
                      help=f"parent folder of the sweep folders (default {d.results_dir}/)")
     out.add_argument("--name", help="sweep folder name (default sweep-<date>-<time>)")
+    out.add_argument("--mlflow", nargs="?", const="", metavar="URI",
+                     help="also log every trial as an MLflow run (params, metrics per epoch, "
+                     "its Parquet rows), in an experiment named after the sweep; without URI "
+                     "in RESULTS_DIR/NAME/mlflow.db (mlflow ui --backend-store-uri "
+                     "sqlite:///RESULTS_DIR/NAME/mlflow.db)")
     out.add_argument("--resume", action="store_true", help="continue the sweep --name (default:"
                      " the newest in --results-dir) after a stop or kill, with its settings")
     return p

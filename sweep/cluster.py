@@ -12,9 +12,13 @@ mismatch either fails to connect or, the other way round, kills every trial's ac
 
 from __future__ import annotations
 
+import logging
+import logging.handlers
 import math
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +72,33 @@ def attach(address: str) -> Cluster:
         raise ConfigError(f"could not attach to a Ray cluster at {address} ({first_line(err)}): "
                           "start one with `ray start --head`, or fix --address") from None
     return Cluster(False, context.dashboard_url or "", auth_mode() == "token")
+
+
+@contextmanager
+def held_back_ray_logs() -> Iterator[None]:
+    """Hold Ray's start-up lines (token, dashboard) until the block ends without an error.
+
+    Ray logs them to stderr through its ``ray`` logger when ``ray.init`` starts or attaches.
+    A sweep that then stops on bad input (a one-line error, exit 2) drops them, so its
+    error stands alone; otherwise they are shown when the block ends.
+    """
+    ray_log = logging.getLogger("ray")
+    handlers = ray_log.handlers[:]
+    held = logging.handlers.BufferingHandler(capacity=10_000)
+    for handler in handlers:
+        ray_log.removeHandler(handler)
+    ray_log.addHandler(held)
+    try:
+        yield
+    except BaseException:
+        held.buffer.clear()
+        raise
+    finally:
+        ray_log.removeHandler(held)
+        for handler in handlers:
+            ray_log.addHandler(handler)
+        for record in held.buffer:
+            ray_log.handle(record)
 
 
 def check_reachable(address: str) -> None:

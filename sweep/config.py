@@ -9,6 +9,7 @@ Ray process starts, so bad input costs nothing and leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from trainer.config import ConfigError, TrainConfig, resolve
 
 SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
+MLFLOW_DB = "mlflow.db"  # the default MLflow store of --mlflow without a URI, in the sweep folder
 # Fields that say how this invocation runs, not what the sweep is: never saved, free on resume.
 RUNTIME_FIELDS = ("address", "results_dir", "name", "resume")
 # Saved fields that --resume may change (given on its command line, the new value is saved).
@@ -66,6 +68,8 @@ class SweepConfig:
     cpus_per_trial: float | None = None  # CPUs per trial, also its torch threads
     max_concurrent: int = 0  # trials running at once (0 = as many as the resources allow)
     max_failures: int = 1  # retries of a trial that raised, from its last checkpoint
+    # --- where trials are also logged (TensorBoard files are always written) ---
+    mlflow: str | None = None  # MLflow tracking URI; "" = sqlite:///<sweep folder>/mlflow.db
     fail_gamma_above: float | None = None  # test only: trials with a larger gamma raise at start
     # --- this invocation ---
     address: str | None = None  # Ray cluster to attach to (host:port); None = embedded cluster
@@ -175,29 +179,45 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
         c = c.replace(data_dir=str(Path(c.data_dir).expanduser().resolve()))
     validate(c)
     if c.resume:
-        c = merge_saved(c, find_resumable(c), given)
+        folder = find_resumable(c)
+        c = merge_saved(with_mlflow_uri(c, folder), folder, given)
         validate(c)
     else:
         c = c.replace(name=c.name or time.strftime("sweep-%Y%m%d-%H%M%S"))
         if (c.folder / SWEEP_FILE).exists():
             raise ConfigError(f"a sweep named {c.name!r} already exists in {c.results_dir}: "
                               "add --resume to continue it, or pick another --name")
+        c = with_mlflow_uri(c, c.folder)
     if c.preset != "auto":  # else settled once the cluster says whether trials get GPUs
         c = with_gamma_range(c, c.preset)
     check_data(c)
     return c
 
 
-def check_data(c: SweepConfig) -> None:
-    """Fail now, not in every trial, when the CIFAR-10 folder is wrong or cannot be fetched."""
-    from trainer.data import default_cache, download, find_batches
+def with_mlflow_uri(c: SweepConfig, folder: Path) -> SweepConfig:
+    """``c`` with ``--mlflow`` given no URI resolved to the SQLite store in ``folder``, and a
+    SQLite path made absolute.
 
-    if c.dataset != "cifar10":
-        return
-    if c.data_dir:
-        find_batches(c.data_dir)
-    else:
-        download(default_cache())  # once, on this machine; other nodes fill their own cache
+    ConfigError when --mlflow is asked for and mlflow is not installed.
+    """
+    if c.mlflow is None:
+        return c
+    if importlib.util.find_spec("mlflow") is None:
+        raise ConfigError("--mlflow needs the mlflow package: pip install 'mlflow>=2.10' "
+                          "(or pip install -e '.[dev]' in this repository)")
+    if not c.mlflow:
+        return c.replace(mlflow=f"sqlite:///{folder.resolve() / MLFLOW_DB}")
+    if c.mlflow.startswith("sqlite:///"):  # a relative path: from here, not a trial's folder
+        return c.replace(mlflow="sqlite:///" + str(Path(c.mlflow[10:]).resolve()))
+    return c
+
+
+def check_data(c: SweepConfig) -> None:
+    """Fail now, not in every trial, on data the trainer would reject (trainer.data)."""
+    from trainer.data import check_cifar10
+
+    if c.dataset == "cifar10":
+        check_cifar10(c.data_dir)  # no data_dir: download once here; other nodes fill their own
 
 
 def find_resumable(c: SweepConfig) -> Path:
@@ -226,7 +246,8 @@ def merge_saved(c: SweepConfig, folder: Path, given: Collection[str]) -> SweepCo
         if key in given and key not in FREE_ON_RESUME and getattr(c, key) != value:
             flag = "--" + key.replace("_", "-")
             drop = "--references / --no-references" if key == "references" else flag
-            raise ConfigError(f"sweep {folder.name!r} was started with {flag} {value}; "
+            started = f"with {flag} {value}" if value is not None else f"without {flag}"
+            raise ConfigError(f"sweep {folder.name!r} was started {started}; "
                               f"--resume continues it with its own settings: drop {drop}")
     changed = {k: getattr(c, k) for k in FREE_ON_RESUME if k in given}
     return c.replace(**{**saved, **changed}, name=folder.name, results_dir=str(folder.parent))
@@ -237,6 +258,7 @@ def load_saved(folder: Path) -> dict:
     saved = json.loads((folder / SWEEP_FILE).read_text())
     if isinstance(saved.get("references"), bool):  # older code: true = float-baseline + floor
         saved["references"] = "default" if saved["references"] else "none"
+    saved.setdefault("mlflow", None)  # older code: no MLflow (its pickled callbacks have none)
     return saved
 
 

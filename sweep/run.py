@@ -18,7 +18,13 @@ import sys
 
 from sweep import config as sweep_config
 from sweep.cli import PROG, parse
-from sweep.cluster import connect, dashboard_message, first_line, trial_resources
+from sweep.cluster import (
+    connect,
+    dashboard_message,
+    first_line,
+    held_back_ray_logs,
+    trial_resources,
+)
 from sweep.config import (
     EXPORTS_DIR,
     SweepConfig,
@@ -34,7 +40,8 @@ from trainer.results import LAYERS_FILE, TRIALS_FILE
 
 STOPPED = 130  # exit status of a sweep stopped by a signal: resume it
 TUNE_ENV = {
-    # JSON and CSV loggers are passed explicitly (the ResultGrid needs them); no TensorBoard.
+    # Tune's loggers are passed explicitly: JSON and CSV (the ResultGrid needs them) and
+    # TensorBoard narrowed to the sweep's epochs and hyper-parameters (sweep.loggers).
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     # Keeping one checkpoint per trial makes Tune snapshot its state after every report,
     # which is what a resume wants; don't warn about it.
@@ -61,15 +68,20 @@ def run(c: SweepConfig) -> int:
     # trials not started yet have no results to fetch when a stopped sweep ends.
     logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    with held_back_ray_logs():  # Ray's start-up lines wait for our checks, dropped on a failure
+        try:
+            cluster = connect(c.address)
+        except ConfigError as err:
+            fail(str(err), prog=PROG)
+        except Exception as err:  # Ray could not start here: nothing can run
+            print(f"{PROG}: error: could not start Ray ({first_line(err)})", file=sys.stderr)
+            return 1
+        try:
+            c, train = settle(c)
+        except ConfigError as err:
+            ray.shutdown()
+            fail(str(err), prog=PROG)
     try:
-        cluster = connect(c.address)
-    except ConfigError as err:
-        fail(str(err), prog=PROG)
-    except Exception as err:  # Ray could not start here: nothing can run
-        print(f"{PROG}: error: could not start Ray ({first_line(err)})", file=sys.stderr)
-        return 1
-    try:
-        c, train = settle(c)
         print(dashboard_message(cluster), flush=True)
         sweep_config.save(c)
         tuner = make_tuner(c, train)
@@ -119,6 +131,7 @@ def make_tuner(c: SweepConfig, train: TrainConfig):
     from ray import tune
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
+    from sweep.loggers import MLflowCallback, TensorBoardCallback
     from sweep.space import param_space, searcher
     from sweep.store import ParquetCallback
     from sweep.trainable import run_trial
@@ -133,8 +146,11 @@ def make_tuner(c: SweepConfig, train: TrainConfig):
         print(f"{PROG}: resuming {c.folder}", flush=True)
         return tune.Tuner.restore(str(c.folder), trainable, resume_errored=True,
                                   param_space=space)
-    callbacks = [ParquetCallback(str(c.folder), str(c.name)), JsonLoggerCallback(),
-                 CSVLoggerCallback()]
+    store = ParquetCallback(str(c.folder), str(c.name))
+    # The store comes first: the MLflow callback attaches a finished trial's Parquet rows.
+    callbacks = [store, JsonLoggerCallback(), CSVLoggerCallback(), TensorBoardCallback()]
+    if c.mlflow:
+        callbacks.append(MLflowCallback(c.mlflow, str(c.name), store))
     return tune.Tuner(
         trainable, param_space=space,
         tune_config=tune.TuneConfig(num_samples=c.num_trials, search_alg=searcher(c, train)),

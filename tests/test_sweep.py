@@ -30,11 +30,13 @@ from sweep.config import GAMMA_RANGE, REFERENCES, SweepConfig, gamma_range, with
 from sweep.run import describe_references, main
 from sweep.store import epoch_rows, layer_rows, new_record, trial_row
 from sweep.trainable import META_FILE, STATE_FILE, latest, load_latest
+from tests.conftest import REPO
 from trainer.config import ConfigError, TrainConfig, resolve
 from trainer.results import EPOCHS_FILE, LAYERS_FILE, TRIALS_FILE
 
 SMOKE = ["--preset", "smoke", "--dataset", "synthetic", "--epochs", "2"]
 N_LAYERS = 9  # rows per trial in layers.parquet
+RAY = str(Path(sys.executable).parent / "ray")  # the CLI of this Python's Ray, venv or not
 
 
 def free_port() -> int:
@@ -79,6 +81,67 @@ def test_a_data_dir_without_cifar10_exits_2(tmp_path, capsys):
     assert stop.value.code == 2
     assert "does not hold CIFAR-10" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+def fake_cifar10(folder: Path, broken: str = "") -> Path:
+    """A cifar-10-batches-py folder of tiny batches; ``broken`` names one that is garbage."""
+    import pickle
+
+    import numpy as np
+
+    batches = folder / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in [*(f"data_batch_{i}" for i in range(1, 6)), "test_batch"]:
+        data = {b"data": np.zeros((4, 3 * 32 * 32), np.uint8), b"labels": [0, 1, 2, 3]}
+        (batches / name).write_bytes(b"not a pickle" if name == broken else pickle.dumps(data))
+    return folder
+
+
+def test_data_the_trainer_rejects_the_sweep_rejects_before_ray_and_writes_nothing(tmp_path,
+                                                                                   capsys):
+    from trainer.cli import run as train
+
+    data = fake_cifar10(tmp_path / "data", broken="data_batch_3")
+    with pytest.raises(SystemExit) as stop:
+        train(["--preset", "smoke", "--data-dir", str(data), "--epochs", "1"])
+    trainer_err = capsys.readouterr().err
+    assert stop.value.code == 2 and "data_batch_3" in trainer_err
+    with pytest.raises(SystemExit) as stop:
+        main(["--preset", "smoke", "--data-dir", str(data), "--results-dir",
+              str(tmp_path / "results")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("scnn sweep: error: cannot read ") and "data_batch_3" in err
+    assert err.split("error: ", 1)[1] == trainer_err.split("error: ", 1)[1]  # the same words
+    assert not (tmp_path / "results").exists()
+    import ray
+
+    assert not ray.is_initialized()
+
+
+def test_mlflow_without_uri_is_the_sweeps_sqlite_store_and_resume_keeps_it(tmp_path, capsys):
+    c, given = parse(["--mlflow", "--name", "m", "--results-dir", str(tmp_path),
+                      "--dataset", "synthetic"])
+    c = sweep_config.prepare(c, given)
+    assert c.mlflow == f"sqlite:///{tmp_path / 'm' / 'mlflow.db'}"
+    assert parse(["--mlflow", "http://mlflow:5000"])[0].mlflow == "http://mlflow:5000"
+    assert parse([])[0].mlflow is None
+    other = sweep_config.prepare(*parse(["--mlflow", "sqlite:///db/x.db", "--name", "o",
+                                         "--dataset", "synthetic",
+                                         "--results-dir", str(tmp_path)]))
+    assert other.mlflow == f"sqlite:///{Path.cwd() / 'db' / 'x.db'}"
+    sweep_config.save(c)
+    resumed = sweep_config.prepare(*parse(["--resume", "--results-dir", str(tmp_path)]))
+    assert resumed.mlflow == c.mlflow
+    again = sweep_config.prepare(*parse(["--resume", "--mlflow", "--results-dir",
+                                         str(tmp_path)]))
+    assert again.mlflow == c.mlflow  # --mlflow alone names the same store
+    sweep_config.save(SweepConfig(dataset="synthetic", results_dir=str(tmp_path), name="plain"))
+    with pytest.raises(SystemExit) as stop:
+        main(["--resume", "--name", "plain", "--results-dir", str(tmp_path), "--mlflow"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert "was started without --mlflow" in err
 
 
 def test_resume_keeps_the_saved_search_and_refuses_to_change_it(tmp_path, capsys):
@@ -140,7 +203,8 @@ def test_help_explains_the_sweep(capsys):
     text = capsys.readouterr().out
     assert stop.value.code == 0
     for words in ("--num-samples", "--resume", "--address", "log-uniformly", "dashboard",
-                  "--references {default,full,none}", "--no-references", "narrower float"):
+                  "--references {default,full,none}", "--no-references", "narrower float",
+                  "--mlflow [URI]", "tensorboard --logdir"):
         assert words in text
     assert "--fail-gamma-above" not in text
 
@@ -375,18 +439,26 @@ def kill_marked(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
-def ray_env(tmp_path):
+@contextlib.contextmanager
+def ray_environment(root: Path):
     """The environment of a sweep subprocess; kills whatever Ray it left behind."""
     ray_tmp = tempfile.mkdtemp(prefix="scnn-ray-", dir="/tmp")  # short: Ray's socket paths
-    home = tmp_path / "home"
+    home = root / "home"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
     env.update(HOME=str(home), RAY_TMPDIR=ray_tmp, RAY_USAGE_STATS_ENABLED="0",
                SCNN_TEST_RAY=ray_tmp)  # the marker kill_marked looks for
-    yield env
-    kill_marked(f"SCNN_TEST_RAY={ray_tmp}")
-    shutil.rmtree(ray_tmp, ignore_errors=True)
+    try:
+        yield env
+    finally:
+        kill_marked(f"SCNN_TEST_RAY={ray_tmp}")
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_env(tmp_path):
+    with ray_environment(tmp_path) as env:
+        yield env
 
 
 def sweep(env: dict, cwd: Path, *args: str, timeout: int = 400) -> subprocess.CompletedProcess:
@@ -413,20 +485,104 @@ def assert_complete(folder: Path, n_trials: int, epochs: int) -> pd.DataFrame:
     return trials
 
 
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One real smoke sweep (2 gammas and the references, MLflow on), shared by the tests
+    that read what it wrote: ``(folder, stdout, stderr)``."""
+    root = tmp_path_factory.mktemp("smoke")
+    with ray_environment(root) as env:
+        out = sweep(env, root, *SMOKE, "--num-samples", "2", "--name", "smoke",
+                    "--results-dir", "results",  # relative: trials run in their own folders
+                    "--mlflow")
+    return root / "results" / "smoke", out.stdout, out.stderr
+
+
 @pytest.mark.ray
-def test_smoke_sweep_writes_parquet_with_the_right_rows(ray_env, tmp_path):
-    out = sweep(ray_env, tmp_path, *SMOKE, "--num-samples", "2", "--name", "smoke",
-                "--results-dir", "results")  # relative: trials run in their own folders
-    folder = tmp_path / "results" / "smoke"
+def test_smoke_sweep_writes_parquet_with_the_right_rows(smoke):
+    folder, stdout, _ = smoke
     trials = assert_complete(folder, 4, 2)
     assert sorted(trials["kind"]) == ["compress", "compress", "float-baseline", "floor"]
     expected = sampled(SweepConfig(num_samples=2, dataset="synthetic", preset="smoke"))
     assert sorted(zip(trials["kind"], trials["gamma"], strict=True)) == sorted(expected)
     assert (trials["sweep"] == "smoke").all() and (trials["epochs"] == 2).all()
     assert all(len(list(d.glob("checkpoint_*"))) == 1 for d in folder.glob("run_trial_*"))
-    assert "local Ray cluster (token authentication on)" in out.stdout
-    assert "Ray dashboard: http://127.0.0.1:" in out.stdout
-    assert "Pareto-optimal trials" in out.stdout and str(folder) in out.stdout
+    assert "local Ray cluster (token authentication on)" in stdout
+    assert "Ray dashboard: http://127.0.0.1:" in stdout
+    assert "Pareto-optimal trials" in stdout and str(folder) in stdout
+
+
+def trial_folder(folder: Path, trial_id: str) -> Path:
+    return next(folder.glob(f"run_trial_{trial_id}_*"))
+
+
+@pytest.mark.ray
+def test_tensorboard_has_every_epoch_of_every_trial_with_gamma_and_kind_as_hparams(smoke):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    folder, _, _ = smoke
+    epochs = read(folder, EPOCHS_FILE)
+    for trial in read(folder, TRIALS_FILE).itertuples():
+        events = EventAccumulator(str(trial_folder(folder, trial.trial_id)))
+        events.Reload()
+        mine = epochs[epochs["trial_id"] == trial.trial_id].set_index("epoch")
+        for metric in ("test_accuracy", "bits_fraction", "weights_kept_fraction",
+                       "epoch_time_s", "lr", "train_loss"):
+            scalars = events.Scalars(f"ray/tune/{metric}")
+            assert [s.step for s in scalars] == [1, 2]  # one point per epoch, step = epoch
+            assert [s.value for s in scalars] == pytest.approx(list(mine[metric]), rel=1e-6)
+        start = [HParamsPluginData.FromString(raw).session_start_info
+                 for raw in events.PluginTagToContent("hparams").values()
+                 if HParamsPluginData.FromString(raw).HasField("session_start_info")]
+        assert len(start) == 1
+        hparams = start[0].hparams
+        assert hparams["kind"].string_value == trial.kind
+        assert hparams["gamma"].number_value == pytest.approx(trial.gamma)
+        assert hparams["seed"].number_value == 0
+
+
+@pytest.mark.ray
+def test_mlflow_has_a_run_per_trial_with_params_epochs_and_parquet_rows(smoke, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    folder, _, _ = smoke
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("smoke")
+    assert experiment.artifact_location == (folder / "mlartifacts").as_uri()
+    runs = {r.data.tags["trial_name"].removeprefix("run_trial_"): r
+            for r in client.search_runs([experiment.experiment_id])}
+    trials = read(folder, TRIALS_FILE).set_index("trial_id")
+    assert sorted(runs) == sorted(trials.index)
+    epochs = read(folder, EPOCHS_FILE)
+    for trial_id, run in runs.items():
+        row = trials.loc[trial_id]
+        assert run.info.status == "FINISHED" and run.data.tags["sweep"] == "smoke"
+        params = run.data.params
+        assert (params["kind"], float(params["gamma"])) == (row["kind"], row["gamma"])
+        assert (params["train/seed"], params["train/preset"], params["train/epochs"]) == (
+            "0", "smoke", "2")
+        history = client.get_metric_history(run.info.run_id, "test_accuracy")
+        mine = epochs[epochs["trial_id"] == trial_id]
+        assert sorted((m.step, m.value) for m in history) == pytest.approx(
+            list(zip(mine["epoch"], mine["test_accuracy"], strict=True)))
+        assert run.data.metrics["bits_fraction"] == pytest.approx(row["bits_fraction"])
+        got = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path / trial_id)))
+        assert sorted(p.name for p in got.iterdir()) == sorted(
+            [TRIALS_FILE, EPOCHS_FILE, LAYERS_FILE])
+        assert list(read(got, TRIALS_FILE)["trial_id"]) == [trial_id]
+        assert len(read(got, EPOCHS_FILE)) == 2 and len(read(got, LAYERS_FILE)) == N_LAYERS
+
+
+@pytest.mark.ray
+def test_bad_input_found_once_ray_runs_is_one_line_without_rays_start_up_lines(ray_env,
+                                                                              tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sweep.run", *SMOKE, "--gpus-per-trial", "0.5",
+                          "--results-dir", str(tmp_path / "results")], cwd=tmp_path,
+                         env=ray_env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.startswith("scnn sweep: error: --gpus-per-trial 0.5 does not fit")
+    assert out.stderr.count("\n") == 1  # no token or dashboard lines of Ray before it
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.ray
@@ -478,7 +634,7 @@ def start_sweep(env: dict, cwd: Path, log: Path, *args: str) -> subprocess.Popen
 def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, tmp_path):
     results = tmp_path / "results"
     args = [*SMOKE, "--epochs", "3", "--num-samples", "4", "--name", "k",
-            "--results-dir", str(results), "--export", "front"]
+            "--results-dir", str(results), "--export", "front", "--mlflow"]
     proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *args)
     try:
         before = wait_for(results / "k" / TRIALS_FILE,
@@ -506,6 +662,14 @@ def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, t
     epochs = read(results / "k", EPOCHS_FILE).set_index(["trial_id", "epoch"])
     kept = before_epochs[before_epochs["trial_id"].isin(done)].set_index(["trial_id", "epoch"])
     pd.testing.assert_frame_equal(epochs.loc[kept.index], kept)
+    # MLflow: the resumed trials went on in the runs they had; every run finished.
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'k' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("k").experiment_id])
+    names = sorted(r.data.tags["trial_name"].removeprefix("run_trial_") for r in runs)
+    assert names == sorted(trials["trial_id"])  # one run per trial, none started twice
+    assert all(r.info.status == "FINISHED" for r in runs)
 
 
 @pytest.mark.ray
@@ -528,11 +692,21 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(ray_env, tmp_path):
     assert_complete(results / "t", 2, 2)
 
 
-def start_head(env: dict, port: int) -> subprocess.Popen:
-    """``ray start --head`` on its own process group, so the test can stop exactly it."""
+def start_head(env: dict, port: int, dashboard: int = 0) -> subprocess.Popen:
+    """``ray start --head`` on its own process group, so the test can stop exactly it.
+
+    ``dashboard``: its port (with the Jobs API), every other fixed port of the head free
+    too, so tests running beside each other do not collide; 0: no dashboard.
+    """
+    ports = ["--include-dashboard", "false"]
+    if dashboard:
+        ports = ["--dashboard-port", str(dashboard), *(
+            arg for flag in ("--dashboard-agent-listen-port", "--dashboard-agent-grpc-port",
+                             "--metrics-export-port", "--runtime-env-agent-port",
+                             "--ray-client-server-port") for arg in (flag, str(free_port())))]
     head = subprocess.Popen(
-        ["ray", "start", "--head", "--port", str(port), "--num-cpus", "2",
-         "--dashboard-host", "127.0.0.1", "--include-dashboard", "false",
+        [RAY, "start", "--head", "--port", str(port), "--num-cpus", "2",
+         "--dashboard-host", "127.0.0.1", *ports,
          "--temp-dir", env["RAY_TMPDIR"], "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
@@ -541,11 +715,18 @@ def start_head(env: dict, port: int) -> subprocess.Popen:
     return head
 
 
+def stop_head(head: subprocess.Popen, env: dict) -> None:
+    with contextlib.suppress(ProcessLookupError):  # everything `ray start` launched
+        os.killpg(head.pid, signal.SIGTERM)
+    time.sleep(2)
+    kill_marked(f"SCNN_TEST_RAY={env['RAY_TMPDIR']}")
+
+
 @pytest.mark.ray
 @pytest.mark.parametrize("auth", ["token", "disabled"])
 def test_attaches_to_a_cluster_started_with_ray_start(ray_env, tmp_path, auth):
     if auth == "token":  # `ray start` turns token auth on when a token exists
-        subprocess.run(["ray", "get-auth-token", "--generate"], env=ray_env, check=True,
+        subprocess.run([RAY, "get-auth-token", "--generate"], env=ray_env, check=True,
                        capture_output=True)
     port = free_port()
     head = start_head(ray_env, port)
@@ -554,13 +735,41 @@ def test_attaches_to_a_cluster_started_with_ray_start(ray_env, tmp_path, auth):
                     "--no-references", "--name", "a", "--results-dir", "results",
                     "--address", f"127.0.0.1:{port}")
     finally:
-        with contextlib.suppress(ProcessLookupError):  # everything `ray start` launched
-            os.killpg(head.pid, signal.SIGTERM)
-        time.sleep(2)
-        kill_marked(f"SCNN_TEST_RAY={ray_env['RAY_TMPDIR']}")
+        stop_head(head, ray_env)
     assert_complete(tmp_path / "results" / "a", 1, 1)
     said = "token authentication on" if auth == "token" else "no authentication"
     assert f"the running Ray cluster ({said})" in out.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.job
+def test_ray_job_submit_runs_the_sweep_on_a_token_cluster(ray_env, tmp_path):
+    subprocess.run([RAY, "get-auth-token", "--generate"], env=ray_env, check=True,
+                   capture_output=True)  # so `ray start` turns token authentication on
+    dashboard = free_port()
+    head = start_head(ray_env, free_port(), dashboard=dashboard)
+    # The job CLI sends the token when RAY_AUTH_MODE says so (it reads ~/.ray/auth_token).
+    env = {**ray_env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}", "RAY_AUTH_MODE": "token"}
+    results = tmp_path / "results"  # absolute: the job runs in an uploaded copy of the repo
+
+    def job(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([RAY, "job", *args], cwd=REPO, env=env, capture_output=True,
+                              text=True, timeout=timeout)
+
+    try:
+        submit = job("submit", "--working-dir", ".", "--submission-id", "scnn-smoke", "--",
+                     sys.executable, "-m", "sweep.run", *SMOKE, "--epochs", "1",
+                     "--num-samples", "2", "--no-references", "--name", "job",
+                     "--results-dir", str(results), timeout=500)
+        status, logs, listed = job("status", "scnn-smoke"), job("logs", "scnn-smoke"), job("list")
+    finally:
+        stop_head(head, ray_env)
+    assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
+    assert "Job 'scnn-smoke' succeeded" in status.stdout, status.stdout + status.stderr
+    assert_complete(results / "job", 2, 1)
+    assert "the running Ray cluster (token authentication on)" in logs.stdout
+    assert "Pareto-optimal trials" in logs.stdout and str(results / "job") in logs.stdout
+    assert "scnn-smoke" in listed.stdout and "sweep.run" in listed.stdout  # the Jobs page
 
 
 @pytest.mark.ray

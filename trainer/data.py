@@ -70,10 +70,26 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             d = pickle.load(f, encoding="bytes")
         x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        return x, np.asarray(d[b"labels"], dtype=np.int64)
+        y = np.asarray(d[b"labels"], dtype=np.int64)
+        if len(x) != len(y):
+            raise ValueError(f"{len(x)} images but {len(y)} labels")
+        return x, y
     except Exception as err:
         raise DataError(f"cannot read {path} as a CIFAR-10 batch ({err}): "
                         "replace the file with an intact copy") from err
+
+
+def check_cifar10(data_dir: str | None) -> Path:
+    """The ``cifar-10-batches-py`` folder, every batch read as training reads it.
+
+    Raises DataError for whatever ``load_cifar10`` would reject, so a sweep can refuse bad
+    data in its driver (a few seconds) instead of failing every trial. Without ``data_dir``
+    it downloads into the cache first, as training does.
+    """
+    folder = find_batches(data_dir) if data_dir else download(default_cache())
+    for name in [*BATCH_FILES, TEST_FILE]:
+        _read_batch(folder / name)
+    return folder
 
 
 def load_cifar10(data_dir: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:

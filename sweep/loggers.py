@@ -1,0 +1,129 @@
+"""Where trials are logged besides Parquet: TensorBoard and MLflow, through Tune's callbacks.
+
+Both are Tune's own logger callbacks (``TBXLoggerCallback``, Ray's ``MLflowLoggerCallback``),
+narrowed to what a sweep user compares:
+
+- a metric's step is the trial's epoch, and only the per-epoch metrics of the Parquet file
+  ``epochs.parquet`` are logged; a trial's last report (its summary, carrying its history
+  and layer rows) is not an epoch and is left out;
+- TensorBoard's hyper-parameters are the trial's gamma, kind, seed and width (fixed_bits
+  for fixed-bits trials), for its HParams view: Tune would log only the sampled gamma;
+- an MLflow run's parameters are the trial's whole Tune config (``gamma``, ``kind``,
+  ``train/seed``, ``train/preset``, ... as Ray flattens it); when the trial ends its rows
+  of the three Parquet files are attached to the run as artifacts.
+
+Tune writes the TensorBoard files into its staging folder and copies them into the sweep
+folder with each snapshot of its state (every few seconds while trials report).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from ray._private.dict import flatten_dict
+from ray.air.integrations.mlflow import MLflowLoggerCallback
+from ray.tune.logger import TBXLoggerCallback
+
+from sweep.space import overrides
+from sweep.store import ParquetCallback, write
+from trainer.results import EPOCH_METRICS
+
+ARTIFACTS = "mlartifacts"  # the artifact folder of a sweep's own MLflow store, beside it
+HPARAMS = ("gamma", "kind", "seed", "width", "fixed_bits")  # TensorBoard's HParams columns
+
+
+def epoch_metrics(result: dict) -> dict | None:
+    """The epochs.parquet metrics of a per-epoch report; None for a trial's summary."""
+    if "layers" in result or "epoch" not in result:
+        return None
+    return {k: result[k] for k in EPOCH_METRICS if result.get(k) is not None}
+
+
+def hparams(config: dict) -> dict:
+    """A trial's TensorBoard hyper-parameters, from its Tune config (none of them None)."""
+    train = {**config.get("train", {}), **overrides(config)}
+    values = {"gamma": config.get("gamma"), "kind": config.get("kind"),
+              "seed": train.get("seed"), "width": train.get("width"),
+              "fixed_bits": train.get("fixed_bits")}
+    return {k: v for k in HPARAMS if (v := values[k]) is not None}
+
+
+class TensorBoardCallback(TBXLoggerCallback):
+    """Tune's TensorBoard logger: per-epoch scalars ``ray/tune/<metric>`` at step = epoch."""
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        metrics = epoch_metrics(result)
+        if metrics is None:
+            return
+        # Tune takes the step from training_iteration and does not log it as a scalar.
+        super().log_trial_result(iteration, trial,
+                                 {**metrics, "training_iteration": int(metrics["epoch"])})
+
+    def log_trial_end(self, trial, failed: bool = False):
+        # Tune's own logger writes hparams only for trials with sampled parameters, which
+        # the reference trials (the searcher's preset points) have none of.
+        from tensorboardX.summary import hparams as hparams_summary
+
+        writer, last = self._trial_writer.pop(trial, None), self._trial_result.pop(trial, {})
+        if writer is None:
+            return
+        if last:  # the last epoch's metrics, as TensorBoard's HParams view shows them
+            for tag in hparams_summary(hparam_dict=hparams(trial.config), metric_dict=last):
+                writer.file_writer.add_summary(tag)
+        writer.close()
+
+
+class MLflowCallback(MLflowLoggerCallback):
+    """Ray's MLflow logger: one run per trial in the experiment named after the sweep.
+
+    ``store`` is the sweep's ParquetCallback, listed before this one, whose records give a
+    finished trial's Parquet rows. A resumed sweep logs into the runs it started before.
+    """
+
+    def __init__(self, tracking_uri: str, sweep: str, store: ParquetCallback):
+        super().__init__(tracking_uri, experiment_name=sweep, tags={"sweep": sweep})
+        self.store = store
+
+    def setup(self, *args, **kwargs):
+        from mlflow.tracking import MlflowClient
+
+        # A store in the sweep folder keeps its artifacts there too (MLflow's default is
+        # ./mlruns in the driver's working directory, which `ray job submit` throws away).
+        client = MlflowClient(self.tracking_uri)
+        if (self.tracking_uri.startswith("sqlite:///")
+                and client.get_experiment_by_name(self.experiment_name) is None):
+            db = Path(self.tracking_uri.removeprefix("sqlite:///")).resolve()
+            client.create_experiment(self.experiment_name,
+                                     artifact_location=(db.parent / ARTIFACTS).as_uri())
+        super().setup(*args, **kwargs)
+
+    def log_trial_start(self, trial):
+        if trial not in self._trial_runs:  # after --resume: the run of this trial, if any
+            client = self.mlflow_util._get_client()
+            runs = client.search_runs([self.mlflow_util.experiment_id],
+                                      filter_string=f"tags.trial_name = '{trial}'")
+            # A trial Tune re-creates under the same id may hold other settings; MLflow
+            # refuses to change a run's parameters, so that one gets a run of its own.
+            params = {k: str(v) for k, v in flatten_dict(trial.config).items()}
+            same = [r for r in runs if r.data.params == params]
+            if same:
+                self._trial_runs[trial] = same[0].info.run_id
+                client.update_run(same[0].info.run_id, status="RUNNING")
+        super().log_trial_start(trial)
+
+    def log_trial_result(self, iteration: int, trial, result: dict):
+        metrics = epoch_metrics(result)
+        if metrics is not None:
+            self.mlflow_util.log_metrics(run_id=self._trial_runs[trial],
+                                         metrics_to_log=metrics, step=int(metrics["epoch"]))
+
+    def log_trial_end(self, trial, failed: bool = False):
+        if trial not in self._trial_runs:  # ended before it started: no run to close
+            return
+        record = self.store.records.get(trial.trial_id)
+        if record is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                write(folder, self.experiment_name, {trial.trial_id: record})
+                self.mlflow_util.save_artifacts(run_id=self._trial_runs[trial], dir=folder)
+        super().log_trial_end(trial, failed)
