@@ -26,7 +26,8 @@ REQUIRED = {
                   "mean_bits"),
 }
 # Older files lack the reference columns (fixed_bits, full_width): they read as null.
-OPTIONAL_TRIAL_COLUMNS = ("sweep", "error", "seed", "width", "fixed_bits", "full_width")
+OPTIONAL_TRIAL_COLUMNS = ("sweep", "error", "seed", "width", "fixed_bits", "full_width",
+                          "refined")
 
 FINISHED, FAILED = "TERMINATED", "ERROR"
 COMPRESS, BASELINE, FLOOR = "compress", "float-baseline", "floor"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -296,6 +297,87 @@ def test_the_start_up_line_counts_the_reference_trials():
         " + 11 reference trials (float-baseline, floor, 4 narrow-float, 5 fixed-bits)")
     assert describe_references("default") == " + 2 reference trials (float-baseline, floor)"
     assert describe_references("none") == ""
+
+
+def finish_trial(search, trial_id: str, accuracy: float, bits: float) -> None:
+    """What Tune tells the searcher when a trial's last report was its summary."""
+    search.on_trial_complete(trial_id, {"test_accuracy": accuracy, "bits_fraction": bits,
+                                        "layers": []})
+
+
+def test_seeds_train_every_point_n_times_with_their_own_seed_and_key():
+    from sweep.space import train_config, trial_key
+
+    c = SweepConfig(num_samples=2, seeds=3, seed=5, dataset="synthetic", preset="smoke")
+    configs = proposed(c)
+    assert len(configs) == c.num_trials == (2 + 2) * 3
+    built = [resolve(train_config(t, "cpu", 1), has_gpu=False) for t in configs]
+    assert [(b.kind, b.seed) for b in built[:6]] == [
+        ("float-baseline", 5), ("float-baseline", 6), ("float-baseline", 7),
+        ("floor", 5), ("floor", 6), ("floor", 7)]
+    gammas = [t["gamma"] for t in configs[6:]]
+    assert gammas[:3] == [gammas[0]] * 3 and gammas[3:] == [gammas[3]] * 3
+    assert [b.seed for b in built[6:]] == [5, 6, 7, 5, 6, 7]
+    keys = [json.dumps(trial_key(t), sort_keys=True) for t in configs]
+    assert len(set(keys)) == len(keys)
+    assert "seed" not in trial_key(configs[0])  # the first seed's key is what it always was
+    assert [trial_row("s", "t", new_record(t))["seed"] for t in configs[6:9]] == [5, 6, 7]
+    # One seed: the same γs as the first seed of a sweep with more.
+    assert [g for _, g in sampled(c.replace(seeds=1))[2:]] == gammas[::3]
+
+
+def test_refine_waits_for_the_samples_then_splits_the_widest_gap_and_restores(tmp_path):
+    from sweep.search import REFINE_FILE, GammaSearcher
+    from sweep.space import searcher
+
+    c = SweepConfig(num_samples=3, seeds=2, refine=2, references="none", dataset="synthetic",
+                    preset="smoke", results_dir=str(tmp_path), name="r")
+    train = resolve(sweep_config.base_train_config(c), has_gpu=False)
+    limiter = searcher(with_gamma_range(c, "smoke"), train)
+    search = limiter.searcher
+    (tmp_path / "r").mkdir()
+    first = [search.suggest(f"t{i}") for i in range(6)]
+    assert search.suggest("t6") is None  # the samples have not ended
+    gammas = sorted({p["gamma"] for p in first})
+    # Larger gamma: smaller and less accurate; the widest gap lies between the two largest.
+    result = {gammas[0]: (0.9, 0.5), gammas[1]: (0.85, 0.2), gammas[2]: (0.5, 0.01)}
+    for i, p in enumerate(first):
+        finish_trial(search, f"t{i}", *result[p["gamma"]])
+    refine = [search.suggest("u0"), search.suggest("u1")]
+    expected = math.sqrt(gammas[1] * gammas[2])
+    assert [(p["gamma"], p["seed"], p["refined"]) for p in refine] == [
+        (pytest.approx(expected), None, True), (pytest.approx(expected), 1, True)]
+    assert json.loads((tmp_path / "r" / REFINE_FILE).read_text()) == [refine[0]["gamma"]]
+    assert search.suggest("u2") is None  # the refine gamma's seeds have not ended
+    saved = tmp_path / "searcher.pkl"
+    limiter.save(str(saved))
+    again = GammaSearcher([], [None, 1], 0, folder=str(tmp_path / "r"))
+    again.restore(str(saved))
+    assert again.get_state() == search.get_state()
+    for s in (search, again):
+        finish_trial(s, "u0", 0.7, 0.05)
+        s.on_trial_complete("u1", None, error=True)  # a failed seed: left out of the mean
+    second = [again.suggest("v0"), again.suggest("v1")]
+    assert second[0]["gamma"] == second[1]["gamma"] != expected
+    assert again.suggest("v2") is None
+    for i in range(2):
+        finish_trial(again, f"v{i}", 0.6, 0.03)
+    from ray.tune.search import Searcher
+    assert again.suggest("v3") == Searcher.FINISHED
+    # Killed before Tune's snapshot held the second gamma: refine.json gives it again.
+    record = json.loads((tmp_path / "r" / REFINE_FILE).read_text())
+    assert record == [refine[0]["gamma"], second[0]["gamma"]]
+    assert search.suggest("w0")["gamma"] == second[0]["gamma"]
+
+
+def test_the_searcher_keeps_to_max_concurrent():
+    from sweep.search import GammaSearcher
+
+    search = GammaSearcher([{"kind": "compress", "gamma": g} for g in (0.1, 0.2, 0.3)],
+                           [None], 0, max_concurrent=2)
+    assert [search.suggest(f"t{i}") is not None for i in range(3)] == [True, True, False]
+    finish_trial(search, "t0", 0.5, 0.1)
+    assert search.suggest("t3")["gamma"] == 0.3
 
 
 # --- real Ray clusters -----------------------------------------------------------------------
