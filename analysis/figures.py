@@ -223,9 +223,8 @@ def size_vs_accuracy(trials: pd.DataFrame, size_column: str) -> Figure | None:
         n = len(finished(mine))
         label, colour = trials_label(n, norm, "trials" if several else "finished trials")
         if several_seeds(mine):
-            label = (f"{plural(len(by_gamma(mine)), 'γ')} ({n} trials), each at its seeds' "
-                     f"mean, bar: lowest to highest" + label[label.find(","):]
-                     if "," in label else label)
+            label = (f"{plural(len(by_gamma(mine)), 'γ')} ({n} trials): seeds' mean, bar "
+                     "lowest to highest" + label[label.find(","):] if "," in label else label)
         handles.append(Line2D([], [], linestyle="", marker=styles[sweep].marker, color=colour,
                               markeredgecolor="black",
                               label=f"{sweep}: {label}" if several else label))

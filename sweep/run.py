@@ -171,6 +171,7 @@ def finish(c: SweepConfig) -> int:
     import pandas as pd
 
     from analysis.pareto import pareto_table, to_markdown
+    from analysis.quality import SEED_COLUMNS, seed_table, several_seeds
 
     path = c.folder / TRIALS_FILE
     trials = pd.read_parquet(path) if path.exists() else pd.DataFrame({"status": []})
@@ -181,7 +182,10 @@ def finish(c: SweepConfig) -> int:
         return stopped(c)
     print(f"\n{PROG}: {done} trials finished, {failed} failed "
           f"(their errors are in {TRIALS_FILE}, column error).")
-    if done:
+    if done and several_seeds(trials):
+        print("Pareto-optimal γs (mean size against mean accuracy over their seeds):\n")
+        print(to_markdown(seed_table(trials), SEED_COLUMNS))
+    elif done:
         print("Pareto-optimal trials (size against accuracy):\n")
         print(to_markdown(pareto_table(trials)))
     if done:

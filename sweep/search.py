@@ -110,7 +110,8 @@ class GammaSearcher(Searcher):
         return [float(g) for g in json.loads((Path(self.folder) / REFINE_FILE).read_text())]
 
     def _record(self) -> None:
-        if self.folder is None or len(self._recorded()) >= len(self.refine_gammas):
+        if (self.folder is None or not Path(self.folder).is_dir()  # moved since: no record
+                or len(self._recorded()) >= len(self.refine_gammas)):
             return
         path = Path(self.folder) / REFINE_FILE
         tmp = path.with_name(f".{REFINE_FILE}.tmp")

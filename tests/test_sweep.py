@@ -547,6 +547,57 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(ray_env, tmp_path):
     assert_complete(results / "t", 2, 2)
 
 
+REFINE = [*SMOKE, "--epochs", "1", "--num-samples", "2", "--seeds", "2", "--refine", "1",
+          "--no-references"]
+
+
+def assert_refined(folder: Path, sampled_gammas: list[float]) -> pd.DataFrame:
+    """Two seeds (0 and 1) per γ, the refine γ between the sampled ones or beyond them."""
+    trials = assert_complete(folder, (2 + 1) * 2, 1)
+    seeds = trials.groupby("gamma")["seed"].apply(sorted).to_dict()
+    assert list(seeds.values()) == [[0, 1]] * 3, seeds
+    sampled_here = sorted(set(trials.loc[~trials["refined"], "gamma"]))
+    assert sampled_here == pytest.approx(sorted(set(sampled_gammas)))
+    refined = sorted(set(trials.loc[trials["refined"], "gamma"]))
+    low, high = min(sampled_gammas), max(sampled_gammas)
+    assert len(refined) == 1 and refined[0] not in sampled_gammas
+    assert low < refined[0] < high or refined[0] in (2 * high, low / 2), (refined, low, high)
+    return trials
+
+
+@pytest.mark.ray
+def test_a_refine_sweep_with_two_seeds_runs_every_gamma_twice_and_is_drawn(ray_env, tmp_path):
+    out = sweep(ray_env, tmp_path, *REFINE, "--name", "r", "--results-dir", "results")
+    folder = tmp_path / "results" / "r"
+    expected = sampled(SweepConfig(num_samples=2, seeds=2, dataset="synthetic", preset="smoke",
+                                   references="none"))
+    assert_refined(folder, [g for _, g in expected])
+    assert "scnn sweep: refine 1: γ " in out.stdout and "before --refine widest gap" in out.stdout
+    plots = subprocess.run([sys.executable, "-m", "analysis.plots", "--results", str(folder)],
+                           cwd=tmp_path, env=ray_env, capture_output=True, text=True, timeout=300)
+    assert plots.returncode == 0, plots.stderr
+    md = (folder / "plots" / "pareto.md").read_text()
+    assert "## Front quality" in md and "hypervolume" in md and "| seeds |" in md
+
+
+@pytest.mark.ray
+def test_a_killed_refine_sweep_resumes_with_the_gamma_it_had_chosen(ray_env, tmp_path):
+    results = tmp_path / "results"
+    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *REFINE, "--name", "k",
+                       "--results-dir", str(results))
+    try:
+        before = wait_for(results / "k" / TRIALS_FILE, lambda t: t["refined"].any(), proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole embedded cluster
+        proc.wait()
+    chosen = set(before.loc[before["refined"], "gamma"])
+    sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
+    expected = sampled(SweepConfig(num_samples=2, seeds=2, dataset="synthetic", preset="smoke",
+                                   references="none"))
+    trials = assert_refined(results / "k", [g for _, g in expected])
+    assert set(trials.loc[trials["refined"], "gamma"]) == chosen
+
+
 def start_head(env: dict, port: int) -> subprocess.Popen:
     """``ray start --head`` on its own process group, so the test can stop exactly it."""
     head = subprocess.Popen(
