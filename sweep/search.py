@@ -11,13 +11,14 @@ bits against accuracy) has its widest gap (analysis.frontier.next_gamma); then i
 
 Its state (what it proposed, what ended, the γs it chose) goes into Tune's experiment
 snapshots through ``save``/``restore``, so ``Tuner.restore`` continues with it. The refine
-γs are also written to ``refine.json`` in the sweep folder the moment they are chosen: a
+γs are also written to ``refine.txt`` in the sweep folder the moment they are chosen: a
 sweep killed after choosing one but before Tune's next snapshot proposes the same γ again.
+(Not a .json or .pkl file: on restore Tune copies those from the sweep folder into its
+staging folder and uploads them back at every snapshot, over anything written since.)
 """
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from pathlib import Path
@@ -27,7 +28,7 @@ from ray.tune.search import Searcher
 
 from analysis.frontier import gamma_means, next_gamma
 
-REFINE_FILE = "refine.json"  # the refine γs in the order chosen, in the sweep folder
+REFINE_FILE = "refine.txt"  # the refine γs in the order chosen, one per line, in the sweep folder
 STATE_KEYS = ("queue", "live", "ended", "refine_left", "refine_gammas", "max_concurrent")
 
 
@@ -56,7 +57,7 @@ class GammaSearcher(Searcher):
         self.refine_left = refine
         self.refine_gammas: list[float] = []
         self.max_concurrent = max_concurrent  # 0: no limit of its own
-        self.folder = folder  # where refine.json goes; None: nowhere (sampled_configs)
+        self.folder = folder  # where refine.txt goes; None: nowhere (sampled_configs)
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         """The ConcurrencyLimiter's limit: this searcher counts its live trials itself."""
@@ -86,7 +87,7 @@ class GammaSearcher(Searcher):
                            float(result["bits_fraction"]) if summary else math.nan))
 
     def _choose_refine_gamma(self) -> None:
-        """Queue the next refine γ once per seed: the one refine.json holds, else a new one."""
+        """Queue the next refine γ once per seed: the one refine.txt holds, else a new one."""
         chosen = self._recorded()
         if len(chosen) > len(self.refine_gammas):
             gamma, why = chosen[len(self.refine_gammas)], "as chosen before the sweep stopped"
@@ -107,7 +108,7 @@ class GammaSearcher(Searcher):
     def _recorded(self) -> list[float]:
         if self.folder is None or not (Path(self.folder) / REFINE_FILE).is_file():
             return []
-        return [float(g) for g in json.loads((Path(self.folder) / REFINE_FILE).read_text())]
+        return [float(g) for g in (Path(self.folder) / REFINE_FILE).read_text().split()]
 
     def _record(self) -> None:
         if (self.folder is None or not Path(self.folder).is_dir()  # moved since: no record
@@ -115,7 +116,7 @@ class GammaSearcher(Searcher):
             return
         path = Path(self.folder) / REFINE_FILE
         tmp = path.with_name(f".{REFINE_FILE}.tmp")
-        tmp.write_text(json.dumps(self.refine_gammas) + "\n")
+        tmp.write_text("".join(f"{g!r}\n" for g in self.refine_gammas))  # repr: exact
         tmp.replace(path)
 
     def get_state(self) -> dict:

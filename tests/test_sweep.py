@@ -347,7 +347,7 @@ def test_refine_waits_for_the_samples_then_splits_the_widest_gap_and_restores(tm
     expected = math.sqrt(gammas[1] * gammas[2])
     assert [(p["gamma"], p["seed"], p["refined"]) for p in refine] == [
         (pytest.approx(expected), None, True), (pytest.approx(expected), 1, True)]
-    assert json.loads((tmp_path / "r" / REFINE_FILE).read_text()) == [refine[0]["gamma"]]
+    assert (tmp_path / "r" / REFINE_FILE).read_text() == f"{refine[0]['gamma']!r}\n"
     assert search.suggest("u2") is None  # the refine gamma's seeds have not ended
     saved = tmp_path / "searcher.pkl"
     limiter.save(str(saved))
@@ -364,8 +364,8 @@ def test_refine_waits_for_the_samples_then_splits_the_widest_gap_and_restores(tm
         finish_trial(again, f"v{i}", 0.6, 0.03)
     from ray.tune.search import Searcher
     assert again.suggest("v3") == Searcher.FINISHED
-    # Killed before Tune's snapshot held the second gamma: refine.json gives it again.
-    record = json.loads((tmp_path / "r" / REFINE_FILE).read_text())
+    # Killed before Tune's snapshot held the second gamma: refine.txt gives it again.
+    record = [float(g) for g in (tmp_path / "r" / REFINE_FILE).read_text().split()]
     assert record == [refine[0]["gamma"], second[0]["gamma"]]
     assert search.suggest("w0")["gamma"] == second[0]["gamma"]
 
@@ -547,31 +547,34 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(ray_env, tmp_path):
     assert_complete(results / "t", 2, 2)
 
 
-REFINE = [*SMOKE, "--epochs", "1", "--num-samples", "2", "--seeds", "2", "--refine", "1",
-          "--no-references"]
+REFINE = [*SMOKE, "--epochs", "1", "--num-samples", "2", "--seeds", "2", "--no-references"]
 
 
-def assert_refined(folder: Path, sampled_gammas: list[float]) -> pd.DataFrame:
-    """Two seeds (0 and 1) per γ, the refine γ between the sampled ones or beyond them."""
-    trials = assert_complete(folder, (2 + 1) * 2, 1)
+def assert_refined(folder: Path, refine: int) -> pd.DataFrame:
+    """Two seeds (0 and 1) per γ; the sampled γs those the seed draws; the first refine γ
+    between them or beyond their ends; refine.txt lists the refine γs in order."""
+    from sweep.search import REFINE_FILE
+
+    trials = assert_complete(folder, (2 + refine) * 2, 1)
     seeds = trials.groupby("gamma")["seed"].apply(sorted).to_dict()
-    assert list(seeds.values()) == [[0, 1]] * 3, seeds
-    sampled_here = sorted(set(trials.loc[~trials["refined"], "gamma"]))
-    assert sampled_here == pytest.approx(sorted(set(sampled_gammas)))
-    refined = sorted(set(trials.loc[trials["refined"], "gamma"]))
-    low, high = min(sampled_gammas), max(sampled_gammas)
-    assert len(refined) == 1 and refined[0] not in sampled_gammas
-    assert low < refined[0] < high or refined[0] in (2 * high, low / 2), (refined, low, high)
+    assert list(seeds.values()) == [[0, 1]] * (2 + refine), seeds
+    expected = {g for _, g in sampled(SweepConfig(num_samples=2, dataset="synthetic",
+                                                  preset="smoke", references="none"))}
+    assert sorted(set(trials.loc[~trials["refined"], "gamma"])) == pytest.approx(sorted(expected))
+    chosen = [float(g) for g in (folder / REFINE_FILE).read_text().split()]
+    assert sorted(chosen) == sorted(set(trials.loc[trials["refined"], "gamma"]))
+    low, high = min(expected), max(expected)
+    assert len(chosen) == refine
+    assert low < chosen[0] < high or chosen[0] in (2 * high, low / 2), (chosen, low, high)
     return trials
 
 
 @pytest.mark.ray
 def test_a_refine_sweep_with_two_seeds_runs_every_gamma_twice_and_is_drawn(ray_env, tmp_path):
-    out = sweep(ray_env, tmp_path, *REFINE, "--name", "r", "--results-dir", "results")
+    out = sweep(ray_env, tmp_path, *REFINE, "--refine", "1", "--name", "r",
+                "--results-dir", "results")
     folder = tmp_path / "results" / "r"
-    expected = sampled(SweepConfig(num_samples=2, seeds=2, dataset="synthetic", preset="smoke",
-                                   references="none"))
-    assert_refined(folder, [g for _, g in expected])
+    assert_refined(folder, 1)
     assert "scnn sweep: refine 1: γ " in out.stdout and "before --refine widest gap" in out.stdout
     plots = subprocess.run([sys.executable, "-m", "analysis.plots", "--results", str(folder)],
                            cwd=tmp_path, env=ray_env, capture_output=True, text=True, timeout=300)
@@ -583,19 +586,17 @@ def test_a_refine_sweep_with_two_seeds_runs_every_gamma_twice_and_is_drawn(ray_e
 @pytest.mark.ray
 def test_a_killed_refine_sweep_resumes_with_the_gamma_it_had_chosen(ray_env, tmp_path):
     results = tmp_path / "results"
-    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *REFINE, "--name", "k",
-                       "--results-dir", str(results))
+    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *REFINE, "--refine", "2",
+                       "--name", "k", "--results-dir", str(results))
     try:
         before = wait_for(results / "k" / TRIALS_FILE, lambda t: t["refined"].any(), proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole embedded cluster
         proc.wait()
-    chosen = set(before.loc[before["refined"], "gamma"])
+    first = set(before.loc[before["refined"], "gamma"])
     sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
-    expected = sampled(SweepConfig(num_samples=2, seeds=2, dataset="synthetic", preset="smoke",
-                                   references="none"))
-    trials = assert_refined(results / "k", [g for _, g in expected])
-    assert set(trials.loc[trials["refined"], "gamma"]) == chosen
+    trials = assert_refined(results / "k", 2)
+    assert first < set(trials.loc[trials["refined"], "gamma"])  # and one chosen after resuming
 
 
 def start_head(env: dict, port: int) -> subprocess.Popen:
