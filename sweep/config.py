@@ -233,7 +233,8 @@ def load_saved(folder: Path) -> dict:
     saved = json.loads((folder / SWEEP_FILE).read_text())
     if isinstance(saved.get("references"), bool):  # older code: true = float-baseline + floor
         saved["references"] = "default" if saved["references"] else "none"
-    return saved
+    # Older code trained one seed and refined nothing: a resume cannot add either.
+    return {"seeds": 1, "refine": 0, **saved}
 
 
 def save(c: SweepConfig) -> None:

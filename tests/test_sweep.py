@@ -48,6 +48,8 @@ def free_port() -> int:
 
 @pytest.mark.parametrize("args, says", [
     (["--num-samples", "0"], "--num-samples must be at least 1"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--refine", "-1"], "--refine must be >= 0"),
     (["--gamma-min", "0"], "--gamma-min must be > 0"),
     (["--gamma-min", "0.1", "--gamma-max", "0.01"], "must be above --gamma-min"),
     (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.003 to 0.3"),
@@ -119,6 +121,9 @@ def test_a_sweep_json_of_older_code_with_boolean_references_resumes(tmp_path, ca
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1
     assert f"was started with --references {loaded}" in err
+    with pytest.raises(SystemExit) as stop:  # nor seeds or refine γs
+        main(["--resume", "--results-dir", str(tmp_path), "--seeds", "2"])
+    assert stop.value.code == 2 and "was started with --seeds 1" in capsys.readouterr().err
 
 
 def test_help_explains_the_sweep(capsys):
@@ -127,6 +132,7 @@ def test_help_explains_the_sweep(capsys):
     text = capsys.readouterr().out
     assert stop.value.code == 0
     for words in ("--num-samples", "--resume", "--address", "log-uniformly", "dashboard",
+                  "--seeds N", "--refine K", "widest gap",
                   "--references {default,full,none}", "--no-references", "narrower float"):
         assert words in text
     assert "--fail-gamma-above" not in text
