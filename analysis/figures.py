@@ -15,6 +15,7 @@ from matplotlib.lines import Line2D
 
 from analysis.load import BASELINE, finished
 from analysis.pareto import front_of, pareto_front
+from analysis.quality import by_gamma, mean_front, several_seeds
 from analysis.references import (
     FAMILY_NAMES,
     REFERENCE_KINDS,
@@ -49,25 +50,26 @@ SIZE_AXES = {
 }
 
 
-def baseline_stats(trials: pd.DataFrame) -> tuple[float, float, int] | None:
-    """Mean and standard deviation of the float baseline's accuracy and its number of seeds."""
+def baseline_stats(trials: pd.DataFrame) -> tuple[float, float, float, int] | None:
+    """Mean, lowest and highest accuracy of the float baseline over its seeds, and n."""
     done = finished(trials, BASELINE)["test_accuracy"].astype(float)
     if done.empty:
         return None
-    return float(done.mean()), float(done.std(ddof=1)) if len(done) > 1 else 0.0, len(done)
+    return float(done.mean()), float(done.min()), float(done.max()), len(done)
 
 
 def draw_baseline(ax, trials: pd.DataFrame, colour: str, label_prefix: str) -> None:
-    """The float baseline's accuracy as a horizontal line, with a ±1 std band over seeds."""
+    """The float baseline's mean accuracy as a horizontal line, with a band from its lowest
+    to its highest seed (the same spread the trials' bars show)."""
     stats = baseline_stats(trials)
     if stats is None:
         return
-    mean, std, n = (100 * stats[0], 100 * stats[1], stats[2])
-    spread = f" ± {std:.1f}" if n > 1 else ""
+    mean, low, high, n = (100 * stats[0], 100 * stats[1], 100 * stats[2], stats[3])
+    spread = f" (min–max {low:.1f}–{high:.1f})" if n > 1 else ""
     ax.axhline(mean, color=colour, linestyle=BASELINE_STYLE, linewidth=1.6, zorder=1,
-               label=f"{label_prefix}float baseline (size 100 %): {mean:.1f}{spread} % (n={n})")
+               label=f"{label_prefix}float baseline (size 100 %): {mean:.1f} %{spread} (n={n})")
     if n > 1:
-        ax.axhspan(mean - std, mean + std, color=colour, alpha=0.12, linewidth=0, zorder=0)
+        ax.axhspan(low, high, color=colour, alpha=0.12, linewidth=0, zorder=0)
 
 
 def draw_front(ax, trials: pd.DataFrame, size_column: str, style, label_prefix: str) -> None:
@@ -82,6 +84,36 @@ def draw_front(ax, trials: pd.DataFrame, size_column: str, style, label_prefix: 
         x, y = x + [largest], y + [y[-1]]
     ax.step(x, y, where="post", color=style.colour, linestyle=style.linestyle, linewidth=1.6,
             zorder=2, label=f"{label_prefix}Pareto front ({plural(len(front), 'trial')})")
+
+
+def draw_seed_means(ax, trials: pd.DataFrame, size_column: str, style, norm,
+                    label_prefix: str) -> None:
+    """A sweep with several seeds per γ: each γ at its seeds' mean, with a bar from its lowest
+    to its highest accuracy; the front through the means; and a band over the front from
+    each front γ's lowest to highest seed."""
+    means = by_gamma(trials)
+    x, y = 100 * means[size_column].astype(float), 100 * means["test_accuracy"].astype(float)
+    ax.errorbar(x, y, yerr=[y - 100 * means["accuracy_min"].astype(float),
+                            100 * means["accuracy_max"].astype(float) - y],
+                fmt="none", ecolor="0.35", elinewidth=0.9, capsize=2.5, zorder=2.8)
+    ax.scatter(x, y, c=[gamma_colour(g, norm) for g in means["gamma"]], marker=style.marker,
+               s=46, edgecolors="black", linewidths=0.5, zorder=3)
+    front = mean_front(trials, size_column)
+    if front.empty:
+        return
+    fx = list(100 * front[size_column].astype(float))
+    fy = list(100 * front["test_accuracy"].astype(float))
+    lo = list(100 * front["accuracy_min"].astype(float))
+    hi = list(100 * front["accuracy_max"].astype(float))
+    largest = float(x.max())
+    if largest > fx[-1]:  # nothing bigger does better: carry the best accuracy to the right
+        fx, fy, lo, hi = fx + [largest], fy + [fy[-1]], lo + [lo[-1]], hi + [hi[-1]]
+    n = int(means["seeds"].max())
+    ax.step(fx, fy, where="post", color=style.colour, linestyle=style.linestyle,
+            linewidth=1.6, zorder=2, label=f"{label_prefix}Pareto front of the means "
+            f"({plural(len(front), 'γ')}, up to {n} seeds each)")
+    ax.fill_between(fx, lo, hi, step="post", color=style.colour, alpha=0.12, linewidth=0,
+                    zorder=1.5, label=f"{label_prefix}front γs' lowest to highest seed")
 
 
 def draw_references(ax, trials: pd.DataFrame, size_column: str, prefix: str,
@@ -174,17 +206,25 @@ def size_vs_accuracy(trials: pd.DataFrame, size_column: str) -> Figure | None:
         mine, style = trials[trials["sweep"] == sweep], styles[sweep]
         prefix = f"{sweep}: " if several else ""
         points = finished(mine)
-        ax.scatter(100 * points[size_column], 100 * points["test_accuracy"],
-                   c=[gamma_colour(g, norm) for g in points["gamma"]], marker=style.marker,
-                   s=46, edgecolors="black", linewidths=0.5, zorder=3)
-        draw_front(ax, mine, size_column, style, prefix)
+        if several_seeds(mine):
+            draw_seed_means(ax, mine, size_column, style, norm, prefix)
+        else:
+            ax.scatter(100 * points[size_column], 100 * points["test_accuracy"],
+                       c=[gamma_colour(g, norm) for g in points["gamma"]],
+                       marker=style.marker, s=46, edgecolors="black", linewidths=0.5,
+                       zorder=3)
+            draw_front(ax, mine, size_column, style, prefix)
         draw_baseline(ax, mine, style.colour, prefix)
         labels += draw_references(ax, mine, size_column, prefix,
                                   style.linestyle if several else "-")
     handles = ax.get_legend_handles_labels()[0]
     for sweep in sweeps:  # what the points are; with several sweeps, which marker is which
-        n = len(finished(trials[trials["sweep"] == sweep]))
+        mine = trials[trials["sweep"] == sweep]
+        n = len(finished(mine))
         label, colour = trials_label(n, norm, "trials" if several else "finished trials")
+        if several_seeds(mine):
+            label = (f"{plural(len(by_gamma(mine)), 'γ')} ({n} trials): seeds' mean, bar "
+                     "lowest to highest" + label[label.find(","):] if "," in label else label)
         handles.append(Line2D([], [], linestyle="", marker=styles[sweep].marker, color=colour,
                               markeredgecolor="black",
                               label=f"{sweep}: {label}" if several else label))

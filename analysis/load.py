@@ -25,8 +25,10 @@ REQUIRED = {
     LAYERS_FILE: ("trial_id", "layer", "out_channels_initial", "out_channels_final",
                   "mean_bits"),
 }
-# Older files lack the reference columns (fixed_bits, full_width): they read as null.
-OPTIONAL_TRIAL_COLUMNS = ("sweep", "error", "seed", "width", "fixed_bits", "full_width")
+# Older files lack the reference columns (fixed_bits, full_width) and refined: they read as
+# null (refined as False, see analysis.quality.refined).
+OPTIONAL_TRIAL_COLUMNS = ("sweep", "error", "seed", "width", "fixed_bits", "full_width",
+                          "refined")
 
 FINISHED, FAILED = "TERMINATED", "ERROR"
 COMPRESS, BASELINE, FLOOR = "compress", "float-baseline", "floor"

@@ -137,9 +137,9 @@ def _who(trial: pd.Series) -> str:
 # How each numeric column is written in the Markdown tables (percent columns use _pct).
 FORMATS = {"gap": "{:+.2f} points", "width": "{:.3g}", "width_fraction": "{:.3g}×",
            "fixed_bits": "{:.3g}", "gamma": "{:.3g}", "mean_bits": "{:.2f}",
-           "train_time_s": "{:.0f} s"}
+           "train_time_s": "{:.0f} s", "seeds": "{:.0f}"}
 PERCENT_COLUMNS = ("test_accuracy", "bits_fraction", "weights_kept_fraction",
-                   "reference_accuracy")
+                   "reference_accuracy", "accuracy_mean", "bits_mean", "kept_mean")
 
 
 def _cell(column: str, value: object) -> str:
@@ -160,7 +160,10 @@ HEADERS = {"sweep": "sweep", "trial_id": "trial", "gamma": "γ", "test_accuracy"
            "mean_bits": "mean bits", "train_time_s": "train time",
            "width": "width", "width_fraction": "width (× full)", "fixed_bits": "bits per weight",
            "reference_accuracy": "best reference at this size",
-           "gap": "above (+) / below (-) the references"}
+           "gap": "above (+) / below (-) the references", "seeds": "seeds",
+           "accuracy_spread": "accuracy min–max", "bits_spread": "size min–max",
+           "accuracy_mean": "accuracy (mean)", "bits_mean": "size (mean, % of float32)",
+           "kept_mean": "weights kept (mean)"}
 OUTSIDE = "outside the references' range"  # a gap that is not extrapolated
 
 

@@ -31,6 +31,14 @@ from analysis.load import (
     load_results,
 )
 from analysis.pareto import pareto_table, pick_layer_trial, to_markdown, trade_offs
+from analysis.quality import (
+    SEED_COLUMNS,
+    front_metrics,
+    metrics_lines,
+    metrics_markdown,
+    seed_table,
+    several_seeds,
+)
 from analysis.references import references_markdown
 from analysis.speed import ExportsError, inference_figure, load_exports
 from analysis.style import save
@@ -140,16 +148,24 @@ def trial_layers(results: Results, trial: pd.Series) -> pd.DataFrame:
 
 
 def write_table(table: pd.DataFrame, best: list[str], references: str,
-                out: Path) -> list[Path]:
-    """pareto.csv (raw fractions) and pareto.md (percentages, the trade-offs, then the
-    references' section when there is one) in ``out``."""
+                out: Path, quality: str = "", seeds: bool = False) -> list[Path]:
+    """pareto.csv (raw fractions) and pareto.md (percentages, the trade-offs, the fronts'
+    quality, then the references' section when there is one) in ``out``. ``seeds``: the
+    table is seed_table's, per γ over its seeds."""
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "pareto.csv", out / "pareto.md"
     table.to_csv(csv, index=False)
-    md.write_text("# Pareto-optimal trials\n\nSmallest size (bits relative to the 32-bit float "
-                  "network) for its test accuracy, per sweep; failed and unfinished trials "
-                  "are left out.\n\n" + to_markdown(table) + "\n## Best trade-offs\n\n"
+    intro = ("Per sweep, the γs whose mean over their training seeds has the smallest size "
+             "(bits relative to the 32-bit float network) for its mean test accuracy, with "
+             "the seeds' lowest and highest values" if seeds else
+             "Smallest size (bits relative to the 32-bit float network) for its test "
+             "accuracy, per sweep")
+    md.write_text("# Pareto-optimal trials\n\n" + intro + "; failed and unfinished trials "
+                  "are left out.\n\n" + (to_markdown(table, SEED_COLUMNS) if seeds else
+                                         to_markdown(table))
+                  + "\n## Best trade-offs\n\n"
                   + "".join(f"- {line}\n" for line in best or ["none yet"])
+                  + (f"\n{quality}" if quality else "")
                   + (f"\n{references}" if references else ""),
                   encoding="utf-8")
     return [csv, md]
@@ -179,15 +195,21 @@ def run(config: PlotsConfig) -> list[Path]:
     trial = layer_trial(results, config.trial)
     out = config.out or default_out(config.results)
     print(summary(results))
-    table = pareto_table(results.trials)
+    seeds = several_seeds(results.trials)
+    table = seed_table(results.trials) if seeds else pareto_table(results.trials)
     written = write_figures(results, trial, out, config.format, chosen=config.trial is None)
     best = trade_offs(results.trials)
     references = references_markdown(results.trials)
-    written += write_table(table, best, references, out)
+    metrics = front_metrics(results.trials)
+    written += write_table(table, best, references, out, metrics_markdown(metrics), seeds)
     for note in results.notes:
         print(f"note: {note}")
-    print("\nPareto-optimal trials:\n" + (to_markdown(table) if len(table) else
+    shown = to_markdown(table, SEED_COLUMNS) if seeds else to_markdown(table)
+    print("\nPareto-optimal trials:\n" + (shown if len(table) else
                                             "none yet: no compress trial has finished\n"))
+    if metrics:
+        print("Front quality (widest gap, hypervolume; see pareto.md):\n"
+              + "".join(f"  {line}\n" for line in metrics_lines(metrics)))
     if best:
         print("Best trade-offs:\n" + "".join(f"  {line}\n" for line in best))
     if references:  # Markdown headings printed as the lines above: 'Title:'

@@ -38,6 +38,7 @@ examples:
   python -m sweep.run --preset smoke --dataset synthetic --num-samples 4   # a first look
   python -m sweep.run --num-samples 64 --data-dir ../shared/data           # a real sweep
   python -m sweep.run --references full --data-dir ../shared/data          # and its rivals
+  python -m sweep.run --num-samples 16 --seeds 3 --refine 8 --data-dir ../shared/data
   python -m sweep.run --address 10.0.0.1:6379 --data-dir /shared/cifar     # on a cluster
   python -m sweep.run --num-samples 64 --name big --mlflow                 # and in MLflow
   python -m sweep.run --resume --name sweep-20250101-120000                # after a kill
@@ -62,6 +63,17 @@ def parser() -> argparse.ArgumentParser:
                         f"{GAMMA_RANGES['cpu'][1]:g} with the cpu preset, else {GAMMA_RANGE[1]:g})")
     search.add_argument("--seed", type=int, help="the same seed draws the same gammas and "
                         f"trains with the same initial weights (default {d.seed})")
+    search.add_argument("--seeds", type=int, metavar="N",
+                        help="train every gamma and reference trial with N training seeds "
+                        "(--seed, --seed+1, ...: weight init, data order, augmentation); the "
+                        "plots draw each gamma's mean and its seeds' min-max "
+                        f"(default {d.seeds})")
+    search.add_argument("--refine", type=int, metavar="K",
+                        help="after the --num-samples gammas have ended, choose K more, one at "
+                        "a time, each at the geometric mean of the gammas of the two "
+                        "neighbouring front points (per-gamma means, bits against accuracy) "
+                        "with the widest gap, measured as the distance in (log10 size "
+                        "fraction, accuracy fraction) (default 0)")
     refs = search.add_mutually_exclusive_group()
     refs.add_argument("--references", metavar="{" + ",".join(REFERENCES) + "}",
                       help="reference trials, trained at gamma 0 with the same recipe. "

@@ -53,7 +53,9 @@ class SweepConfig:
     num_samples: int = 64  # compress trials, gamma drawn log-uniformly from [gamma_min, gamma_max]
     gamma_min: float | None = None  # smallest gamma (weight of the size term in CE + gamma * Q)
     gamma_max: float | None = None  # largest gamma (None: the preset's, see gamma_range)
-    seed: int = 0  # seeds the gamma sampler and every trial's training (same seed, same gammas)
+    seed: int = 0  # seeds the gamma sampler and the first training seed (same seed, same γs)
+    seeds: int = 1  # training seeds per gamma and reference trial: seed, seed+1, ...
+    refine: int = 0  # gammas chosen after the samples, one at a time, in the front's widest gap
     references: str = "default"  # reference trials: default | full | none (see REFERENCES)
     # --- passed through to every trial's TrainConfig (None: the preset decides) ---
     preset: str = "auto"  # paper | cpu | smoke | auto (paper when the cluster has GPUs, else cpu)
@@ -87,8 +89,9 @@ class SweepConfig:
 
     @property
     def num_trials(self) -> int:
-        """Trials the finished sweep holds: the samples plus the reference trials."""
-        return self.num_samples + len(reference_trials(self.references, width=1.0))
+        """Trials the finished sweep holds: samples, refine γs and references, per seed."""
+        points = self.num_samples + self.refine + len(reference_trials(self.references, 1.0))
+        return points * self.seeds
 
 
 def reference_trials(references: str, width: float) -> list[dict]:
@@ -116,6 +119,9 @@ def validate(c: SweepConfig) -> None:
     need(c.num_samples >= 1, f"--num-samples must be at least 1, got {c.num_samples}")
     need(c.export in EXPORTS, f"unknown --export {c.export!r}: choose front (export every "
          f"trial on the sweep's Pareto front into {EXPORTS_DIR}/ when it ends) or none")
+    need(c.seeds >= 1, f"--seeds must be at least 1 (training seeds per gamma), got {c.seeds}")
+    need(c.refine >= 0, f"--refine must be >= 0 (gammas chosen after the samples), "
+         f"got {c.refine}")
     need(c.references in REFERENCES, f"unknown --references {c.references!r}: choose default "
          "(float baseline and floor), full (also narrow-float and fixed-bits) or none")
     for flag, value in (("--gamma-min", c.gamma_min), ("--gamma-max", c.gamma_max)):
@@ -259,7 +265,8 @@ def load_saved(folder: Path) -> dict:
     if isinstance(saved.get("references"), bool):  # older code: true = float-baseline + floor
         saved["references"] = "default" if saved["references"] else "none"
     saved.setdefault("mlflow", None)  # older code: no MLflow (its pickled callbacks have none)
-    return saved
+    # Older code trained one seed and refined nothing: a resume cannot add either.
+    return {"seeds": 1, "refine": 0, **saved}
 
 
 def save(c: SweepConfig) -> None:

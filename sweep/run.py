@@ -64,9 +64,7 @@ def run(c: SweepConfig) -> int:
 
     for key, value in TUNE_ENV.items():
         os.environ.setdefault(key, value)
-    # The reference points set kind and gamma outside the sampled domain, on purpose; and
-    # trials not started yet have no results to fetch when a stopped sweep ends.
-    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
+    # Trials not started yet have no results to fetch when a stopped sweep ends.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     with held_back_ray_logs():  # Ray's start-up lines wait for our checks, dropped on a failure
         try:
@@ -110,7 +108,7 @@ def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
                                    preset=train.preset, epochs=train.epochs,
                                    width=train.width), train.preset)
     print(f"{PROG}: {c.num_samples} gammas in [{c.gamma_min:g}, {c.gamma_max:g}] (seed "
-          f"{c.seed}){describe_references(c.references)}; preset "
+          f"{c.seed}){describe_references(c.references)}{describe_search(c)}; preset "
           f"{c.preset}, {c.epochs} epochs; {cpus:g} CPUs and {gpus:g} GPUs per trial; "
           f"results in {c.folder}", flush=True)
     return c, train
@@ -124,6 +122,14 @@ def describe_references(references: str) -> str:
     counts = {kind: kinds.count(kind) for kind in kinds}  # in the order they run
     said = ", ".join(kind if n == 1 else f"{n} {kind}" for kind, n in counts.items())
     return f" + {len(kinds)} reference trial{'s' if len(kinds) > 1 else ''} ({said})"
+
+
+def describe_search(c: SweepConfig) -> str:
+    """E.g. ``, then 4 refine gammas; each trained with 3 seeds (0-2): 30 trials``."""
+    refine = f", then {c.refine} refine gamma{'s' if c.refine > 1 else ''}" if c.refine else ""
+    seeds = (f"; each trained with {c.seeds} seeds ({c.seed}-{c.seed + c.seeds - 1}): "
+             f"{c.num_trials} trials" if c.seeds > 1 else "")
+    return refine + seeds
 
 
 def make_tuner(c: SweepConfig, train: TrainConfig):
@@ -184,6 +190,7 @@ def finish(c: SweepConfig) -> int:
     import pandas as pd
 
     from analysis.pareto import pareto_table, to_markdown
+    from analysis.quality import SEED_COLUMNS, seed_table, several_seeds
 
     path = c.folder / TRIALS_FILE
     trials = pd.read_parquet(path) if path.exists() else pd.DataFrame({"status": []})
@@ -194,9 +201,14 @@ def finish(c: SweepConfig) -> int:
         return stopped(c)
     print(f"\n{PROG}: {done} trials finished, {failed} failed "
           f"(their errors are in {TRIALS_FILE}, column error).")
-    if done:
+    if done and several_seeds(trials):
+        print("Pareto-optimal γs (mean size against mean accuracy over their seeds):\n")
+        print(to_markdown(seed_table(trials), SEED_COLUMNS))
+    elif done:
         print("Pareto-optimal trials (size against accuracy):\n")
         print(to_markdown(pareto_table(trials)))
+    if done:
+        print("\n" + front_summary(trials))
     print(f"results: {c.folder}/{{{TRIALS_FILE}, epochs.parquet, {LAYERS_FILE}}}\n"
           f"plots:   python -m analysis.plots --results {c.folder}")
     if c.export == "front" and done and not export_front(c):
@@ -221,6 +233,13 @@ def export_front(c: SweepConfig) -> bool:
         print(f"{PROG}: error: export: {err}", file=sys.stderr)
         return False
     return not failed
+
+
+def front_summary(trials) -> str:
+    """The widest gap and the hypervolume of the front, before and after --refine."""
+    from analysis.quality import front_metrics, metrics_lines
+
+    return "\n".join(metrics_lines(front_metrics(trials))) + "\n"
 
 
 if __name__ == "__main__":

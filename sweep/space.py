@@ -1,11 +1,13 @@
 """The search space: what a trial's Tune config holds, and the seeded searcher that fills it.
 
-A trial's config is ``{"kind", "gamma", "width", "full_width", "fixed_bits", "train"}``
-(plus the test-only ``fail_gamma_above``): ``train`` holds the resolved TrainConfig fields
-shared by every trial, so a trial rebuilds exactly the config the driver resolved (and
-``params.json`` records it). The reference trials are the searcher's first points, so they
-run first and exactly once; a point sets ``width``, ``full_width`` or ``fixed_bits`` over
-the shared value, which every other trial leaves at None.
+A trial's config is ``{"kind", "gamma", "width", "full_width", "fixed_bits", "seed",
+"refined", "train"}`` (plus the test-only ``fail_gamma_above``): ``train`` holds the
+resolved TrainConfig fields shared by every trial, so a trial rebuilds exactly the config
+the driver resolved (and ``params.json`` records it). The reference trials are the
+searcher's first points, so they run first and exactly once per training seed; a point sets
+``width``, ``full_width``, ``fixed_bits`` or ``seed`` over the shared value (None: the
+shared one, so the first seed's trials are keyed as before seeds existed). ``refined`` says
+the γ was chosen by ``--refine`` (sweep.search).
 """
 
 from __future__ import annotations
@@ -18,16 +20,14 @@ from trainer.config import TrainConfig
 # Set per trial, not shared: gamma and kind by the search, device and threads by the trainable.
 PER_TRIAL_FIELDS = ("gamma", "kind", "device", "threads")
 # Set by a reference point over the shared value (None: the shared one), see reference_trials.
-OVERRIDE_FIELDS = ("width", "full_width", "fixed_bits")
+OVERRIDE_FIELDS = ("width", "full_width", "fixed_bits", "seed")
 
 
 def param_space(c: SweepConfig, train: TrainConfig) -> dict:
-    """Tune's param_space: gamma log-uniform, everything else fixed."""
-    from ray import tune
-
+    """Tune's param_space: what every trial shares; the searcher sets kind, gamma and the
+    overrides of each."""
     shared = {k: v for k, v in dataclasses.asdict(train).items() if k not in PER_TRIAL_FIELDS}
-    space = {"kind": "compress", "gamma": tune.loguniform(c.gamma_min, c.gamma_max),
-             **dict.fromkeys(OVERRIDE_FIELDS), "train": shared}
+    space = {"train": shared}
     if c.fail_gamma_above is not None:  # test only: kept out of users' trial tables
         space["fail_gamma_above"] = c.fail_gamma_above
     return space
@@ -38,16 +38,34 @@ def reference_points(c: SweepConfig, width: float) -> list[dict]:
     return [{**trial, "gamma": 0.0} for trial in reference_trials(c.references, width)]
 
 
-def searcher(c: SweepConfig, train: TrainConfig):
+def training_seeds(c: SweepConfig) -> list[int | None]:
+    """The seed override of each training seed: None for --seed itself, then seed+1, ..."""
+    return [None] + [c.seed + k for k in range(1, c.seeds)]
+
+
+def sample_points(c: SweepConfig) -> list[dict]:
+    """The --num-samples compress points, γ log-uniform, a function of --seed."""
+    from sweep.search import draw_gammas
+
+    return [{"kind": "compress", "gamma": g, **dict.fromkeys(OVERRIDE_FIELDS)}
+            for g in draw_gammas(c.num_samples, c.gamma_min, c.gamma_max, c.seed)]
+
+
+def searcher(c: SweepConfig, train: TrainConfig, record: bool = True):
     """Seeded: the same --seed draws the same gammas, also for trials re-drawn on resume.
 
-    The concurrency limit goes here, not in TuneConfig: Tune ignores
-    ``max_concurrent_trials`` when a searcher instance is given.
+    Wrapped in a ConcurrencyLimiter, which hands its limit to the searcher (which counts
+    its own live trials) and tells Tune how many trials to keep pending (one otherwise).
+    ``record``: write the refine γs to the sweep folder (see sweep.search).
     """
-    from ray.tune.search import BasicVariantGenerator
+    from ray.tune.search import ConcurrencyLimiter
 
-    return BasicVariantGenerator(points_to_evaluate=reference_points(c, train.width),
-                                 random_state=c.seed, max_concurrent=c.max_concurrent)
+    from sweep.search import GammaSearcher
+
+    points = [{**dict.fromkeys(OVERRIDE_FIELDS), **p} for p in reference_points(c, train.width)]
+    search = GammaSearcher(points + sample_points(c), training_seeds(c), c.refine,
+                           folder=str(c.folder) if record else None)
+    return ConcurrencyLimiter(search, max_concurrent=c.max_concurrent or c.num_trials)
 
 
 def overrides(trial: dict) -> dict:
@@ -71,18 +89,14 @@ def trial_key(trial: dict) -> dict:
 
 
 def sampled_configs(c: SweepConfig, train: TrainConfig) -> list[dict]:
-    """The Tune config of every trial the sweep ``c`` runs, in order; needs no cluster."""
-    from ray.tune.experiment import Experiment
-
-    def run_trial(config: dict) -> None:  # the trainable's name, registered; never called
-        raise NotImplementedError
-
-    search = searcher(c, train)
-    search.add_configurations([Experiment("sampled", run_trial, config=param_space(c, train),
-                                          num_samples=c.num_trials)])
-    return [t.config for t in iter(search.next_trial, None)]
+    """The Tune config of every trial the sweep ``c`` runs before any --refine γ, in order;
+    needs no cluster (the refine γs depend on the results)."""
+    search = searcher(c, train, record=False).searcher
+    space = param_space(c, train)
+    return [{**space, **point} for point in search.queue]
 
 
 def sampled_trials(c: SweepConfig, train: TrainConfig) -> list[tuple[str, float]]:
-    """``(kind, gamma)`` of every trial the sweep ``c`` runs, in order; needs no cluster."""
+    """``(kind, gamma)`` of every trial the sweep ``c`` runs before any --refine γ, in order;
+    needs no cluster."""
     return [(t["kind"], float(t["gamma"])) for t in sampled_configs(c, train)]

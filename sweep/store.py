@@ -54,6 +54,7 @@ def config_columns(config: dict) -> dict:
     """The trials.parquet columns a trial's Tune config sets, known before it reports."""
     train = {**config.get("train", {}), **overrides(config)}
     return {"kind": config.get("kind"), "gamma": config.get("gamma"),
+            "refined": bool(config.get("refined")),
             **{k: train.get(k) for k in CONFIG_COLUMNS}}
 
 

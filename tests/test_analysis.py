@@ -420,3 +420,97 @@ def test_a_damaged_export_json_exits_2_with_one_line(tmp_path):
     proc = cli("--results", str(tmp_path / "s"))
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert "cannot read" in proc.stderr and "export.json" in proc.stderr
+
+
+# --- seeds, widest gap, hypervolume, where --refine goes -----------------------------------
+
+def test_gamma_means_average_seeds_and_leave_out_failed_trials():
+    from analysis.frontier import gamma_means
+
+    nan = math.nan
+    assert gamma_means([0.2, 0.1, 0.1, 0.2], [0.5, 0.1, 0.3, nan], [0.9, 0.5, 0.7, 0.8]) == [
+        pytest.approx((0.1, 0.2, 0.6)), (0.2, 0.5, 0.9)]
+
+
+def test_widest_gap_by_hand():
+    from analysis.frontier import widest_gap
+
+    # Front (0.01, 50 %), (0.1, 80 %), (0.2, 82 %); (0.3, 70 %) is dominated.
+    sizes, accs = [0.1, 0.01, 0.3, 0.2], [0.8, 0.5, 0.7, 0.82]
+    assert widest_gap(sizes, accs) == pytest.approx(math.hypot(1, 0.3))  # 1 decade, 30 points
+    assert widest_gap([0.1, 0.2], [0.8, 0.82]) == pytest.approx(math.hypot(math.log10(2), 0.02))
+    assert math.isnan(widest_gap([0.1], [0.8])) and math.isnan(widest_gap([], []))
+
+
+def test_hypervolume_by_hand():
+    from analysis.frontier import hypervolume
+
+    # x = -log10(size): 2 and 1 decades; above 10 %: 0.4 over (1, 2], 0.7 over (0, 1].
+    assert hypervolume([0.01, 0.1], [0.5, 0.8]) == pytest.approx(100 * (0.4 + 0.7))
+    assert hypervolume([0.01, 0.1], [0.5, 0.8], ceiling=0.7) == pytest.approx(100 * (0.4 + 0.6))
+    # Dominated points, the full size and points at chance add nothing.
+    assert hypervolume([0.01, 0.1, 0.2, 1.0, 0.001], [0.5, 0.8, 0.6, 0.95, 0.1]) == (
+        pytest.approx(110))
+    assert hypervolume([], []) == 0.0
+
+
+def test_next_gamma_splits_the_widest_untried_gap_else_goes_beyond_the_end():
+    from analysis.frontier import next_gamma
+
+    gammas, sizes, accs = [0.1, 0.01, 0.005], [0.01, 0.1, 0.2], [0.5, 0.8, 0.82]
+    tried = list(gammas)
+    g, why = next_gamma(gammas, sizes, accs, tried)
+    assert g == pytest.approx(math.sqrt(0.1 * 0.01)) and "widest untried gap" in why
+    g, _ = next_gamma(gammas, sizes, accs, tried + [math.sqrt(0.001) * (1 + 1e-7)])
+    assert g == pytest.approx(math.sqrt(0.01 * 0.005))  # the next widest gap
+    g, why = next_gamma(gammas, sizes, accs, tried + [math.sqrt(0.001), math.sqrt(5e-5)])
+    assert g == pytest.approx(0.0025) and "smallest" in why  # the best point is at 0.005
+    g, why = next_gamma([0.05], [0.1], [0.8], [0.05, 0.01])  # one front point, at the top
+    assert g == pytest.approx(0.1) and "largest" in why
+
+
+def seeded_sweep(folder: Path, refined_gamma: float | None = None) -> None:
+    """Two seeds per γ: 1e-3 (88 %, 90 %), 1e-2 (78 %, 80 %), 1e-1 (60 %, 64 %); baselines
+    91 % and 93 %; optionally a refine γ (83 %, 85 %) between 1e-3 and 1e-2."""
+    points = [(1e-3, 0.88, 0.20), (1e-3, 0.90, 0.22), (1e-2, 0.78, 0.04), (1e-2, 0.80, 0.06),
+              (1e-1, 0.60, 0.01), (1e-1, 0.64, 0.01)]
+    rows = [dict(trial_row("s2", f"c{i}", "compress", g, a, b, b, seed=i % 2), refined=False)
+            for i, (g, a, b) in enumerate(points)]
+    if refined_gamma is not None:
+        rows += [dict(trial_row("s2", f"r{i}", "compress", refined_gamma, a, 0.1, 0.1, seed=i),
+                      refined=True) for i, a in enumerate((0.83, 0.85))]
+    rows += [trial_row("s2", f"b{i}", "float-baseline", 0.0, a, 1.0, 1.0, seed=i)
+             for i, a in enumerate((0.91, 0.93))]
+    write_results(folder, rows, [], [])
+
+
+def test_seeded_sweep_draws_means_with_bars_and_band_and_gives_the_front_quality(tmp_path,
+                                                                                  capsys):
+    seeded_sweep(tmp_path / "s2", refined_gamma=math.sqrt(1e-5))
+    trials = load_results([tmp_path / "s2"]).trials
+    fig = size_vs_accuracy(trials, "bits_fraction")
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "Pareto front of the means (4 γs, up to 2 seeds each)" in legend, legend
+    assert "front γs' lowest to highest seed" in legend
+    assert "float baseline (size 100 %): 92.0 % (min–max 91.0–93.0) (n=2)" in legend
+    main(["--results", str(tmp_path / "s2")])
+    md = (tmp_path / "s2" / "plots" / "pareto.md").read_text()
+    assert "| s2 | 0.001 | 2 | 89.00 % | 88.00–90.00 % | 21.00 % | 20.00–22.00 % |" in md
+    # Before: front (1 %, 62 %), (5 %, 79 %), (21 %, 89 %); after, (10 %, 84 %) joins.
+    before = max(math.hypot(math.log10(5), 0.17), math.hypot(math.log10(21 / 5), 0.10))
+    after = max(math.hypot(math.log10(5), 0.17), math.hypot(math.log10(2), 0.05),
+                math.hypot(math.log10(2.1), 0.05))
+    assert (f"s2: before --refine widest gap {before:.3f}, hypervolume" in md
+            and f"after widest gap {after:.3f}" in md), md
+    assert "(3 γs); after" in md and "(4 γs)" in md and "92.00 %" in md
+    assert "Front quality" in capsys.readouterr().out
+
+
+def test_one_seed_sweeps_say_their_front_quality_without_refine(tmp_path):
+    build_sweep(tmp_path / "demo")  # files written before seeds and --refine: no refined column
+    table = pq.read_table(tmp_path / "demo" / TRIALS_FILE)
+    pq.write_table(table.drop_columns(["refined"]), tmp_path / "demo" / TRIALS_FILE)
+    main(["--results", str(tmp_path / "demo")])
+    md = (tmp_path / "demo" / "plots" / "pareto.md").read_text()
+    assert "demo: front of widest gap " in md and "no --refine γs" in md
+    assert "| demo | demo_01 |" in md and "min–max" not in md.split("## Best")[0]

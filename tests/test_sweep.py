@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import shutil
 import signal
@@ -49,6 +50,8 @@ def free_port() -> int:
 
 @pytest.mark.parametrize("args, says", [
     (["--num-samples", "0"], "--num-samples must be at least 1"),
+    (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--refine", "-1"], "--refine must be >= 0"),
     (["--gamma-min", "0"], "--gamma-min must be > 0"),
     (["--gamma-min", "0.1", "--gamma-max", "0.01"], "must be above --gamma-min"),
     (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.003 to 0.3"),
@@ -195,6 +198,9 @@ def test_a_sweep_json_of_older_code_with_boolean_references_resumes(tmp_path, ca
     err = capsys.readouterr().err
     assert stop.value.code == 2 and err.count("\n") == 1
     assert f"was started with --references {loaded}" in err
+    with pytest.raises(SystemExit) as stop:  # nor seeds or refine γs
+        main(["--resume", "--results-dir", str(tmp_path), "--seeds", "2"])
+    assert stop.value.code == 2 and "was started with --seeds 1" in capsys.readouterr().err
 
 
 def test_help_explains_the_sweep(capsys):
@@ -203,6 +209,7 @@ def test_help_explains_the_sweep(capsys):
     text = capsys.readouterr().out
     assert stop.value.code == 0
     for words in ("--num-samples", "--resume", "--address", "log-uniformly", "dashboard",
+                  "--seeds N", "--refine K", "widest gap",
                   "--references {default,full,none}", "--no-references", "narrower float",
                   "--mlflow [URI]", "tensorboard --logdir"):
         assert words in text
@@ -409,6 +416,102 @@ def test_checkpoints_load_without_unpickling_code_and_resume(tmp_path, capsys):
     assert loaded is not None and loaded["epoch"] == 1
     result = train(config.replace(epochs=2), resume=loaded, verbose=False)
     assert [m["epoch"] for m in result["history"]] == [1, 2]
+
+
+def finish_trial(search, trial_id: str, accuracy: float, bits: float) -> None:
+    """What Tune tells the searcher when a trial's last report was its summary."""
+    search.on_trial_complete(trial_id, {"test_accuracy": accuracy, "bits_fraction": bits,
+                                        "layers": []})
+
+
+def test_seeds_train_every_point_n_times_with_their_own_seed_and_key():
+    from sweep.space import train_config, trial_key
+
+    c = SweepConfig(num_samples=2, seeds=3, seed=5, dataset="synthetic", preset="smoke")
+    configs = proposed(c)
+    assert len(configs) == c.num_trials == (2 + 2) * 3
+    built = [resolve(train_config(t, "cpu", 1), has_gpu=False) for t in configs]
+    assert [(b.kind, b.seed) for b in built[:6]] == [
+        ("float-baseline", 5), ("float-baseline", 6), ("float-baseline", 7),
+        ("floor", 5), ("floor", 6), ("floor", 7)]
+    gammas = [t["gamma"] for t in configs[6:]]
+    assert gammas[:3] == [gammas[0]] * 3 and gammas[3:] == [gammas[3]] * 3
+    assert [b.seed for b in built[6:]] == [5, 6, 7, 5, 6, 7]
+    keys = [json.dumps(trial_key(t), sort_keys=True) for t in configs]
+    assert len(set(keys)) == len(keys)
+    assert "seed" not in trial_key(configs[0])  # the first seed's key is what it always was
+    assert [trial_row("s", "t", new_record(t))["seed"] for t in configs[6:9]] == [5, 6, 7]
+    # One seed: the same γs as the first seed of a sweep with more.
+    assert [g for _, g in sampled(c.replace(seeds=1))[2:]] == gammas[::3]
+
+
+def test_refine_waits_for_the_samples_then_splits_the_widest_gap_and_restores(tmp_path):
+    from sweep.search import REFINE_FILE, GammaSearcher
+    from sweep.space import searcher
+
+    c = SweepConfig(num_samples=3, seeds=2, refine=2, references="none", dataset="synthetic",
+                    preset="smoke", results_dir=str(tmp_path), name="r")
+    train = resolve(sweep_config.base_train_config(c), has_gpu=False)
+    limiter = searcher(with_gamma_range(c, "smoke"), train)
+    search = limiter.searcher
+    (tmp_path / "r").mkdir()
+    first = [search.suggest(f"t{i}") for i in range(6)]
+    assert search.suggest("t6") is None  # the samples have not ended
+    gammas = sorted({p["gamma"] for p in first})
+    # Larger gamma: smaller and less accurate; the widest gap lies between the two largest.
+    result = {gammas[0]: (0.9, 0.5), gammas[1]: (0.85, 0.2), gammas[2]: (0.5, 0.01)}
+    for i, p in enumerate(first):
+        finish_trial(search, f"t{i}", *result[p["gamma"]])
+    refine = [search.suggest("u0"), search.suggest("u1")]
+    expected = math.sqrt(gammas[1] * gammas[2])
+    assert [(p["gamma"], p["seed"], p["refined"]) for p in refine] == [
+        (pytest.approx(expected), None, True), (pytest.approx(expected), 1, True)]
+    assert (tmp_path / "r" / REFINE_FILE).read_text() == f"{refine[0]['gamma']!r}\n"
+    assert search.suggest("u2") is None  # the refine gamma's seeds have not ended
+    saved = tmp_path / "searcher.pkl"
+    limiter.save(str(saved))
+    again = GammaSearcher([], [None, 1], 0, folder=str(tmp_path / "r"))
+    again.restore(str(saved))
+    assert again.get_state() == search.get_state()
+    for s in (search, again):
+        finish_trial(s, "u0", 0.7, 0.05)
+        s.on_trial_complete("u1", None, error=True)  # a failed seed: left out of the mean
+    second = [again.suggest("v0"), again.suggest("v1")]
+    assert second[0]["gamma"] == second[1]["gamma"] != expected
+    assert again.suggest("v2") is None
+    for i in range(2):
+        finish_trial(again, f"v{i}", 0.6, 0.03)
+    from ray.tune.search import Searcher
+    assert again.suggest("v3") == Searcher.FINISHED
+    # Killed before Tune's snapshot held the second gamma: refine.txt gives it again.
+    record = [float(g) for g in (tmp_path / "r" / REFINE_FILE).read_text().split()]
+    assert record == [refine[0]["gamma"], second[0]["gamma"]]
+    assert search.suggest("w0")["gamma"] == second[0]["gamma"]
+
+
+def test_the_gammas_a_seed_draws_are_those_of_the_published_sweeps():
+    """docs/cpu-refs (seed 0, cpu range) was drawn by Tune's BasicVariantGenerator."""
+    from ray import tune
+    from ray.tune.search.sample import _BackwardsCompatibleNumpyRng
+
+    from sweep.search import draw_gammas
+
+    drawn = draw_gammas(8, 3e-3, 0.3, 0)
+    assert drawn == pytest.approx([0.05637, 0.010392, 0.003623, 0.003237, 0.126958, 0.200739,
+                                   0.049022, 0.086321], rel=1e-4)
+    rng, domain = _BackwardsCompatibleNumpyRng(7), tune.loguniform(1e-3, 1.0)
+    assert draw_gammas(5, 1e-3, 1.0, 7) == [float(domain.sample(random_state=rng))
+                                            for _ in range(5)]
+
+
+def test_the_searcher_keeps_to_max_concurrent():
+    from sweep.search import GammaSearcher
+
+    search = GammaSearcher([{"kind": "compress", "gamma": g} for g in (0.1, 0.2, 0.3)],
+                           [None], 0, max_concurrent=2)
+    assert [search.suggest(f"t{i}") is not None for i in range(3)] == [True, True, False]
+    finish_trial(search, "t0", 0.5, 0.1)
+    assert search.suggest("t3")["gamma"] == 0.3
 
 
 # --- real Ray clusters -----------------------------------------------------------------------
@@ -690,6 +793,58 @@ def test_sigterm_stops_cleanly_and_says_how_to_resume(ray_env, tmp_path):
     assert "Traceback" not in said
     sweep(ray_env, tmp_path, "--resume", "--name", "t", "--results-dir", str(results))
     assert_complete(results / "t", 2, 2)
+
+
+REFINE = [*SMOKE, "--epochs", "1", "--num-samples", "2", "--seeds", "2", "--no-references"]
+
+
+def assert_refined(folder: Path, refine: int) -> pd.DataFrame:
+    """Two seeds (0 and 1) per γ; the sampled γs those the seed draws; the first refine γ
+    between them or beyond their ends; refine.txt lists the refine γs in order."""
+    from sweep.search import REFINE_FILE
+
+    trials = assert_complete(folder, (2 + refine) * 2, 1)
+    seeds = trials.groupby("gamma")["seed"].apply(sorted).to_dict()
+    assert list(seeds.values()) == [[0, 1]] * (2 + refine), seeds
+    expected = {g for _, g in sampled(SweepConfig(num_samples=2, dataset="synthetic",
+                                                  preset="smoke", references="none"))}
+    assert sorted(set(trials.loc[~trials["refined"], "gamma"])) == pytest.approx(sorted(expected))
+    chosen = [float(g) for g in (folder / REFINE_FILE).read_text().split()]
+    assert sorted(chosen) == sorted(set(trials.loc[trials["refined"], "gamma"]))
+    low, high = min(expected), max(expected)
+    assert len(chosen) == refine
+    assert low < chosen[0] < high or chosen[0] in (2 * high, low / 2), (chosen, low, high)
+    return trials
+
+
+@pytest.mark.ray
+def test_a_refine_sweep_with_two_seeds_runs_every_gamma_twice_and_is_drawn(ray_env, tmp_path):
+    out = sweep(ray_env, tmp_path, *REFINE, "--refine", "1", "--name", "r",
+                "--results-dir", "results")
+    folder = tmp_path / "results" / "r"
+    assert_refined(folder, 1)
+    assert "scnn sweep: refine 1: γ " in out.stdout and "before --refine widest gap" in out.stdout
+    plots = subprocess.run([sys.executable, "-m", "analysis.plots", "--results", str(folder)],
+                           cwd=tmp_path, env=ray_env, capture_output=True, text=True, timeout=300)
+    assert plots.returncode == 0, plots.stderr
+    md = (folder / "plots" / "pareto.md").read_text()
+    assert "## Front quality" in md and "hypervolume" in md and "| seeds |" in md
+
+
+@pytest.mark.ray
+def test_a_killed_refine_sweep_resumes_with_the_gamma_it_had_chosen(ray_env, tmp_path):
+    results = tmp_path / "results"
+    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *REFINE, "--refine", "2",
+                       "--name", "k", "--results-dir", str(results))
+    try:
+        before = wait_for(results / "k" / TRIALS_FILE, lambda t: t["refined"].any(), proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole embedded cluster
+        proc.wait()
+    first = set(before.loc[before["refined"], "gamma"])
+    sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
+    trials = assert_refined(results / "k", 2)
+    assert first < set(trials.loc[trials["refined"], "gamma"])  # and one chosen after resuming
 
 
 def start_head(env: dict, port: int, dashboard: int = 0) -> subprocess.Popen:

@@ -23,7 +23,8 @@ TRIALS_SCHEMA = pa.schema([
     ("status", pa.string()),  # TERMINATED | ERROR | RUNNING | PENDING
     ("error", pa.string()),  # one-line error of a failed trial, else null
     ("gamma", pa.float64()),
-    ("seed", pa.int64()),
+    ("seed", pa.int64()),  # the trial's training seed (weight init, data order, augmentation)
+    ("refined", pa.bool_()),  # gamma chosen by the sweep's --refine (null: not by a sweep)
     ("preset", pa.string()),
     ("width", pa.float64()),  # channel multiplier the trial trained at
     ("epochs", pa.int64()),
