@@ -81,6 +81,7 @@ def run(c: SweepConfig) -> int:
             fail(str(err), prog=PROG)
     try:
         print(dashboard_message(cluster), flush=True)
+        print(watch_message(c), flush=True)
         sweep_config.save(c)
         tuner = make_tuner(c, train)
         forward_sigterm()
@@ -112,6 +113,15 @@ def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
           f"{c.preset}, {c.epochs} epochs; {cpus:g} CPUs and {gpus:g} GPUs per trial; "
           f"results in {c.folder}", flush=True)
     return c, train
+
+
+def watch_message(c: SweepConfig) -> str:
+    """Where to watch the trials besides the dashboard (Tune's own TensorBoard hint names its
+    staging copy under /tmp, which a resumed or finished sweep no longer has)."""
+    lines = [f"  TensorBoard: tensorboard --logdir {c.folder.resolve()}"]
+    if c.mlflow:
+        lines.append(f"  MLflow: mlflow ui --backend-store-uri {c.mlflow}")
+    return "\n".join(lines)
 
 
 def describe_references(references: str) -> str:

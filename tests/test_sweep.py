@@ -611,6 +611,8 @@ def test_smoke_sweep_writes_parquet_with_the_right_rows(smoke):
     assert all(len(list(d.glob("checkpoint_*"))) == 1 for d in folder.glob("run_trial_*"))
     assert "local Ray cluster (token authentication on)" in stdout
     assert "Ray dashboard: http://127.0.0.1:" in stdout
+    assert f"TensorBoard: tensorboard --logdir {folder.resolve()}\n" in stdout
+    assert f"MLflow: mlflow ui --backend-store-uri sqlite:///{folder.resolve()}/mlflow.db" in stdout
     assert "Pareto-optimal trials" in stdout and str(folder) in stdout
 
 
