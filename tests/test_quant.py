@@ -1,5 +1,7 @@
 """The quantizer: exact zeros at 0 bits, gradients, and the size it reports."""
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -125,3 +127,34 @@ def test_snapping_bits_keeps_every_weight_and_stores_fewer_bits():
     assert torch.equal(conv.b.detach() > 0, torch.linspace(-0.5, 6.0, 64) > 0)  # none die
     assert float(snapped_bits(torch.tensor([1.5]))) == 1.0  # {-1, 0}: the levels of 1 bit
     assert float(snapped_bits(torch.tensor([1.75]))) == 1.75  # {-2, .., 1}: needs 2 bits
+
+
+def test_the_one_bit_zone_holds_one_sign_and_skipping_it_kills_just_those_channels():
+    torch.manual_seed(2)
+    conv = QConv2d(8, 40, init_bits=4.0)
+    b = torch.linspace(-0.2, 3.0, 40)
+    with torch.no_grad():
+        conv.b.copy_(b)
+    zone = (b > 0) & (b < 1 + math.log2(1.5))
+    ints = conv.qints()
+    assert set(ints[zone].unique().tolist()) <= {-1, 0}  # no positive level at all
+    assert (ints[b > 1.6] > 0).any()  # above the zone both signs come back
+    conv.skip_one_bit_zone()
+    assert torch.equal(conv.b.detach()[zone], torch.zeros(int(zone.sum())))
+    assert torch.equal(conv.b.detach()[~zone], b[~zone])
+    assert not conv.qweight()[zone].any()  # those channels are dead: weights exactly 0
+
+
+def test_training_with_skip_one_bit_leaves_no_bit_depth_in_the_zone():
+    from trainer.config import TrainConfig
+    from trainer.train import train
+
+    config = TrainConfig(preset="smoke", dataset="synthetic", synthetic_size=1024, epochs=2,
+                         batch_size=128, width=0.25, gamma=2.0, lr_quant=0.2, init_bits=2.0,
+                         cut_every=5, threads=1, skip_one_bit=True)
+    seen = []
+    result = train(config, verbose=False, on_epoch=lambda m, state: seen.append(
+        torch.cat([layer.b.detach().flatten() for _, layer in state.model.quant_layers()])))
+    b = seen[-1]
+    assert not ((b > 0) & (b < 1 + math.log2(1.5))).any()
+    assert (b <= 0).any() and result["weights_kept_fraction"] < 1.0  # died, and were cut

@@ -97,6 +97,11 @@ def parser() -> argparse.ArgumentParser:
                    help="learn each channel's bit depth b and clipping range 2^(e+b-1) "
                         "instead of b and e, so the size term drops low-order bits instead of "
                         "clipping the largest weights (default: on)")
+    p.add_argument("--skip-one-bit", action=argparse.BooleanOptionalAction,
+                   default=d.skip_one_bit,
+                   help="a bit depth that falls below 1.58, where the quantizer holds only "
+                        "{-1, 0}, drops to 0 at once: the channel is drained and cut instead "
+                        "of passing through (default: off; docs/ablation.md)")
     p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,
                    help="fraction of training over which gamma ramps up from 0 "
                         "(default %(default)s: off)")

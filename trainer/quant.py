@@ -10,6 +10,7 @@ in the loss and the exact size that is reported are both computed in ``layer_siz
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -62,6 +63,9 @@ def initial_exponent(w: Tensor, bits: float) -> Tensor:
     top = w.detach().abs().flatten(1).amax(dim=1).clamp_min(1e-12)  # (O,)
     levels = max(2.0 ** (bits - 1) - 1, 0.5)  # a 1-bit channel holds {-1, 0}
     return torch.log2(top / levels)
+
+
+ONE_BIT_TOP = 1 + math.log2(1.5)  # below this b, round(2^(b-1) - 1) = 0: levels {-1, 0} only
 
 
 def snapped_bits(b: Tensor) -> Tensor:
@@ -139,6 +143,13 @@ class QuantMixin:
         if not torch.equal(self.qints(), k):
             moved = int((self.qints() != k).sum())
             raise RuntimeError(f"half_exponents changed {moved} of {k.numel()} integers")
+
+    @torch.no_grad()
+    def skip_one_bit_zone(self) -> None:
+        """Send every b in (0, 1 + log2(1.5)) to 0: there the quantizer's bounds round to -1
+        and 0, a one-sign channel; it dies (and is drained and cut) instead of crossing."""
+        zone = (self.b > 0) & (self.b < ONE_BIT_TOP)
+        self.b.masked_fill_(zone, 0.0)
 
     @torch.no_grad()
     def follow_bits(self, b_before: Tensor) -> None:

@@ -85,6 +85,7 @@ def model_for(config: TrainConfig) -> ResNet9:
         if fixed:  # bit depths held; the exponents still learn
             layer.b.requires_grad_(False)
         layer.hold_range = config.hold_range and not fixed
+        layer.skip_one_bit = config.skip_one_bit and not fixed
     return model
 
 
@@ -126,13 +127,17 @@ def set_lr(optimizers: list[torch.optim.Optimizer], config: TrainConfig, factor:
 
 
 def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> None:
-    """One step of every optimizer; hold-range layers then move e against b's change."""
+    """One step of every optimizer; hold-range layers then move e against b's change, and
+    ``skip_one_bit`` layers send a b that fell into the one-bit zone to 0."""
     held = [(layer, layer.b.detach().clone()) for _, layer in model.quant_layers()
             if layer.quantized and layer.hold_range]
     for opt in optimizers:
         opt.step()
     for layer, b_before in held:
         layer.follow_bits(b_before)
+    for _, layer in model.quant_layers():
+        if layer.quantized and getattr(layer, "skip_one_bit", False):
+            layer.skip_one_bit_zone()
 
 
 def gamma_at(step: int, total: int, config: TrainConfig) -> float:
