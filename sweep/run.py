@@ -148,7 +148,7 @@ def make_tuner(c: SweepConfig, train: TrainConfig):
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from sweep.loggers import MLflowCallback, TensorBoardCallback
-    from sweep.space import param_space, searcher
+    from sweep.space import param_space, searcher, trial_dirname
     from sweep.store import ParquetCallback
     from sweep.trainable import run_trial
 
@@ -169,7 +169,8 @@ def make_tuner(c: SweepConfig, train: TrainConfig):
         callbacks.append(MLflowCallback(c.mlflow, str(c.name), store))
     return tune.Tuner(
         trainable, param_space=space,
-        tune_config=tune.TuneConfig(num_samples=c.num_trials, search_alg=searcher(c, train)),
+        tune_config=tune.TuneConfig(num_samples=c.num_trials, search_alg=searcher(c, train),
+                                    trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=c.name, storage_path=c.results_dir, callbacks=callbacks, verbose=1,
             failure_config=tune.FailureConfig(max_failures=c.max_failures),

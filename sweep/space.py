@@ -68,6 +68,15 @@ def searcher(c: SweepConfig, train: TrainConfig, record: bool = True):
     return ConcurrencyLimiter(search, max_concurrent=c.max_concurrent or c.num_trials)
 
 
+def trial_dirname(trial) -> str:
+    """A trial's folder, e.g. ``run_trial_1a2b3c4d_compress_gamma=0.0104`` (``_seed=1`` for
+    a second seed): Tune would name it after every parameter the searcher set."""
+    c = trial.config
+    name = f"{trial.trainable_name}_{trial.trial_id}_{c.get('kind')}_gamma={c.get('gamma', 0):.4g}"
+    extra = {k: c.get(k) for k in ("width", "fixed_bits", "seed") if c.get(k) is not None}
+    return name + "".join(f"_{k}={v:g}" for k, v in extra.items())
+
+
 def overrides(trial: dict) -> dict:
     """The fields a reference trial sets over the shared ones (none for other trials)."""
     return {k: trial[k] for k in OVERRIDE_FIELDS if trial.get(k) is not None}

@@ -21,8 +21,9 @@ from pathlib import Path
 from sweep.space import train_config, trial_key
 
 STATE_FILE, META_FILE = "state.pt", "meta.json"
-# Ray's live table shows the first four scalar metrics of a report, so these come first.
-KEY_METRICS = ("epoch", "test_accuracy", "bits_fraction", "weights_kept_fraction")
+# Ray's live table shows the first four scalar metrics of a report, so these come first
+# (its `iter` column is the epoch; gamma is not a Tune domain, the searcher sets it).
+KEY_METRICS = ("gamma", "test_accuracy", "bits_fraction", "weights_kept_fraction")
 
 
 def run_trial(config: dict) -> None:
@@ -87,8 +88,8 @@ def report_epoch(metrics: dict, state, key: dict) -> None:
     import torch
     from ray import tune
 
-    report = {**{k: metrics[k] for k in KEY_METRICS}, **metrics,
-              "gamma": key["gamma"], "kind": key["kind"]}
+    values = {**metrics, "gamma": key["gamma"], "kind": key["kind"]}
+    report = {**{k: values[k] for k in KEY_METRICS}, **values}
     with tempfile.TemporaryDirectory() as folder:
         torch.save(state.state_dict(), os.path.join(folder, STATE_FILE))
         meta = {"epoch": metrics["epoch"], "trial": key}
