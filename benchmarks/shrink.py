@@ -3,16 +3,22 @@
 Trains a ``cpu``-width network with a strong γ on synthetic data until channels are cut,
 then times the same fixed "epoch" of training steps on the uncompressed network and on
 the compressed one, interleaved. ``ratio`` = after / before; ``macs_ratio`` is the ratio
-of their forward multiply-accumulates: the speed-up should track it.
+of their forward multiply-accumulates: the speed-up should track it. With ``--model`` the
+compressed network is a trained run's ``model.pt`` (e.g. a ``--size-term bops`` trial's)
+and the uncompressed one is built from its own config: a trial's last epoch against its
+first, measured side by side instead of across a run on a shared machine.
 
-    python -m benchmarks.shrink [--reps 5] [--steps 5]
+    python -m benchmarks.shrink [--reps 5] [--steps 5] [--model results/run/model.pt]
 """
+
+import os
 
 import torch
 
 from benchmarks.common import conv_macs, count, emit, interleaved, model_for, parser, train_step_fn
+from trainer.cli import fail
 from trainer.config import TrainConfig
-from trainer.train import train
+from trainer.train import load_model, model_for as trainer_model_for, train
 
 STRONG = TrainConfig(preset="cpu", dataset="synthetic", gamma=2.0, epochs=6, batch_size=128,
                      lr_quant=0.2, init_bits=2.0, synthetic_size=2048, cut_every=5, seed=0)
@@ -25,16 +31,40 @@ def compressed_model():
     return keep["model"], result
 
 
+def trained_pair(path: str) -> tuple:
+    """(the network saved at ``path``, the uncompressed one of its config, weights kept)."""
+    if not os.path.isfile(path):
+        fail(f"--model {path}: no such file; give the model.pt of a trainer.train --out folder",
+             prog="benchmarks.shrink")
+    try:
+        small = load_model(path)
+    except Exception as err:  # not a model.pt of ours
+        fail(f"--model {path}: not a network saved by trainer.train ({type(err).__name__})",
+             prog="benchmarks.shrink")
+    config = TrainConfig(**torch.load(path, map_location="cpu", weights_only=True)["config"])
+    torch.manual_seed(config.seed)
+    full = trainer_model_for(config).to(memory_format=torch.channels_last)
+    small = small.to(memory_format=torch.channels_last)
+    kept = sum(layer.weight.numel() for _, layer in small.quant_layers()) / small.n0
+    return small, full, kept
+
+
 def main() -> None:
     p = parser("shrink", __doc__)
     p.add_argument("--reps", type=count, default=5, help="repetitions (%(default)s)")
     p.add_argument("--steps", type=count, default=5,
                    help="training steps per timed epoch (%(default)s)")
     p.add_argument("--batch", type=count, default=512, help="images per batch (%(default)s)")
+    p.add_argument("--model", metavar="PATH",
+                   help="a trained run's model.pt to time against its uncompressed network "
+                        "(default: compress one here, strong gamma, synthetic data)")
     args = p.parse_args()
     torch.set_flush_denormal(True)
-    small, result = compressed_model()
-    full = model_for("cpu")
+    if args.model:
+        small, full, kept = trained_pair(args.model)
+    else:
+        small, result = compressed_model()
+        full, kept = model_for("cpu"), result["weights_kept_fraction"]
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))
 
@@ -46,7 +76,7 @@ def main() -> None:
     emit("shrink", {"ratio": round(t["after"] / t["before"], 3),
                     "macs_ratio": round(conv_macs(small) / conv_macs(full), 3),
                     "before_epoch_s": round(t["before"], 3), "after_epoch_s": round(t["after"], 3),
-                    "weights_kept_fraction": round(result["weights_kept_fraction"], 3),
+                    "weights_kept_fraction": round(kept, 3),
                     "steps_per_epoch": args.steps, "batch": args.batch, "reps": args.reps})
 
 
