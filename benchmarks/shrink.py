@@ -18,7 +18,8 @@ import torch
 from benchmarks.common import conv_macs, count, emit, interleaved, model_for, parser, train_step_fn
 from trainer.cli import fail
 from trainer.config import TrainConfig
-from trainer.train import load_model, model_for as trainer_model_for, train
+from trainer.train import load_model, train
+from trainer.train import model_for as trainer_model_for
 
 STRONG = TrainConfig(preset="cpu", dataset="synthetic", gamma=2.0, epochs=6, batch_size=128,
                      lr_quant=0.2, init_bits=2.0, synthetic_size=2048, cut_every=5, seed=0)
