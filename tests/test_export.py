@@ -31,10 +31,11 @@ from trainer.surgery import cut_dead_channels
 from trainer.train import load_model, model_for, model_from, save_model, train
 
 # Compresses in about 3 s: channels cut in res3, others dead but not yet cut (their BatchNorm
-# still emits a constant), and res3's sum on a union that is neither side's channels.
+# still emits a constant), and res3's sum on a union that is neither side's channels. The
+# channels cross the one-bit zone (no skip_one_bit), which is what leaves them dead, uncut.
 CUTS = TrainConfig(preset="smoke", dataset="synthetic", gamma=1.0, epochs=3, batch_size=64,
                    width=0.125, lr_quant=0.1, init_bits=2.0, synthetic_size=1024, cut_every=2,
-                   threads=1)
+                   threads=1, skip_one_bit=False)
 
 
 @pytest.fixture(scope="module")

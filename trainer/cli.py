@@ -101,7 +101,7 @@ def parser() -> argparse.ArgumentParser:
                    default=d.skip_one_bit,
                    help="a bit depth that falls below 1.58, where the quantizer holds only "
                         "{-1, 0}, drops to 0 at once: the channel is drained and cut instead "
-                        "of passing through (default: off; docs/ablation.md)")
+                        "of passing through (default: on; docs/ablation.md)")
     p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,
                    help="fraction of training over which gamma ramps up from 0 "
                         "(default %(default)s: off)")

@@ -51,8 +51,9 @@ class TrainConfig:
     #   gives the same weights (b in (k, ~k+0.3) -> k): same network, ceil(b) one bit less
     half_exponents: bool = True  # after the last step (with snap_bits, before the final
     #   test), round every exponent e to the nearest float16, which an export stores in 2 bytes
-    skip_one_bit: bool = False  # a b falling into the one-bit zone (0, 1.58), where the
-    #   quantizer holds only {-1, 0}, goes to 0 at once: the channel dies instead (ablation)
+    skip_one_bit: bool = True  # a b falling into the one-bit zone (0, 1.58), where the
+    #   quantizer holds only {-1, 0}, goes to 0 at once: the channel dies (is drained and cut)
+    #   instead of crossing it as a one-sign channel (README, docs/ablation.md)
     hold_range: bool = True  # learn (b, clipping range e+b-1) instead of (b, e): the size
     #   term then drops low-order bits instead of clipping the largest weights (README)
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
