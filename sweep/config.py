@@ -26,12 +26,11 @@ RUNTIME_FIELDS = ("address", "results_dir", "name", "resume")
 # Saved fields that --resume may change (given on its command line, the new value is saved).
 FREE_ON_RESUME = ("export",)
 # The default gamma range is the preset's: a longer run compresses more at the same gamma.
-# cpu, measured with hold-range learning (the default since 97f8ea3) on the CIFAR-10 copy
-# (sweep cpu-refs, 5 epochs, seed 0, float 81.05 %): 0.0036 gives 80.2 % at 11.6 % of the
-# float bits, 0.0104 80.5 % at 9.3 %, 0.056 69.0 % at 5.6 %; on the half-width proxy
-# (docs/ablation.md) 0.3 and above collapse (44 % at 3.9 %, 36 % at 1.4 %), hence 3e-3 to
-# 0.3. paper and smoke are unmeasured: paper trains ~5x longer, so the same gamma
-# compresses more there, hence a decade of margin below.
+# cpu, measured with skip-one-bit (the default since cff724d) on the CIFAR-10 copy (5
+# epochs, seed 0, float 81.05 %; README): 0.01 gives 80.7 % at 8.6 % of the float bits,
+# 0.03 79.5 % at 4.8 %, 0.1 76.7 % at 1.8 %; hence 3e-3 (near the float accuracy) to 0.3
+# (about 1 % of the bits). paper and smoke are unmeasured: paper trains ~5x longer, so the
+# same gamma compresses more there, hence a decade of margin below.
 GAMMA_RANGES = {"cpu": (3e-3, 0.3)}
 GAMMA_RANGE = (1e-3, 1.0)  # every other preset
 # --references: which reference trials run besides the compress trials, all at gamma 0.
