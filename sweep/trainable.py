@@ -100,8 +100,8 @@ def report_epoch(metrics: dict, state, key: dict) -> None:
 
 def summary_report(result: dict) -> dict:
     """The trainer's trial-level result, key metrics first; ``layers`` marks it as the last."""
-    last = result["history"][-1]
-    return {**{k: last[k] for k in KEY_METRICS}, **result}
+    values = {**result["history"][-1], **result}  # gamma and kind are the trial's own
+    return {**{k: values[k] for k in KEY_METRICS}, **result}
 
 
 def checkpoint_dirs() -> list[Path]:

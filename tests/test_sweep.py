@@ -937,3 +937,17 @@ def test_a_relative_data_dir_reaches_the_trials(ray_env, tmp_path, cifar_dir):
           "--no-references", "--data-dir", data, "--name", "c", "--results-dir", "results")
     trials = assert_complete(tmp_path / "results" / "c", 1, 1)
     assert trials["test_accuracy"].iloc[0] > 0.1  # learned something from real images
+
+
+def test_a_trials_reports_lead_with_gamma_and_its_key_metrics():
+    """Ray's live table shows a report's first four scalars: gamma, accuracy, bits, weights."""
+    from sweep.trainable import KEY_METRICS, summary_report
+    from trainer.train import train
+
+    result = train(TrainConfig(preset="smoke", dataset="synthetic", epochs=1, synthetic_size=256,
+                               gamma=0.02, threads=1), verbose=False)
+    report = summary_report(result)
+    assert list(report)[:4] == list(KEY_METRICS) == [
+        "gamma", "test_accuracy", "bits_fraction", "weights_kept_fraction"]
+    assert report["gamma"] == 0.02 and "layers" in report  # the summary: the trial's last
+    assert report["test_accuracy"] == result["history"][-1]["test_accuracy"]
