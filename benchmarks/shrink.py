@@ -40,10 +40,10 @@ def trained_pair(path: str) -> tuple:
              prog="benchmarks.shrink")
     try:
         small = load_model(path)
+        config = TrainConfig(**torch.load(path, map_location="cpu", weights_only=True)["config"])
     except Exception as err:  # not a model.pt of ours
         fail(f"--model {path}: not a network saved by trainer.train ({type(err).__name__})",
              prog="benchmarks.shrink")
-    config = TrainConfig(**torch.load(path, map_location="cpu", weights_only=True)["config"])
     torch.manual_seed(config.seed)
     full = trainer_model_for(config).to(memory_format=torch.channels_last)
     small = small.to(memory_format=torch.channels_last)
