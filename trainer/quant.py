@@ -93,6 +93,7 @@ class QuantMixin:
         # coarsens the grid inside a clipping range 2^r that only the loss moves (see
         # ``qweight`` and ``follow_bits``). The forward pass is q(w; b, e) either way.
         self.hold_range = False
+        self.skip_one_bit = False  # after each step, a b in (0, ONE_BIT_TOP) goes to 0
         # Original indices of the rows (outputs) and columns (inputs) still present: a
         # shrunken layer knows where it sits in the uncompressed network.
         self.register_buffer("out_idx", torch.arange(self.weight.shape[0]))

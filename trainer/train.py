@@ -136,7 +136,7 @@ def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> 
     for layer, b_before in held:
         layer.follow_bits(b_before)
     for _, layer in model.quant_layers():
-        if layer.quantized and getattr(layer, "skip_one_bit", False):
+        if layer.quantized and layer.skip_one_bit:
             layer.skip_one_bit_zone()
 
 
