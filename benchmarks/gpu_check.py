@@ -23,18 +23,24 @@ def main() -> None:
     p.add_argument("--gamma", type=float, default=0.05, help="gamma of a compress trial")
     p.add_argument("--preset", default="paper", help="preset (%(default)s)")
     p.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
+    p.add_argument("--width", type=float, help="channel multiplier (narrow-float: below the "
+                   "preset's; default: the preset's)")
+    p.add_argument("--fixed-bits", type=float, help="bit depth of a fixed-bits trial")
     p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/")
     args = p.parse_args()
     if not torch.cuda.is_available():
         p.error("no CUDA GPU is visible: this check is for a GPU machine")
     config = TrainConfig(kind=args.kind, gamma=args.gamma, preset=args.preset,
                          data_dir=args.data_dir, device="cuda",
-                         **({"epochs": args.epochs} if args.epochs else {}))
+                         fixed_bits=args.fixed_bits,
+                         **({"epochs": args.epochs} if args.epochs else {}),
+                         **({"width": args.width} if args.width else {}))
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
 
     def on_epoch(m: dict, _state) -> None:
-        print(json.dumps({"kind": args.kind, "epoch": m["epoch"],
+        print(json.dumps({"kind": args.kind, "gamma": args.gamma, "width": args.width,
+                          "fixed_bits": args.fixed_bits, "epoch": m["epoch"],
                           "epoch_s": round(m["epoch_time_s"], 2),
                           "test_accuracy": m["test_accuracy"],
                           "bits_fraction": round(m["bits_fraction"], 4),
@@ -42,7 +48,9 @@ def main() -> None:
               flush=True)
 
     result = train(config, on_epoch=on_epoch, verbose=False)
-    print(json.dumps({"kind": args.kind, "trial_s": round(time.perf_counter() - start, 1),
+    print(json.dumps({"kind": args.kind, "gamma": args.gamma, "width": args.width,
+                      "fixed_bits": args.fixed_bits,
+                      "trial_s": round(time.perf_counter() - start, 1),
                       "train_s": round(result["train_time_s"], 1),
                       "test_accuracy": result["test_accuracy"],
                       "bits_fraction": result["bits_fraction"],

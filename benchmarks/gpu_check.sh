@@ -6,10 +6,10 @@
 # It needs the CIFAR-10 JPEG archive and its rebuild script in data/ (ignored by git), copied
 # from ../shared/data/ beforehand:
 #     mkdir -p data && cp ../shared/data/cifar-10-jpeg.tar.gz ../shared/data/build_from_jpeg.py data/
-# and, for the sweep step, Ray: if `import ray` fails it installs wheels from .whl/ (see
-# benchmarks/README.md: Ray 2.60's wheel is 79 MB, over the device tool's 64 MiB carry, so
-# carry it in a call of its own and install it into /tmp/site there first, or the sweep
-# step is skipped and says so).
+# and, for the sweep step, Ray: if `import ray` fails it unpacks .whl/*.tar.xz (an unpacked
+# site-packages tree) and installs .whl/*.whl into /tmp/site, or the sweep step is skipped and
+# says so. Ray 2.60's wheel (79 MB) is over the device tool's 64 MiB carry; benchmarks/README.md
+# says how to pack it, without its Java jars, into a 31 MB .tar.xz.
 #
 # Steps, each printed as it runs (JSON lines from benchmarks.gpu_check):
 #   1. the GPU (nvidia-smi), rebuild CIFAR-10 into data/cifar-10-batches-py
@@ -24,6 +24,7 @@ OUT=${OUT:-/tmp/gpu_check}
 EPOCHS=${EPOCHS:-24}
 SWEEP_EPOCHS=${SWEEP_EPOCHS:-3}
 GPUS_PER_TRIAL=${GPUS_PER_TRIAL:-0.25}
+SWEEP_DIR=${SWEEP_DIR:-/tmp/gpu_check_sweep}  # the sweep's folder; its Parquet files go to OUT
 PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
 mkdir -p "$OUT"
@@ -41,32 +42,47 @@ if [ ! -f data/cifar-10-batches-py/test_batch ]; then
          "build_from_jpeg.py into data/ first"; exit 2; }
 fi
 
+if [ -z "${SKIP_TRIALS:-}" ]; then  # SKIP_TRIALS=1: the sweep step alone
 step "paper-preset float baseline, $EPOCHS epochs"
-timeout 170 $PY -m benchmarks.gpu_check --kind float-baseline --epochs "$EPOCHS" \
+timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind float-baseline --epochs "$EPOCHS" \
   --data-dir data | tee "$OUT/float.jsonl" || echo "float baseline: stopped or failed ($?)"
 
 step "paper-preset compress trial (gamma 0.05), $EPOCHS epochs"
-timeout 170 $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" \
+timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" \
   --data-dir data | tee "$OUT/compress.jsonl" || echo "compress: stopped or failed ($?)"
+fi
 
 step "8-trial sweep, $SWEEP_EPOCHS epochs each, $GPUS_PER_TRIAL GPU per trial"
 [ -d /tmp/site ] && export PYTHONPATH="$PYTHONPATH:/tmp/site"  # Ray installed by a call before
-if ! $PY -c "import ray.tune" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
-  $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && \
-    export PYTHONPATH="$PYTHONPATH:/tmp/site"
+if ! $PY -c "import ray.tune" 2>/dev/null; then
+  mkdir -p /tmp/site
+  for t in .whl/*.tar.xz; do [ -f "$t" ] && tar -xJf "$t" -C /tmp/site; done
+  if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+  fi
+  export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
-if $PY -c "import ray.tune" 2>/dev/null; then
+if $PY -c "import ray.tune"; then
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 500 \
+    >"$OUT/smi_mib.txt" 2>/dev/null &
+  smi=$!
   start=$(date +%s)
-  timeout 200 $PY -m sweep.run --preset paper --epochs "$SWEEP_EPOCHS" --num-samples 8 \
+  timeout ${SWEEP_S:-200} $PY -m sweep.run --preset paper --epochs "$SWEEP_EPOCHS" --num-samples 8 \
     --references none --gpus-per-trial "$GPUS_PER_TRIAL" --data-dir data \
-    --results-dir "$OUT" --name gpu8 2>&1 | grep -v "^│\|^├\|^╭\|^╰" | tail -40
+    --results-dir "$SWEEP_DIR" --name gpu8 2>&1 | grep -v "^│\|^├\|^╭\|^╰" | tail -40
   echo "sweep wall time: $(( $(date +%s) - start )) s"
-  $PY - "$OUT/gpu8" <<'EOF'
+  kill $smi 2>/dev/null
+  echo "peak GPU memory used during the sweep (nvidia-smi, all trials): $(sort -n "$OUT/smi_mib.txt" | tail -1) MiB"
+  cp "$SWEEP_DIR"/gpu8/*.parquet "$OUT"/ 2>/dev/null
+  $PY - "$SWEEP_DIR/gpu8" <<'EOF'
 import sys
 import pandas as pd
 t = pd.read_parquet(f"{sys.argv[1]}/trials.parquet")
 print(t[["kind", "status", "gamma", "test_accuracy", "bits_fraction", "train_time_s"]]
       .to_string(index=False))
+e = pd.read_parquet(f"{sys.argv[1]}/epochs.parquet")
+print("seconds per epoch, every trial:",
+      e.groupby("trial_id")["epoch_time_s"].apply(lambda s: [round(v, 1) for v in s]).tolist())
 EOF
 else
   echo "sweep skipped: Ray is not importable here (carry its wheels, see the header)"

@@ -48,12 +48,26 @@ def connect(address: str | None) -> Cluster:
 
 
 def embed() -> Cluster:
-    """Start a local cluster, its dashboard on loopback; the token guards the rest."""
+    """Start a local cluster, its dashboard on loopback; the token guards the rest.
+
+    A minimal Ray (``pip install ray``, not ``ray[default]``) has no dashboard: the cluster
+    then runs without one, as ``dashboard_message`` says.
+    """
     import ray
 
-    context = ray.init(address="local", include_dashboard=True, dashboard_host=LOOPBACK)
+    context = ray.init(address="local", include_dashboard=has_dashboard(),
+                       dashboard_host=LOOPBACK)
     restrict_token_file()
     return Cluster(True, context.dashboard_url or "", auth_mode() == "token")
+
+
+def has_dashboard() -> bool:
+    """Whether this Ray install can run its dashboard (``ray[default]``'s packages)."""
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def attach(address: str) -> Cluster:
@@ -165,7 +179,9 @@ def dashboard_message(cluster: Cluster) -> str:
     where = "a local Ray cluster" if cluster.embedded else "the running Ray cluster"
     lines = [f"{PROG}: trials run on {where} ({auth})"]
     if not cluster.dashboard_url:
-        return "\n".join([*lines, "  it runs no dashboard"])
+        hint = "" if has_dashboard() or not cluster.embedded else (
+            ": install ray[default] for one")
+        return "\n".join([*lines, f"  it runs no dashboard{hint}"])
     lines.append(f"  Ray dashboard: http://{cluster.dashboard_url}")
     if cluster.token_auth:
         lines.append("  it asks for a token: paste what `ray get-auth-token` prints")

@@ -35,6 +35,26 @@ def test_gradients_reach_w_b_and_e():
         assert t.grad.abs().sum() > 0, f"no gradient reached {name}"
 
 
+def test_bf16_autocast_leaves_the_quantizer_in_float32():
+    # On a GPU the trainer autocasts to bfloat16. The quantizer's rounding must not move:
+    # the weight 2^e * k comes out in float32 and equal to the one computed without autocast
+    # (CPU autocast follows the same op lists: elementwise ops are left alone).
+    torch.manual_seed(3)
+    conv = QConv2d(8, 16, init_bits=8.0)
+    with torch.no_grad():
+        conv.b.copy_(torch.linspace(0.5, 9.0, 16))  # every depth up to 9 bits
+        conv.hold_range = True
+    plain = conv.qweight()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = conv.qweight()
+        out = conv(torch.randn(2, 8, 6, 6))
+    assert cast.dtype == torch.float32 and torch.equal(cast, plain)
+    assert out.dtype == torch.bfloat16  # the convolution itself does run in bfloat16
+    k = conv.qints()
+    assert k.abs().max() <= 2 ** 8  # 9 bits: the integers are exact in bfloat16 too
+    assert torch.equal(k.to(torch.bfloat16).to(torch.int64), k)
+
+
 def test_initial_exponent_makes_the_quantized_layer_match_the_float_layer():
     torch.manual_seed(2)
     conv = QConv2d(8, 16, init_bits=8.0)

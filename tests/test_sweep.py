@@ -24,9 +24,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from sweep import cluster
 from sweep import config as sweep_config
 from sweep.cli import parse
-from sweep.cluster import trial_resources
+from sweep.cluster import Cluster, dashboard_message, trial_resources
 from sweep.config import GAMMA_RANGE, REFERENCES, SweepConfig, gamma_range, with_gamma_range
 from sweep.run import describe_references, main
 from sweep.store import epoch_rows, layer_rows, new_record, trial_row
@@ -283,6 +284,19 @@ def test_the_latest_checkpoint_of_the_same_trial_is_chosen(tmp_path):
     (broken / META_FILE).write_text("{")  # cut short by a kill
     assert latest([tune_own, foreign, broken, orphan], key) == [(4, orphan), (2, tune_own)]
     assert latest([foreign], key) == []
+
+
+def test_a_minimal_ray_runs_without_a_dashboard_and_says_how_to_get_one(monkeypatch):
+    # `pip install ray` (not ray[default]) cannot start a dashboard: ray.init must not ask for
+    # one (it stopped the GPU check's sweep), and the sweep says what it runs without.
+    monkeypatch.setattr(cluster, "has_dashboard", lambda: False)
+    message = dashboard_message(Cluster(True, "", True))
+    assert message.splitlines()[1] == "  it runs no dashboard: install ray[default] for one"
+    attached = dashboard_message(Cluster(False, "", True)).splitlines()[1]
+    assert attached == "  it runs no dashboard"  # someone else's cluster: no advice
+    monkeypatch.setattr(cluster, "has_dashboard", lambda: True)
+    shown = dashboard_message(Cluster(True, "127.0.0.1:8265", True))
+    assert "Ray dashboard: http://127.0.0.1:8265" in shown
 
 
 def test_resources_default_to_one_cpu_or_a_quarter_gpu_and_must_fit():
