@@ -76,7 +76,7 @@ def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float
     def step() -> None:  # as trainer.train's loop runs it
         loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
         if model.quantized:
-            loss = loss + gamma * model.size().q + config.dead_l1 * model.dead_penalty()
+            loss = loss + gamma * model.loss_size() + config.dead_l1 * model.dead_penalty()
         for o in opts:
             o.zero_grad(set_to_none=True)
         loss.backward()

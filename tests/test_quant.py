@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.model import ResNet9
-from trainer.quant import QConv2d, initial_exponent, quantize, snapped_bits
+from trainer.quant import QConv2d, initial_exponent, quantize, quantize_fused, snapped_bits
 
 
 def test_zero_bits_give_an_exactly_zero_channel_and_no_gradient_to_b():
@@ -33,6 +33,47 @@ def test_gradients_reach_w_b_and_e():
     for name, t in (("w", w), ("b", b), ("e", e)):
         assert t.grad is not None and torch.all(torch.isfinite(t.grad)), name
         assert t.grad.abs().sum() > 0, f"no gradient reached {name}"
+
+
+def test_the_fused_quantizer_gives_the_reference_values_and_gradients():
+    # The layers train with quantize_fused (a hand-written backward, few operations); it must
+    # be the method of `quantize` exactly: same weights, same gradients to w, b and e, with
+    # dead, clipped and unclipped channels, with and without hold_range.
+    torch.manual_seed(4)
+    for hold_range in (False, True):
+        w = torch.randn(7, 5, 3, 3, dtype=torch.float64, requires_grad=True)
+        b = torch.tensor([-0.3, 0.0, 0.7, 1.9, 3.3, 6.2, 8.0], dtype=torch.float64,
+                         requires_grad=True)
+        e = (initial_exponent(w, 8.0) + torch.randn(7, dtype=torch.float64)).requires_grad_()
+        target = torch.randn(7, 5, 3, 3, dtype=torch.float64)
+        grads = []
+        for fused in (False, True):
+            if fused:
+                q = quantize_fused(w, b, e, hold_range)
+            else:
+                q = quantize(w, b, e - (b - b.detach()) if hold_range else e)
+            ((q - target) ** 2).sum().backward()
+            grads.append((q.detach(), *(t.grad.clone() for t in (w, b, e))))
+            w.grad = b.grad = e.grad = None
+        (ref, *ref_grads), (out, *fused_grads) = grads
+        assert torch.equal(out, ref)
+        for name, r, f in zip("wbe", ref_grads, fused_grads, strict=True):
+            assert torch.allclose(f, r, rtol=1e-12, atol=1e-12), (hold_range, name)
+        assert ref_grads[1][2:].abs().min() > 0  # clipping reached every live b
+        assert torch.all(ref_grads[1][:2] == 0)  # and no dead one
+
+
+def test_the_loss_size_is_the_size_q():
+    model = ResNet9((4, 6, 8, 10), init_bits=3.0)
+    with torch.no_grad():  # fractional and dead channels, and a dead branch conv
+        model.layer1.conv.b.copy_(torch.linspace(-1.0, 5.5, 6))
+        model.res3.conv1.conv.b.fill_(0.0)
+    for term in ("bits", "bops"):
+        q, loss_q = model.size(term).q, model.loss_size(term)
+        assert torch.allclose(loss_q, q, rtol=1e-6)
+        (gq,) = torch.autograd.grad(q, model.layer1.conv.b)
+        (gl,) = torch.autograd.grad(loss_q, model.layer1.conv.b)
+        assert torch.allclose(gl, gq) and gq.abs().sum() > 0
 
 
 def test_bf16_autocast_leaves_the_quantizer_in_float32():
@@ -132,6 +173,38 @@ def test_hold_range_takes_the_gradients_of_bits_and_range_and_keeps_the_range():
         conv.b -= 0.5  # what the size term does to b
     conv.follow_bits(before)
     torch.testing.assert_close(conv.e.detach() + conv.b.detach(), range_before)
+
+
+def test_step_optimizers_moves_every_hold_range_exponent_as_follow_bits_does():
+    import copy
+
+    from trainer.config import TrainConfig, resolve
+    from trainer.train import make_optimizers, model_for, step_optimizers
+
+    config = resolve(TrainConfig(preset="smoke", skip_one_bit=False), has_gpu=False)
+    torch.manual_seed(0)
+    nets = [model_for(config)]
+    nets.append(copy.deepcopy(nets[0]))
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    e_start = nets[0].prep.conv.e.detach().clone()
+    for i, net in enumerate(nets):
+        opts = make_optimizers(net, config)
+        (F.cross_entropy(net(x), y) + 0.1 * net.loss_size()).backward()
+        if i == 0:
+            step_optimizers(net, opts)  # the multi-tensor form
+        else:
+            layers = [layer for _, layer in net.quant_layers() if layer.hold_range]
+            before = [layer.b.detach().clone() for layer in layers]
+            for opt in opts:
+                opt.step()
+            for layer, b in zip(layers, before, strict=True):
+                layer.follow_bits(b)
+    pairs = list(zip(nets[0].quant_layers(), nets[1].quant_layers(), strict=True))
+    assert all(a.hold_range for (_, a), _ in pairs)
+    for (_, a), (_, b) in pairs:
+        torch.testing.assert_close(a.e, b.e, rtol=0, atol=0)
+        torch.testing.assert_close(a.b, b.b, rtol=0, atol=0)
+    assert not torch.equal(nets[0].prep.conv.e.detach(), e_start)  # e moved
 
 
 def test_snapping_bits_keeps_every_weight_and_stores_fewer_bits():

@@ -28,9 +28,67 @@ def quantize(w: Tensor, b: Tensor, e: Tensor) -> Tensor:
 
     With b <= 0 the clamp range is [-0.5, -0.5], which rounds to 0: the channel is exactly
     zero, and relu passes no gradient back to b, so a dead channel stays dead.
+
+    This is the reference form, built from autograd's operations; the layers train with
+    ``quantize_fused``, the same forward values and the same gradients in far fewer
+    operations (tests/test_quant.py compares the two).
     """
     scale, x = _scaled(w, b, e)
     return scale * round_ste(x)
+
+
+class _FusedQuantize(torch.autograd.Function):
+    """``quantize`` with a hand-written backward: about 30 tensor operations per layer and
+    step instead of about 70, which is what a GPU step of a compress trial waits on (each
+    operation is at least one kernel launch; benchmarks/README.md, "The GPU check").
+
+    Gradients, with s = 2^e, p = 2^(b+ - 1), x = w / s, k = round(clamp(x, -p, p - 1)) and
+    g the gradient of the output s * k (straight-through round):
+      w: g where x lies within the bounds, else 0;
+      e: ln 2 * s * sum(g * (k - x)) inside, ln 2 * s * sum(g * k) outside;
+      b: ln 2 * p * (sum of s * g above the upper bound - sum of s * g below the lower)
+         where b > 0, else 0 (relu);
+    and with ``hold_range`` (e enters as e - (b - stop_gradient(b))) b's gradient also gets
+    minus e's. A weight exactly on a bound counts as inside (autograd's minimum and maximum
+    would split its gradient between the weight and the bound: at step 0 the largest weight
+    of each channel lies on p - 1).
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, b: Tensor, e: Tensor, hold_range: bool) -> Tensor:  # noqa: D102
+        shape = (-1,) + (1,) * (w.dim() - 1)
+        scale = torch.exp2(e).view(shape)
+        p = torch.exp2(F.relu(b) - 1).view(shape)
+        lo, hi = -p, p - 1
+        x = w / scale
+        k = torch.round(torch.maximum(torch.minimum(x, hi), lo))
+        above, below = x > hi, x < lo
+        ctx.save_for_backward(b, scale, p, x, k, above, below)
+        ctx.hold_range = hold_range
+        return scale * k
+
+    @staticmethod
+    def backward(ctx, g: Tensor):  # noqa: D102
+        b, scale, p, x, k, above, below = ctx.saved_tensors
+        dims = tuple(range(1, g.dim()))
+        outside = above | below
+        grad_w = g.masked_fill(outside, 0.0)
+        grad_e = (g * (k - x.masked_fill(outside, 0.0))).sum(dims) * (LN2 * scale.flatten())
+        gs = g * scale
+        grad_p = (gs * above).sum(dims) - (gs * below).sum(dims)
+        grad_b = (grad_p * (LN2 * p.flatten())).masked_fill(b <= 0, 0.0)
+        if ctx.hold_range:
+            grad_b = grad_b - grad_e
+        return grad_w, grad_b, grad_e, None
+
+
+LN2 = math.log(2.0)
+
+
+def quantize_fused(w: Tensor, b: Tensor, e: Tensor, hold_range: bool = False) -> Tensor:
+    """``quantize(w, b, e)`` in few operations; with ``hold_range``, e's value is used with
+    b's gradient taken at a fixed range e + b - 1 (``QuantMixin.qweight``)."""
+    return _FusedQuantize.apply(w, b, e, hold_range)
 
 
 def _scaled(w: Tensor, b: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
@@ -107,10 +165,8 @@ class QuantMixin:
         """The weight used in the forward pass: quantized, or the float weight."""
         if not self.quantized:
             return self.weight
-        e = self.e
-        if self.hold_range:  # same value; b's gradient is taken at a fixed range e + b - 1
-            e = e - (self.b - self.b.detach())
-        return quantize(self.weight, self.b, e)
+        # with hold_range b's gradient is taken at a fixed range e + b - 1 (same value)
+        return quantize_fused(self.weight, self.b, self.e, self.hold_range)
 
     def qints(self) -> Tensor:
         """The integers k of the quantized weight: ``qweight() == 2^e * k`` exactly (int64).
@@ -200,21 +256,32 @@ class Size:
     macs: Tensor  # multiply-accumulates of one image's forward pass through the live weights
 
 
+def live_inputs_weights(layer: QuantMixin, live_in: Tensor) -> Tensor:
+    """k*k * I_live: the weights one output channel of ``layer`` has on its live inputs."""
+    w = layer.weight
+    per_in = w.shape[2] * w.shape[3] if w.dim() == 4 else 1  # k*k weights per (out, in) pair
+    return live_in.sum().to(w.dtype) * per_in
+
+
+def layer_q(layer: QuantMixin, n_in: Tensor) -> Tensor:
+    """Differentiable bits of one layer: z = k*k * I_live * sum_i b+_i (``n_in`` = k*k * I_live)."""
+    if layer.quantized:
+        return n_in * F.relu(layer.b).sum()
+    return n_in * 32 * layer.weight.shape[0]  # a float layer: 32 bits per weight
+
+
 def layer_size(layer: QuantMixin, live_in: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """(differentiable bits, exact bits, live weights) of one layer.
 
     ``live_in`` is the bool mask of the layer's input channels whose producer is alive:
     z = k*k * I_live * sum_i b+_i. With integer b the two sizes agree exactly.
     """
-    w = layer.weight
-    per_in = w.shape[2] * w.shape[3] if w.dim() == 4 else 1  # k*k weights per (out, in) pair
-    n_in = live_in.sum().to(w.dtype) * per_in
+    n_in = live_inputs_weights(layer, live_in)
+    diff = layer_q(layer, n_in)
     if layer.quantized:
-        bits = F.relu(layer.b)
-        diff = n_in * bits.sum()
-        exact = n_in * torch.ceil(bits.detach()).sum()
+        exact = n_in * torch.ceil(F.relu(layer.b.detach())).sum()
         live = n_in * (layer.b.detach() > 0).sum()
-    else:  # a float layer: 32 bits per weight, nothing to learn
-        diff = exact = n_in * 32 * w.shape[0]
-        live = n_in * w.shape[0]
+    else:
+        exact = diff
+        live = n_in * layer.weight.shape[0]
     return diff, exact, live
