@@ -61,7 +61,8 @@ class _FusedQuantize(torch.autograd.Function):
         p = torch.exp2(F.relu(b) - 1).view(shape)
         lo, hi = -p, p - 1
         x = w / scale
-        k = torch.round(torch.maximum(torch.minimum(x, hi), lo))
+        # + 0.0 turns round's -0.0 into +0.0, as the reference form's x + (round(x) - x) does
+        k = torch.round(torch.maximum(torch.minimum(x, hi), lo)).add_(0.0)
         above, below = x > hi, x < lo
         ctx.save_for_backward(b, scale, p, x, k, above, below)
         ctx.hold_range = hold_range
