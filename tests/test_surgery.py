@@ -111,6 +111,27 @@ def test_a_branch_whose_channels_all_die_disappears_and_the_block_is_the_identit
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+def test_a_branch_conv_left_without_inputs_still_emits_its_constants_until_drained():
+    # res3.conv1 dies whole and is cut; res3.conv2 then has no input columns, but its
+    # BatchNorm biases still emit constants, so its rows stay until they drain. Its forward
+    # must give those constants (F.conv2d over 0 input channels returns 0 channels).
+    torch.manual_seed(3)
+    model = ResNet9(WIDTHS).double()
+    randomize(model, 3)
+    kill(model.res3.conv1, list(range(WIDTHS[3])))
+    with torch.no_grad():
+        model.res3.conv2.bn.bias.copy_(torch.linspace(0.2, 0.9, WIDTHS[3]))  # not drained
+    x = torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    before = outputs(model, x)
+    cut_dead_channels(model, [])
+    assert model.res3.conv1.conv.weight.shape[0] == 0
+    assert model.res3.conv2.conv.weight.shape == (WIDTHS[3], 0, 3, 3)
+    for a, b in zip(outputs(model, x), before, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    F.cross_entropy(model.train()(x), torch.zeros(4, dtype=torch.long)).backward()
+    assert model.res3.conv2.bn.bias.grad.abs().sum() > 0  # the drain still has a gradient
+
+
 def test_a_dead_channel_with_a_nonzero_constant_output_is_not_cut():
     torch.manual_seed(2)
     model = ResNet9(WIDTHS)

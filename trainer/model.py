@@ -55,7 +55,12 @@ class ConvBlock(nn.Module):
             h, w = x.shape[2:]
             shape = (x.shape[0], 0, h // 2, w // 2) if self.pool else (x.shape[0], 0, h, w)
             return x.new_zeros(shape)
-        y = F.relu(self.bn(self.conv(x)))
+        if self.conv.weight.shape[1] == 0:  # no inputs left: the conv sums nothing, yet the
+            # rows stay until their BatchNorm constants drain (F.conv2d would return 0 channels)
+            z = x.new_zeros((x.shape[0], self.conv.weight.shape[0], *x.shape[2:]))
+        else:
+            z = self.conv(x)
+        y = F.relu(self.bn(z))
         return F.max_pool2d(y, 2) if self.pool else y
 
     def dead(self) -> Tensor:
