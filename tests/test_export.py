@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -16,13 +17,15 @@ from trainer.config import TrainConfig, resolve
 from trainer.dense import build_dense, export_onnx, onnx_logits
 from trainer.export import export_front, main, read_weights
 from trainer.packed import (
+    FORMAT,
     FORMATS,
+    deflate,
+    float_exponents,
+    inflate,
     pack,
     pack_bits,
-    pack_masks,
     unpack,
     unpack_bits,
-    unpack_masks,
     weight_tensors,
     write_weights,
 )
@@ -85,12 +88,16 @@ def test_packed_integers_read_back_bit_for_bit(run, tmp_path):
         assert torch.equal(got.out_idx, layer.out_idx) and torch.equal(got.in_idx, layer.in_idx)
         assert torch.equal(got.bits, torch.ceil(torch.relu(layer.b.detach())).long())
     assert sizes.unpriced > 0  # dead-but-present inputs: stored, outside the payload
-    # Trained with half_exponents: every e is a float16, stored so, and B <= 15 as nibbles.
-    assert back.meta["exp_dtype"] == "float16" and back.meta["bits_encoding"] == "nibbles"
-    rows = sum(layer.b.numel() for _, layer in model.quant_layers())
+    # Trained with integer_exponents: every conv e an integer, stored as int8, the head's
+    # (float16, by half_exponents) apart; B <= 15 as nibbles.
+    assert back.meta["format"] == FORMAT
+    assert back.meta["exp_dtype"] == "int8" and back.meta["bits_encoding"] == "nibbles"
     live = sum(int((layer.b > 0).sum()) for _, layer in model.quant_layers())
-    masks = pack_masks(weight_tensors(model)[0]["masks"])[0].nbytes
-    assert sizes.metadata == math.ceil(rows / 2) + 2 * live + masks
+    head_live = int((model.head.b > 0).sum())
+    planes = weight_tensors(model)[0]
+    assert planes["exp"].dtype == np.int8 and planes["exp"].size == live - head_live
+    assert planes["exp_head"].dtype == np.float16 and planes["exp_head"].size == head_live
+    assert sizes.metadata == metadata_bytes(planes)
     # The payload is the reported size: one bitstream, rounded up to a byte once.
     assert sizes.size_bits == result["size_bits"] == float(model.size().bits)
     assert sizes.payload == math.ceil(result["size_bits"] / 8)
@@ -119,16 +126,26 @@ def test_bit_depths_pack_as_nibbles_up_to_15_and_as_bytes_above():
     assert encoding == "uint8" and stored.tolist() == [0, 15, 3, 1, 7, 16]
 
 
-def test_masks_are_stored_compressed_only_when_that_is_shorter():
+def test_planes_are_stored_compressed_only_when_that_is_shorter():
     ones = np.full(300, 0xFF, np.uint8)  # a network with nothing cut: all channels present
-    stored, encoding = pack_masks(ones)
-    assert encoding == "zlib" and stored.size < 30
-    assert np.array_equal(unpack_masks(stored, encoding), ones)
+    stored, zipped = deflate(ones)
+    assert zipped and stored.size < 30
+    assert np.array_equal(inflate(stored, "uint8"), ones)
+    exps = np.random.default_rng(0).integers(-6, -3, 300).astype(np.int8)  # 3 values
+    stored, zipped = deflate(exps)
+    assert zipped and stored.size < exps.size // 2  # about 1.6 bits of entropy each
+    assert np.array_equal(inflate(stored, "int8"), exps)
     noise = np.random.default_rng(0).integers(0, 256, 40, dtype=np.uint8)
-    stored, encoding = pack_masks(noise)  # nothing to gain: kept as it is
-    assert encoding == "raw" and np.array_equal(stored, noise)
-    with pytest.raises(ValueError, match="unknown masks encoding"):
-        unpack_masks(stored, "gzip")
+    stored, zipped = deflate(noise)  # nothing to gain: kept as it is
+    assert not zipped and np.array_equal(stored, noise)
+
+
+def metadata_bytes(planes: dict[str, np.ndarray]) -> int:
+    """What ``write_weights`` stores of ``weight_tensors``' metadata: bits as nibbles when
+    every B <= 15, and bits, exp and masks each as zlib's stream when that is shorter."""
+    planes = {**planes, "bits": pack_bits(planes["bits"])[0]}
+    return sum(min(planes[k].nbytes, deflate(planes[k])[0].nbytes)
+               for k in ("bits", "exp", "masks")) + planes.get("exp_head", np.zeros(0)).nbytes
 
 
 def float32_only(model) -> None:
@@ -140,33 +157,53 @@ def float32_only(model) -> None:
         layer.b[o] = 16.0
 
 
-@pytest.mark.parametrize("old_format", [False, True])
-def test_exponents_off_float16_stay_float32_and_old_files_read(run, tmp_path, old_format):
-    """A network trained before half_exponents (or with a bit depth over 15) still exports
-    bit for bit; and a format-1 file (bits one per byte, exp float32) still reads."""
+def write_old_format(model, path, version: int) -> None:
+    """``model`` as the exports before format 3 wrote it, every live row's e in ``exp``:
+    format 1 with bits one per byte and float32 exponents; format 2 with bits as nibbles
+    (when every B <= 15), float16 exponents where exact and the masks zlib'd if shorter."""
     from safetensors import safe_open
     from safetensors.numpy import save_file
 
+    write_weights(model, {}, path)
+    with safe_open(str(path), framework="np") as f:
+        meta = {k: v for k, v in f.metadata().items()
+                if k not in ("bits_encoding", "exp_dtype", "zlib")}
+    tensors, _, _ = weight_tensors(model)
+    exp = np.concatenate([tensors.pop("exp").astype(np.float32),
+                          tensors.pop("exp_head", np.zeros(0)).astype(np.float32)])
+    if version == 1:
+        tensors["exp"] = exp
+    else:
+        tensors["exp"] = float_exponents(exp)
+        tensors["bits"], meta["bits_encoding"] = pack_bits(tensors["bits"])
+        tensors["masks"], zipped = deflate(tensors["masks"])
+        meta.update(exp_dtype=str(tensors["exp"].dtype), masks_encoding=["raw", "zlib"][zipped])
+    save_file(tensors, str(path), metadata={**meta, "format": FORMATS[version - 1]})
+
+
+@pytest.mark.parametrize("version, off_grid", [(3, True), (2, True), (1, True), (2, False)])
+def test_exponents_off_the_grids_stay_float32_and_old_files_read(run, tmp_path, version,
+                                                                 off_grid):
+    """A network trained before integer_exponents and half_exponents (or with a bit depth
+    over 15) still exports bit for bit, all its exponents float32 in ``exp``; and files of
+    formats 1 (bits one per byte, exp float32) and 2 (nibbles, float16 exp) still read."""
     model = load_model(run[0] / "model.pt")
-    float32_only(model)
+    if off_grid:
+        float32_only(model)
     path = tmp_path / "w.safetensors"
-    if old_format:  # what the first exports wrote
-        write_weights(model, {}, path)
-        with safe_open(str(path), framework="np") as f:
-            meta = f.metadata()
-        tensors, _, _ = weight_tensors(model)
-        tensors["exp"] = tensors["exp"].astype(np.float32)
-        meta = {k: v for k, v in meta.items()
-                if k not in ("bits_encoding", "exp_dtype", "masks_encoding")}
-        save_file(tensors, str(path), metadata={**meta, "format": FORMATS[0]})
+    if version < 3:
+        write_old_format(model, path, version)
     else:
         sizes = write_weights(model, {}, path)
-        rows = sum(layer.b.numel() for _, layer in model.quant_layers())
+        planes = weight_tensors(model)[0]
         live = sum(int((layer.b > 0).sum()) for _, layer in model.quant_layers())
-        masks = pack_masks(weight_tensors(model)[0]["masks"])[0].nbytes
-        assert sizes.metadata == rows + 4 * live + masks  # uint8 bits, float32 exp
+        assert "exp_head" not in planes
+        assert planes["exp"].dtype == np.float32 and planes["exp"].size == live
+        assert sizes.metadata == metadata_bytes(planes)
     back = read_weights(path)
-    assert (back.meta["exp_dtype"], back.meta["bits_encoding"]) == ("float32", "uint8")
+    assert back.meta["format"] == FORMATS[version - 1]
+    want = ("float32", "uint8") if off_grid else ("float16", "nibbles")
+    assert (back.meta["exp_dtype"], back.meta["bits_encoding"]) == want
     for name, layer in model.quant_layers():
         assert torch.equal(back.layers[name].ints, layer.qints()), name
         qweight = layer.qweight().detach().contiguous()
@@ -183,6 +220,42 @@ def test_half_exponents_round_e_to_float16_unless_turned_off(run):
           on_epoch=lambda m, s: off.update(model=s.model), verbose=False)
     es = torch.cat([layer.e.detach() for _, layer in off["model"].quant_layers()])
     assert not torch.equal(es.half().float(), es)
+
+
+@pytest.mark.parametrize("change, says", [
+    (dict(format=FORMATS[1], masks_encoding="gzip"), "unknown masks encoding 'gzip'"),
+    (dict(zlib='["payload"]'), "zlib planes ['payload']"),
+    (dict(zlib='["bits", "masks"]'), "exp holds uint8, but the header says int8"),
+    (dict(exp_dtype="float16"), "exp_dtype float16 with an exp_head tensor"),
+    (dict(drop="exp_head"), "exp_dtype int8 without an exp_head tensor"),
+])
+def test_a_header_that_does_not_match_the_tensors_is_refused(run, tmp_path, change, says):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "w.safetensors"
+    write_weights(load_model(run[0] / "model.pt"), {}, path)
+    with safe_open(str(path), framework="np") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    assert json.loads(meta["zlib"]) == ["bits", "exp", "masks"]  # each shorter zlib'd
+    change = dict(change)
+    tensors.pop(change.pop("drop", None), None)
+    save_file(tensors, str(path), metadata={**meta, **change})
+    with pytest.raises(ValueError, match=re.escape(says)):
+        read_weights(path)
+
+
+def test_integer_exponents_leave_every_conv_e_an_integer_unless_turned_off(run):
+    _, _, checkpoint = run  # trained with the default, integer_exponents=True
+    model = model_from(checkpoint)
+    for name, block in model.blocks():
+        assert torch.equal(block.conv.e, torch.round(block.conv.e)), name
+    assert not torch.equal(model.head.e, torch.round(model.head.e))  # no BatchNorm: its own
+    off = {}
+    train(CUTS.replace(epochs=1, integer_exponents=False),
+          on_epoch=lambda m, s: off.update(model=s.model), verbose=False)
+    es = torch.cat([block.conv.e.detach() for _, block in off["model"].blocks()])
+    assert not torch.equal(es, torch.round(es))
 
 
 def test_half_exponents_keeps_every_integer_and_moves_e_by_a_float16_rounding():

@@ -2,10 +2,11 @@
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
-from trainer.model import ResNet9
+from trainer.model import ConvBlock, ResNet9
 from trainer.quant import QConv2d, initial_exponent, quantize, quantize_fused, snapped_bits
 
 
@@ -251,3 +252,94 @@ def test_training_with_skip_one_bit_leaves_no_bit_depth_in_the_zone():
     b = seen[-1]
     assert not ((b > 0) & (b < 1 + math.log2(1.5))).any()
     assert (b <= 0).any() and result["weights_kept_fraction"] < 1.0  # died, and were cut
+
+
+def random_block(block: ConvBlock, gen: torch.Generator) -> None:
+    """Running stats and affine BatchNorm parameters far from their init, fractional bit
+    depths with some channels dead (b <= 0), exponents moved by up to half a step."""
+    n = block.bn.num_features
+    with torch.no_grad():
+        block.bn.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
+        block.bn.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+        block.bn.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+        block.bn.bias.copy_(torch.randn(n, generator=gen) * 0.3)
+        block.conv.b.copy_(torch.rand(n, generator=gen) * 6 - 1)
+        block.conv.e.add_(torch.rand(n, generator=gen) - 0.5)
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_integer_exponents_keep_every_integer_and_what_a_conv_block_computes():
+    torch.manual_seed(5)
+    gen = torch.Generator().manual_seed(5)
+    block = ConvBlock(6, 16, pool=True, quantized=True, init_bits=4.0)
+    random_block(block, gen)
+    block.eval()
+    x = torch.randn(3, 6, 8, 8, generator=gen)
+    ints, e, dead = block.conv.qints(), block.conv.e.detach().clone(), block.dead()
+    bn = {k: getattr(block.bn, k).detach().clone() for k in ("weight", "running_mean")}
+    constants = block.constant_outputs()
+    with torch.no_grad():
+        before = block(x)
+    block.integer_exponents()
+    n = torch.round(e)
+    assert dead.any() and (~dead).any() and (e - n).abs().max() > 0.3
+    assert torch.equal(block.conv.qints(), ints)
+    assert torch.equal(block.conv.e.detach(), n)
+    assert torch.equal(block.conv.qweight(), ints * torch.exp2(n).view(-1, 1, 1, 1))
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), before, rtol=1e-5, atol=1e-6)
+    assert before.abs().max() > 0.1  # something to compare: not all zeros after the ReLU
+    # a live channel's conv output shrinks by s = 2^(e - n), its mean and gain follow it
+    s = torch.exp2(e - n)[~dead]
+    torch.testing.assert_close(block.bn.running_mean[~dead], bn["running_mean"][~dead] / s)
+    torch.testing.assert_close(block.bn.weight.detach()[~dead], bn["weight"][~dead] * s)
+    # a dead one outputs 0 whatever e is: its BatchNorm stays, and so does its constant
+    for k, v in bn.items():
+        assert torch.equal(getattr(block.bn, k).detach()[dead], v[dead]), k
+    for got, want in zip(block.constant_outputs(), constants, strict=True):
+        torch.testing.assert_close(got, want)
+    empty = ConvBlock(6, 0, pool=False, quantized=True, init_bits=4.0)  # every row cut
+    empty.integer_exponents()
+    assert empty.conv.e.numel() == 0
+
+
+def test_integer_exponents_on_a_cut_resnet9_compute_the_same_and_leave_the_head():
+    from trainer.surgery import cut_dead_channels
+
+    torch.manual_seed(6)
+    gen = torch.Generator().manual_seed(6)
+    model = ResNet9((4, 8, 8, 8), init_bits=4.0)
+    for name, block in model.blocks():
+        random_block(block, gen)
+        with torch.no_grad():
+            if name == "res1.conv2":  # dead and drained: cut whole, res1's branch goes
+                block.conv.b.fill_(-1.0)
+                block.bn.bias.fill_(-1.0)
+                block.bn.running_mean.zero_()
+            if name == "res3.conv1":  # dead, not drained: res3.conv2 sums constants
+                block.conv.b.fill_(-1.0)
+    with torch.no_grad():
+        model.head.e.add_(0.3)
+    assert cut_dead_channels(model, []) > 0
+    assert model.res1.conv1 is None and model.res3.conv1.dead().all()
+    model.eval()
+    x = torch.randn(4, 3, 32, 32, generator=gen)
+    ints = {name: layer.qints() for name, layer in model.quant_layers()}
+    head_e = model.head.e.detach().clone()
+    with torch.no_grad():
+        before = model(x)
+    for _, block in model.blocks():
+        block.integer_exponents()
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before, rtol=1e-5, atol=1e-6)
+    for name, layer in model.quant_layers():
+        assert torch.equal(layer.qints(), ints[name]), name
+    for name, block in model.blocks():
+        assert torch.equal(block.conv.e, torch.round(block.conv.e)), name
+    assert torch.equal(model.head.e, head_e)  # no BatchNorm to take a fraction
+
+
+def test_setting_exponents_that_would_move_an_integer_raises():
+    conv = QConv2d(3, 4, init_bits=4.0)
+    with pytest.raises(RuntimeError, match="changed .* of 108 integers"):
+        conv.set_exponents(torch.full((4,), 200.0), "a test")  # 2^200 overflows float32

@@ -104,6 +104,8 @@ def test_fixed_bits_hold_their_bit_depth_while_exponents_learn():
                       epochs=1), on_epoch=lambda m, s: captured.update(state=s), verbose=False)
     layers = [layer for _, layer in captured["state"].model.quant_layers()]
     assert all(torch.equal(layer.b, torch.full_like(layer.b, 2.0)) for layer in layers)
+    # integer_exponents (the default) ends every conv with integer e: the head keeps its own
+    assert all(torch.equal(layer.e, torch.round(layer.e)) for layer in layers[:-1])
     fresh = TrainConfig(preset="smoke", dataset="synthetic", kind="fixed-bits", fixed_bits=2.0)
     from trainer.config import resolve
     from trainer.train import model_for

@@ -93,6 +93,12 @@ def parser() -> argparse.ArgumentParser:
                    help="after training, round each exponent to the nearest float16 (before "
                         "the final test, so the reported accuracy is the stored network's), "
                         "which an export stores in 2 bytes instead of 4 (default: on)")
+    p.add_argument("--integer-exponents", action=argparse.BooleanOptionalAction,
+                   default=d.integer_exponents,
+                   help="after training, round each conv exponent to an integer and fold the "
+                        "factor 2^(e - round(e)) into the BatchNorm that follows (the same "
+                        "network in eval mode, so the reported accuracy is the stored one), "
+                        "which an export stores in 1 byte instead of 2 (default: on)")
     p.add_argument("--hold-range", action=argparse.BooleanOptionalAction, default=d.hold_range,
                    help="learn each channel's bit depth b and clipping range 2^(e+b-1) "
                         "instead of b and e, so the size term drops low-order bits instead of "

@@ -51,6 +51,9 @@ class TrainConfig:
     #   gives the same weights (b in (k, ~k+0.3) -> k): same network, ceil(b) one bit less
     half_exponents: bool = True  # after the last step (with snap_bits, before the final
     #   test), round every exponent e to the nearest float16, which an export stores in 2 bytes
+    integer_exponents: bool = True  # after half_exponents (before the final test), round
+    #   every conv exponent to an integer, which an export stores in 1 byte, and fold the
+    #   factor 2^(e - round(e)) into the BatchNorm that follows: the same eval-mode network
     skip_one_bit: bool = True  # a b falling into the one-bit zone (0, 1.58), where the
     #   quantizer holds only {-1, 0}, goes to 0 at once: the channel dies (is drained and cut)
     #   instead of crossing it as a one-sign channel (README, docs/ablation.md)

@@ -63,6 +63,31 @@ class ConvBlock(nn.Module):
         y = F.relu(self.bn(z))
         return F.max_pool2d(y, 2) if self.pool else y
 
+    @torch.no_grad()
+    def integer_exponents(self) -> None:
+        """Round the conv's exponents to integers and fold what is left into the BatchNorm:
+        the same eval-mode function, with every integer k kept (an export stores n in a byte).
+
+        A channel's weight 2^e * k becomes 2^n * k, n = round(e), so its conv output c
+        becomes c / s with s = 2^(e - n) in [2^-0.5, 2^0.5]. Eval-mode BatchNorm
+        gamma (c - mu) / sqrt(var + eps) + beta gives the same value for c / s with mu / s
+        and gamma * s, var and eps unchanged; so does the dead-channel penalty's constant
+        mu gamma / sqrt(var + eps). A dead channel outputs 0 whatever its e: only its e
+        moves, its BatchNorm stays bit for bit (and so does whether it can be cut).
+        Train-mode BatchNorm would not be the same function (its eps, and a running_var
+        that is no longer the new output's): this runs after the last step.
+        """
+        conv, bn = self.conv, self.bn
+        if not conv.quantized:
+            return
+        e = conv.e.detach()
+        n = torch.round(e)
+        live = ~self.dead()
+        s = torch.where(live, torch.exp2((e - n).double()), 1.0)  # (O,) float64; e - n exact
+        conv.set_exponents(n, "integer_exponents")
+        bn.running_mean.copy_(bn.running_mean.double() / s)
+        bn.weight.copy_(bn.weight.double() * s)
+
     def dead(self) -> Tensor:
         """Bool (O,): channels whose conv output is exactly zero for good.
 

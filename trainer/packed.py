@@ -14,18 +14,28 @@ present input channels (columns); O0 x I0 x k x k is its original weight shape. 
     bits      uint8 (ceil(sum O / 2),)  B of each present row, layer after layer (0: a dead
                                 row), as 4-bit nibbles, two per byte (the first row in the
                                 high nibble); uint8 (sum O,), one per byte, when a B is over 15
-    exp       float16 (sum O_live,)  e of each row with B > 0, layer after layer; float32 when
-                                an e is not exactly a float16 (a network trained before
+    exp       int8 (sum O_live of the convs,)  e of each conv row with B > 0, layer after
+                                layer, when every one is an integer in [-128, 127] (a network
+                                trained with ``integer_exponents``, the default: its conv
+                                exponents' fractions are folded into the BatchNorms). Else
+                                float16 (sum O_live,), the e of every layer's live rows, the
+                                head's included (no ``exp_head``); float32 when an e is not
+                                exactly a float16 (a network trained before
                                 ``half_exponents``, or with ``--no-half-exponents``)
+    exp_head  float16 (O_live of the head,)  only with an int8 ``exp``: the head's e (it has
+                                no BatchNorm to take a fraction); float32 when not a float16
     masks     uint8             per layer: its present rows, its present columns, its live
                                 columns, as bit masks of ceil(O0 / 8), ceil(I0 / 8), ceil(I0 / 8)
                                 bytes; then the channels of the residual sums res1 and res3
-                                (the union of shortcut and branch, DESIGN.md §1), ceil(C0 / 8);
-                                the whole as zlib's stream when that is shorter (header
-                                ``masks_encoding``: zlib or raw; a network with few cuts has
-                                masks of nearly all ones, a few dozen bytes compressed)
+                                (the union of shortcut and branch, DESIGN.md §1), ceil(C0 / 8)
     bn        float32 (4, sum O of the convs)  BatchNorm weight, bias, running mean and
                                 running variance of each conv's rows (the head has none)
+
+``bits``, ``exp`` and ``masks`` are each stored as zlib's stream of their bytes (level 9)
+instead, a uint8 tensor, when that is shorter; the header's ``zlib`` lists which. They are
+made of few distinct values: a layer's bit depths and integer exponents take 2-4 values
+each, and a network with few cuts has masks of nearly all ones (a few dozen bytes
+compressed). ``exp_head`` (at most 10 values) is never compressed.
 
 A bit mask is ``numpy.packbits`` of one bool per original channel (channel 0 is the top bit
 of byte 0); the channels it selects, in increasing order, are the layer's rows or columns as
@@ -44,15 +54,27 @@ not cut yet; the size does not count its consumers' weights on it, yet the netwo
 them. They go in ``unpriced``, a second bitstream laid out like the payload (each live
 row's weights on the present-but-dead columns), outside the payload.
 
-The header's ``__metadata__`` (strings) holds ``format`` (``scnn.weights/2``),
-``bits_encoding`` (``nibbles`` or ``uint8``), ``exp_dtype`` (``float16`` or ``float32``), ``layers``
-(the layers present, JSON list), ``shapes`` (original weight shape of every layer, JSON),
-``config`` (the TrainConfig, JSON), ``bn_eps``, ``logit_scale`` (the head's output is
-multiplied by it) and ``input_mean``/``input_std`` (images with pixels in 0..255 enter the
-network as (x - mean) / std).
+The header's ``__metadata__`` (strings) holds ``format`` (``scnn.weights/3``),
+``bits_encoding`` (``nibbles`` or ``uint8``), ``exp_dtype`` (``int8``, ``float16`` or
+``float32``: of ``exp`` once inflated), ``zlib`` (JSON list: which of bits, exp and masks
+are zlib's stream), ``layers`` (the layers present, JSON list), ``shapes`` (original weight
+shape of every layer, JSON), ``config`` (the TrainConfig, JSON), ``bn_eps``, ``logit_scale``
+(the head's output is multiplied by it) and ``input_mean``/``input_std`` (images with pixels
+in 0..255 enter the network as (x - mean) / std).
 
-Format 1 (``scnn.weights/1``, the first exports) stored ``bits`` one per byte and ``exp`` as
-float32 and had neither key; ``read_weights`` reads both formats.
+**Metadata** (``bits``, ``exp``, ``exp_head`` and ``masks``: what unpacking the payload
+takes) over the payload, for the ``cpu``-preset trials c_skip_g01 (γ 0.1, 1.80 % of the
+float bits, payload 29,615 B) and c_skip_g003 (γ 0.03, 4.77 %, 78,516 B) of docs/ablation.md:
+format 2 880 B (2.97 %) and 1,231 B (1.57 %); format 3 as trained (float16 exponents, the
+planes zlib'd) 708 B (2.39 %) and 956 B (1.22 %); with their conv exponents made integers
+(``ConvBlock.integer_exponents``), int8 without zlib 586 B (1.98 %) and 789 B (1.00 %), and
+with it, as written, 305 B (**1.03 %**) and 369 B (**0.47 %**). README, "Integer exponents".
+
+Older formats, which ``read_weights`` also reads: format 2 (``scnn.weights/2``) stored every
+live row's e in ``exp`` (float16, or float32), had no ``exp_head`` and no ``zlib`` key, and
+recorded the masks' compression as ``masks_encoding`` (``zlib`` or ``raw``); format 1
+(``scnn.weights/1``, the first exports) stored ``bits`` one per byte and ``exp`` as float32,
+and had none of ``bits_encoding``, ``exp_dtype`` or ``masks_encoding``.
 """
 
 from __future__ import annotations
@@ -71,13 +93,15 @@ from trainer.data import MEAN, STD
 from trainer.model import ResNet9
 from trainer.quant import layer_size
 
-FORMAT = "scnn.weights/2"
-FORMATS = ("scnn.weights/1", FORMAT)  # what read_weights reads
+FORMAT = "scnn.weights/3"
+FORMATS = ("scnn.weights/1", "scnn.weights/2", FORMAT)  # what read_weights reads
 NIBBLE_MAX = 15  # the largest bit depth a 4-bit nibble holds
+INT8 = (-128, 127)  # the exponents an int8 ``exp`` holds
 LOGIT_SCALE = 0.125  # ResNet9.forward multiplies the head's output by this
 BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 RESIDUALS = ("res1", "res3")
-METADATA = ("bits", "exp", "masks")  # what unpacking the payload takes
+METADATA = ("bits", "exp", "exp_head", "masks")  # what unpacking the payload takes
+ZLIB_PLANES = ("bits", "exp", "masks")  # stored as zlib's stream when that is shorter
 
 
 @dataclass
@@ -104,7 +128,8 @@ class Exported:
 
     layers: dict[str, Layer]  # the layers present, in LAYER_NAMES order
     unions: dict[str, Tensor]  # "res1"/"res3" -> original channels of the residual sum
-    meta: dict  # the header: layers, shapes, config, bn_eps, logit_scale, input_mean/std
+    meta: dict  # the header: format, layers, shapes, config, bn_eps, logit_scale,
+    #   input_mean/std, bits_encoding, exp_dtype
 
 
 @dataclass
@@ -200,27 +225,36 @@ def unpack_bits(stored: np.ndarray, encoding: str) -> np.ndarray:
     raise ValueError(f"unknown bits encoding {encoding!r}: expected nibbles or uint8")
 
 
-def pack_masks(masks: np.ndarray) -> tuple[np.ndarray, str]:
-    """(the masks as stored, their encoding): zlib's stream when shorter, else raw."""
-    masks = np.asarray(masks, dtype=np.uint8)
-    packed = np.frombuffer(zlib.compress(masks.tobytes(), 9), dtype=np.uint8)
-    return (packed, "zlib") if packed.size < masks.size else (masks, "raw")
+def deflate(plane: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(the plane as stored, whether that is zlib's stream of its bytes): zlib only when
+    shorter. A plane of few distinct values (the bit depths and integer exponents of a
+    layer take 2-4 values each; masks of a network with few cuts are nearly all ones)
+    compresses to a third or less."""
+    plane = np.ascontiguousarray(plane)
+    packed = np.frombuffer(zlib.compress(plane.tobytes(), 9), dtype=np.uint8)
+    return (packed, True) if packed.size < plane.nbytes else (plane, False)
 
 
-def unpack_masks(stored: np.ndarray, encoding: str) -> np.ndarray:
-    """Inverse of ``pack_masks``."""
-    if encoding == "raw":
-        return stored
-    if encoding == "zlib":
-        return np.frombuffer(zlib.decompress(stored.tobytes()), dtype=np.uint8)
-    raise ValueError(f"unknown masks encoding {encoding!r}: expected zlib or raw")
+def inflate(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """Inverse of a ``deflate`` that compressed: the plane, as ``dtype``."""
+    return np.frombuffer(zlib.decompress(stored.tobytes()), dtype=np.dtype(dtype))
 
 
-def pack_exponents(exp: np.ndarray) -> np.ndarray:
+def float_exponents(exp: np.ndarray) -> np.ndarray:
     """The exponents as float16 when every one is exactly a float16, else float32."""
     exp = np.asarray(exp, dtype=np.float32)
     half = exp.astype(np.float16)
     return half if np.array_equal(half.astype(np.float32), exp) else exp
+
+
+def pack_exponents(conv: np.ndarray, head: np.ndarray) -> dict[str, np.ndarray]:
+    """``exp`` and ``exp_head``: the convs' live-row e as int8 when every one is an integer
+    in [-128, 127] (``integer_exponents``), the head's (which has no BatchNorm to take a
+    fraction) apart as floats; else every live row's e in ``exp`` as floats (format 2's)."""
+    conv = np.asarray(conv, dtype=np.float32)
+    if np.array_equal(np.round(conv), conv) and np.all((conv >= INT8[0]) & (conv <= INT8[1])):
+        return {"exp": conv.astype(np.int8), "exp_head": float_exponents(head)}
+    return {"exp": float_exponents(np.concatenate([conv, head]))}
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -278,11 +312,13 @@ def weight_tensors(model: ResNet9) -> tuple[dict[str, np.ndarray], list[str], in
     unions = [mask(getattr(model, r).out_idx, model.initial_shapes[f"{r}.conv2"][0])
               for r in RESIDUALS]
     live_bits = [b for p in parts for b in p.live_bits]
+    if names[-1] != "head":
+        raise RuntimeError(f"the last layer is {names[-1]!r}, not the head")
     tensors = {
         "payload": pack([v for p in parts for v in p.priced], live_bits),
         "unpriced": pack([v for p in parts for v in p.unpriced], live_bits),
         "bits": np.concatenate([p.bits for p in parts]),  # (sum O,) uint8, packed below
-        "exp": pack_exponents(np.concatenate([p.exp for p in parts])),
+        **pack_exponents(np.concatenate([p.exp for p in parts[:-1]]), parts[-1].exp),
         "masks": np.concatenate([m for p in parts for m in p.masks] + unions),
         "bn": np.concatenate([p.bn for p in parts if p.bn is not None], axis=1),
     }
@@ -297,12 +333,16 @@ def write_weights(model: ResNet9, config: dict, path: str | os.PathLike) -> Size
 
     tensors, names, size_bits = weight_tensors(model)
     tensors["bits"], encoding = pack_bits(tensors["bits"])
-    tensors["masks"], masks_encoding = pack_masks(tensors["masks"])
+    exp_dtype = str(tensors["exp"].dtype)
+    compressed = []
+    for plane in ZLIB_PLANES:
+        tensors[plane], zipped = deflate(tensors[plane])
+        compressed += [plane] if zipped else []
     eps = {float(b.bn.eps) for _, b in model.blocks()} or {1e-5}
     if len(eps) > 1:
         raise RuntimeError(f"BatchNorm eps differ between layers: {sorted(eps)}")
-    meta = {"format": FORMAT, "bits_encoding": encoding, "masks_encoding": masks_encoding,
-            "exp_dtype": str(tensors["exp"].dtype), "layers": json.dumps(names),
+    meta = {"format": FORMAT, "bits_encoding": encoding, "zlib": json.dumps(compressed),
+            "exp_dtype": exp_dtype, "layers": json.dumps(names),
             "shapes": json.dumps({n: list(s) for n, s in model.initial_shapes.items()}),
             "config": json.dumps(config), "bn_eps": repr(eps.pop()),
             "logit_scale": repr(LOGIT_SCALE), "input_mean": json.dumps(MEAN),
@@ -314,7 +354,7 @@ def write_weights(model: ResNet9, config: dict, path: str | os.PathLike) -> Size
     with open(path, "rb") as f:
         header = 8 + int.from_bytes(f.read(8), "little")  # length prefix + JSON header
     return Sizes(size_bits=size_bits, payload=tensors["payload"].nbytes,
-                 metadata=sum(tensors[k].nbytes for k in METADATA),
+                 metadata=sum(tensors[k].nbytes for k in METADATA if k in tensors),
                  unpriced=tensors["unpriced"].nbytes, batchnorm=tensors["bn"].nbytes,
                  header=header, file=os.path.getsize(path))
 
@@ -345,17 +385,15 @@ def read_weights(path: str | os.PathLike) -> Exported:
             raise ValueError(f"{path} is not an scnn weights file (format "
                              f"{raw.get('format')!r}, expected one of {', '.join(FORMATS)})")
         t = {k: f.get_tensor(k) for k in f.keys()}
-    meta = {"layers": json.loads(raw["layers"]), "shapes": json.loads(raw["shapes"]),
-            "config": json.loads(raw["config"]), "bn_eps": float(raw["bn_eps"]),
-            "logit_scale": float(raw["logit_scale"]),
+    meta = {"format": raw["format"], "layers": json.loads(raw["layers"]),
+            "shapes": json.loads(raw["shapes"]), "config": json.loads(raw["config"]),
+            "bn_eps": float(raw["bn_eps"]), "logit_scale": float(raw["logit_scale"]),
             "input_mean": json.loads(raw["input_mean"]),
             "input_std": json.loads(raw["input_std"]),
-            "bits_encoding": raw.get("bits_encoding", "uint8"),  # format 1: one per byte
-            "exp_dtype": str(t["exp"].dtype)}
-    t["bits"] = unpack_bits(t["bits"], meta["bits_encoding"])  # a pad nibble may end it
-    t["masks"] = unpack_masks(t["masks"], raw.get("masks_encoding", "raw"))
-    t["exp"] = t["exp"].astype(np.float32)  # float16 -> float32 is exact
-    bits, exp, masks, bn = (Cursor(t[k]) for k in ("bits", "exp", "masks", "bn"))
+            **decode_metadata(raw, t)}
+    bits, masks, bn = (Cursor(t[k]) for k in ("bits", "masks", "bn"))
+    conv_exp = Cursor(t["exp"])
+    head_exp = Cursor(t["exp_head"]) if "exp_head" in t else conv_exp
     layers = {}
     for name in meta["layers"]:
         o0, i0, *kernel = meta["shapes"][name]
@@ -364,6 +402,7 @@ def read_weights(path: str | os.PathLike) -> Exported:
         in_live = torch.isin(in_idx, unmask(masks.take(-(-i0 // 8)), i0))
         b = torch.from_numpy(bits.take(out_idx.numel()).astype(np.int64))
         e = torch.zeros(out_idx.numel(), dtype=torch.float32)
+        exp = head_exp if name == "head" else conv_exp
         e[b > 0] = torch.from_numpy(exp.take(int((b > 0).sum())).copy())
         layers[name] = Layer(
             ints=torch.zeros((out_idx.numel(), in_idx.numel(), *kernel), dtype=torch.int64),
@@ -378,7 +417,42 @@ def read_weights(path: str | os.PathLike) -> Exported:
     rest = bits.array[bits.at:]
     if rest.size > (meta["bits_encoding"] == "nibbles") or rest.any():
         raise ValueError(f"{path}: {rest.size} bit depths left over after the last layer")
+    for exp in (conv_exp, head_exp):
+        if exp.at != exp.array.size:
+            raise ValueError(f"{path}: {exp.array.size - exp.at} exponents left over")
     return Exported(layers=layers, unions=unions, meta=meta)
+
+
+def decode_metadata(raw: dict[str, str], t: dict[str, np.ndarray]) -> dict[str, str]:
+    """Turn the file's ``bits``, ``exp``, ``exp_head`` and ``masks`` (in ``t``) into one
+    uint8 per row, float32 exponents and raw masks, for any format; returns the header's
+    ``bits_encoding`` and ``exp_dtype``."""
+    if raw["format"] == FORMAT:
+        zipped, exp_dtype = json.loads(raw["zlib"]), raw["exp_dtype"]
+    else:  # formats 1 and 2: only the masks may be zlib's stream; exp has its own dtype
+        encoding = raw.get("masks_encoding", "raw")
+        if encoding not in ("raw", "zlib"):
+            raise ValueError(f"unknown masks encoding {encoding!r}: expected zlib or raw")
+        zipped, exp_dtype = ["masks"] * (encoding == "zlib"), str(t["exp"].dtype)
+    if exp_dtype not in ("int8", "float16", "float32"):
+        raise ValueError(f"exp_dtype {exp_dtype!r}: expected int8, float16 or float32")
+    if (exp_dtype == "int8") != ("exp_head" in t):
+        raise ValueError(f"exp_dtype {exp_dtype} {'with' if 'exp_head' in t else 'without'} "
+                         "an exp_head tensor: int8 comes with one, float16 and float32 without")
+    dtypes = {"bits": "uint8", "exp": exp_dtype, "masks": "uint8"}
+    if not set(zipped) <= set(dtypes):
+        raise ValueError(f"zlib planes {zipped}: expected some of {', '.join(dtypes)}")
+    for plane in zipped:
+        t[plane] = inflate(t[plane], dtypes[plane])
+    for plane, dtype in dtypes.items():
+        if str(t[plane].dtype) != dtype:
+            raise ValueError(f"{plane} holds {t[plane].dtype}, but the header says {dtype}")
+    encoding = raw.get("bits_encoding", "uint8")  # format 1: one per byte
+    t["bits"] = unpack_bits(t["bits"], encoding)  # a pad nibble may end it
+    for plane in ("exp", "exp_head"):  # int8 and float16 -> float32 are exact
+        if plane in t:
+            t[plane] = t[plane].astype(np.float32)
+    return {"bits_encoding": encoding, "exp_dtype": exp_dtype}
 
 
 def fill_integers(layers: dict[str, Layer], payload: np.ndarray, unpriced: np.ndarray) -> None:

@@ -192,15 +192,20 @@ class QuantMixin:
         0.1-0.2 points of test accuracy on cpu-refs trials against 0.0-0.06 this way
         (README). It runs before the final test, so the reported accuracy is the stored one.
         """
-        if not self.quantized:
-            return
+        if self.quantized:
+            self.set_exponents(self.e.to(torch.float16).to(self.e.dtype), "half_exponents")
+
+    @torch.no_grad()
+    def set_exponents(self, e: Tensor, why: str) -> None:
+        """Give the channels the exponents ``e`` (O,) and keep every integer k: the weight
+        becomes exactly 2^e * k. Raises (naming ``why``) if any k would change."""
         k = self.qints()  # (O, ...) int64
-        self.e.copy_(self.e.to(torch.float16).to(self.e.dtype))
+        self.e.copy_(e)
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
         self.weight.copy_(k.to(self.weight.dtype) * torch.exp2(self.e).view(shape))
         if not torch.equal(self.qints(), k):
             moved = int((self.qints() != k).sum())
-            raise RuntimeError(f"half_exponents changed {moved} of {k.numel()} integers")
+            raise RuntimeError(f"{why} changed {moved} of {k.numel()} integers")
 
     @torch.no_grad()
     def skip_one_bit_zone(self) -> None:

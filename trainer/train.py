@@ -261,6 +261,9 @@ def finish_quantizers(model: ResNet9, config: TrainConfig) -> None:
             layer.snap_bits()  # the same weights, stored in fewer bits
         if config.half_exponents:
             layer.half_exponents()  # e in 2 bytes; the final test measures this network
+    if config.integer_exponents and config.kind in QUANTIZED_KINDS:
+        for _, block in model.blocks():  # not the head: it has no BatchNorm to take the factor
+            block.integer_exponents()  # conv e in 1 byte, the fraction in the BatchNorm
 
 
 def summarize(state: TrainState, data: D.DeviceData) -> dict:
