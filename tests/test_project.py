@@ -43,7 +43,8 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                   ["floor", "--data-dir", "tests"],
                                   ["sweep_overhead", "--trials", "0"],
                                   ["roofline", "--matmul", "0"],
-                                  ["gpu_check", "--kind", "nope", "--data-dir", "data"]])
+                                  ["gpu_check", "--kind", "nope", "--data-dir", "data"],
+                                  ["launches", "--preset", "huge"]])
 def test_benchmarks_reject_bad_input_on_one_line(argv):
     done = subprocess.run([sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:]], cwd=REPO,
                           capture_output=True, text=True)
@@ -52,3 +53,11 @@ def test_benchmarks_reject_bad_input_on_one_line(argv):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"benchmarks.{argv[0]}: error: "), done.stderr
     assert argv[1] in lines[0]
+
+
+@pytest.mark.parametrize("script", ["gpu_check.sh", "gpu_front.sh"])
+def test_the_gpu_scripts_parse(script):
+    # They run only on a lent GPU machine; here at least bash must accept them.
+    done = subprocess.run(["bash", "-n", f"benchmarks/{script}"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
