@@ -218,4 +218,11 @@ def test_a_channels_last_network_stays_channels_last_through_a_cut():
             assert layer.weight.is_contiguous(memory_format=cl), name
             momentum = opts[0].state[layer.weight]["momentum_buffer"]
             assert momentum.is_contiguous(memory_format=cl), name
+    # the activations too: an unaligned residual sum hands the next conv channels_last
+    assert not model.res1.aligned and not model.res3.aligned
+    h = model.layer1(model.prep(x))
+    r1 = model.res1(h)
+    r3 = model.res3(model.layer3(model.layer2(r1)))
+    for name, act in (("res1", r1), ("res3", r3)):
+        assert act.shape[1] > 1 and act.is_contiguous(memory_format=cl), name
     step(model, opts, x, y)  # and training goes on

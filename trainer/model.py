@@ -34,6 +34,19 @@ SPATIAL = {"prep": 32, "layer1": 32, "res1.conv1": 16, "res1.conv2": 16, "layer2
 SIZE_TERMS = ("bits", "bops")  # what Q counts: bits of weights, or bits x uses per image
 
 
+def zeros_as(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Zeros of ``shape`` in ``x``'s memory format: a channels_last activation stays so.
+
+    (``new_zeros`` is always NCHW: an unaligned residual sum built on it handed every later
+    convolution an NCHW input beside its channels_last weight, a layout conversion per
+    convolution and step; ``benchmarks.shrink`` times what it cost.)
+    """
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        return torch.empty(shape, dtype=x.dtype, device=x.device,
+                           memory_format=torch.channels_last).zero_()
+    return x.new_zeros(shape)
+
+
 def constant_outputs(weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor,
                      eps: float | Tensor) -> tuple[Tensor, Tensor]:
     """(train-mode, eval-mode) output of a ReLU'd BatchNorm channel whose input is all 0."""
@@ -54,10 +67,10 @@ class ConvBlock(nn.Module):
         if self.conv.weight.shape[0] == 0:  # every channel cut: an empty activation
             h, w = x.shape[2:]
             shape = (x.shape[0], 0, h // 2, w // 2) if self.pool else (x.shape[0], 0, h, w)
-            return x.new_zeros(shape)
+            return zeros_as(x, shape)
         if self.conv.weight.shape[1] == 0:  # no inputs left: the conv sums nothing, yet the
             # rows stay until their BatchNorm constants drain (F.conv2d would return 0 channels)
-            z = x.new_zeros((x.shape[0], self.conv.weight.shape[0], *x.shape[2:]))
+            z = zeros_as(x, (x.shape[0], self.conv.weight.shape[0], *x.shape[2:]))
         else:
             z = self.conv(x)
         y = F.relu(self.bn(z))
@@ -127,8 +140,9 @@ class Residual(nn.Module):
         y = self.conv2(self.conv1(x))
         if self.aligned:
             return x + y
-        out = x.new_zeros((x.shape[0], self.out_idx.numel(), *x.shape[2:]))
-        return out.index_add(1, self.pos_x, x).index_add(1, self.pos_b, y)
+        out = zeros_as(x, (x.shape[0], self.out_idx.numel(), *x.shape[2:]))
+        # in place: out-of-place index_add returns NCHW whatever out's layout
+        return out.index_add_(1, self.pos_x, x).index_add_(1, self.pos_b, y)
 
     def set_layout(self, shortcut_idx: Tensor) -> None:
         """Recompute the union and positions from the shortcut's original channel indices."""
