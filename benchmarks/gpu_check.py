@@ -13,7 +13,7 @@ import time
 import torch
 
 from benchmarks.common import parser
-from trainer.config import KINDS, TrainConfig
+from trainer.config import KINDS, ConfigError, TrainConfig, resolve
 from trainer.train import train
 
 
@@ -28,13 +28,15 @@ def main() -> None:
     p.add_argument("--fixed-bits", type=float, help="bit depth of a fixed-bits trial")
     p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/")
     args = p.parse_args()
+    config = TrainConfig(kind=args.kind, gamma=args.gamma, preset=args.preset,
+                         data_dir=args.data_dir, device="cuda", fixed_bits=args.fixed_bits,
+                         epochs=args.epochs, width=args.width)
+    try:  # bad input is said on one line before anything runs, GPU or not
+        resolve(config, has_gpu=True)
+    except ConfigError as err:
+        p.error(str(err))
     if not torch.cuda.is_available():
         p.error("no CUDA GPU is visible: this check is for a GPU machine")
-    config = TrainConfig(kind=args.kind, gamma=args.gamma, preset=args.preset,
-                         data_dir=args.data_dir, device="cuda",
-                         fixed_bits=args.fixed_bits,
-                         **({"epochs": args.epochs} if args.epochs else {}),
-                         **({"width": args.width} if args.width else {}))
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
 

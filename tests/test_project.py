@@ -44,6 +44,8 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                   ["sweep_overhead", "--trials", "0"],
                                   ["roofline", "--matmul", "0"],
                                   ["gpu_check", "--kind", "nope", "--data-dir", "data"],
+                                  ["gpu_check", "--width", "-1", "--kind", "narrow-float",
+                                   "--data-dir", "data"],
                                   ["launches", "--preset", "huge"]])
 def test_benchmarks_reject_bad_input_on_one_line(argv):
     done = subprocess.run([sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:]], cwd=REPO,

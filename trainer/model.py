@@ -38,8 +38,8 @@ def zeros_as(x: Tensor, shape: tuple[int, ...]) -> Tensor:
     """Zeros of ``shape`` in ``x``'s memory format: a channels_last activation stays so.
 
     (``new_zeros`` is always NCHW: an unaligned residual sum built on it handed every later
-    convolution an NCHW input beside its channels_last weight, a layout conversion per
-    convolution and step; ``benchmarks.shrink`` times what it cost.)
+    convolution an NCHW input beside its channels_last weight; benchmarks/README.md says
+    what that cost where it was measured.)
     """
     if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
         return torch.empty(shape, dtype=x.dtype, device=x.device,
@@ -48,7 +48,7 @@ def zeros_as(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 def constant_outputs(weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor,
-                     eps: float | Tensor) -> tuple[Tensor, Tensor]:
+                     eps: float) -> tuple[Tensor, Tensor]:
     """(train-mode, eval-mode) output of a ReLU'd BatchNorm channel whose input is all 0."""
     eval_shift = mean * weight / torch.sqrt(var + eps)
     return F.relu(bias), F.relu(bias - eval_shift)
@@ -259,11 +259,17 @@ class ResNet9(nn.Module):
         diff = exact = live = macs = 0
         for name, layer, live_in in self.live_inputs():
             d, e, n = layer_size(layer, live_in)
-            uses = SPATIAL[name] ** 2
-            diff = diff + (d * uses if size_term == "bops" else d)
-            exact, live, macs = exact + e, live + n, macs + n * uses
-        q = diff / (self.macs0 if size_term == "bops" else self.n0)
-        return Size(q=q, bits=exact, live_weights=live, macs=macs)
+            diff = diff + d * self.q_weight(name, size_term)
+            exact, live, macs = exact + e, live + n, macs + n * SPATIAL[name] ** 2
+        return Size(q=diff / self.q_norm(size_term), bits=exact, live_weights=live, macs=macs)
+
+    def q_weight(self, name: str, size_term: str) -> int:
+        """How often Q counts layer ``name``'s bits: once (bits), or once per output pixel."""
+        return SPATIAL[name] ** 2 if size_term == "bops" else 1
+
+    def q_norm(self, size_term: str) -> int:
+        """What Q divides by: the original network's weights (bits) or MACs (bops)."""
+        return self.macs0 if size_term == "bops" else self.n0
 
     def loss_size(self, size_term: str = "bits") -> Tensor:
         """The differentiable Q of ``size(size_term)`` alone: what the loss needs each step,
@@ -271,8 +277,8 @@ class ResNet9(nn.Module):
         diff = 0
         for name, layer, live_in in self.live_inputs():
             d = layer_q(layer, live_inputs_weights(layer, live_in))
-            diff = diff + (d * SPATIAL[name] ** 2 if size_term == "bops" else d)
-        return diff / (self.macs0 if size_term == "bops" else self.n0)
+            diff = diff + d * self.q_weight(name, size_term)
+        return diff / self.q_norm(size_term)
 
     def dead_penalty(self) -> Tensor:
         """Sum of the constant outputs of dead channels (train and eval mode): the L1 term.

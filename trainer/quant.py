@@ -55,7 +55,7 @@ class _FusedQuantize(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: Tensor, b: Tensor, e: Tensor, hold_range: bool) -> Tensor:  # noqa: D102
+    def forward(ctx, w: Tensor, b: Tensor, e: Tensor, hold_range: bool) -> Tensor:
         shape = (-1,) + (1,) * (w.dim() - 1)
         scale = torch.exp2(e).view(shape)
         p = torch.exp2(F.relu(b) - 1).view(shape)
@@ -69,7 +69,7 @@ class _FusedQuantize(torch.autograd.Function):
         return scale * k
 
     @staticmethod
-    def backward(ctx, g: Tensor):  # noqa: D102
+    def backward(ctx, g: Tensor):
         b, scale, p, x, k, above, below = ctx.saved_tensors
         dims = tuple(range(1, g.dim()))
         outside = above | below
@@ -219,7 +219,9 @@ class QuantMixin:
         """``hold_range``: after an optimizer step, move e against b's change, keeping the range.
 
         Together with ``qweight``'s gradient this is exactly gradient descent on (b, r),
-        r = e + b - 1, while e and b stay the stored parameters.
+        r = e + b - 1, while e and b stay the stored parameters. The trainer's
+        ``step_optimizers`` does this for every layer at once in multi-tensor operations
+        (tested equal to this form).
         """
         self.e -= self.b - b_before
 
