@@ -108,6 +108,10 @@ def parser() -> argparse.ArgumentParser:
                    help="a bit depth that falls below 1.58, where the quantizer holds only "
                         "{-1, 0}, drops to 0 at once: the channel is drained and cut instead "
                         "of passing through (default: on; docs/ablation.md)")
+    p.add_argument("--min-bits", type=float, default=d.min_bits,
+                   help="a bit depth that falls below this drops to 0 at once, so live "
+                        "channels keep at least this many bits and the size term buys cut "
+                        "channels instead of coarser ones (default %(default)s: off)")
     p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,
                    help="fraction of training over which gamma ramps up from 0 "
                         "(default %(default)s: off)")

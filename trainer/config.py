@@ -57,6 +57,8 @@ class TrainConfig:
     skip_one_bit: bool = True  # a b falling into the one-bit zone (0, 1.58), where the
     #   quantizer holds only {-1, 0}, goes to 0 at once: the channel dies (is drained and cut)
     #   instead of crossing it as a one-sign channel (README, docs/ablation.md)
+    min_bits: float = 0.0  # a b falling below this goes to 0 (the channel dies): live
+    #   channels keep at least this many bits (0: off; skip_one_bit alone is 1.58)
     hold_range: bool = True  # learn (b, clipping range e+b-1) instead of (b, e): the size
     #   term then drops low-order bits instead of clipping the largest weights (README)
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
@@ -139,6 +141,8 @@ def validate(c: TrainConfig) -> None:
     need(c.lr is not None and c.lr > 0, f"--lr must be > 0, got {c.lr}")
     need(c.lr_quant is not None and c.lr_quant >= 0, f"--lr-quant must be >= 0, got {c.lr_quant}")
     need(0 < c.init_bits <= 32, f"--init-bits must be in (0, 32], got {c.init_bits}")
+    need(0 <= c.min_bits <= 16 and math.isfinite(c.min_bits),
+         f"--min-bits must be in [0, 16], got {c.min_bits}: e.g. --min-bits 3")
     need(c.lr_exp is None or c.lr_exp >= 0, f"--lr-exp must be >= 0, got {c.lr_exp}")
     need(c.size_term in ("bits", "bops"),
          f"unknown --size-term {c.size_term!r}: choose bits (storage) or bops (compute)")

@@ -153,6 +153,7 @@ class QuantMixin:
         # ``qweight`` and ``follow_bits``). The forward pass is q(w; b, e) either way.
         self.hold_range = False
         self.skip_one_bit = False  # after each step, a b in (0, ONE_BIT_TOP) goes to 0
+        self.min_bits = 0.0  # after each step, a b in (0, min_bits) goes to 0
         # Original indices of the rows (outputs) and columns (inputs) still present: a
         # shrunken layer knows where it sits in the uncompressed network.
         self.register_buffer("out_idx", torch.arange(self.weight.shape[0]))
@@ -207,11 +208,17 @@ class QuantMixin:
             moved = int((self.qints() != k).sum())
             raise RuntimeError(f"{why} changed {moved} of {k.numel()} integers")
 
+    def dead_below(self) -> float:
+        """The bit depth under which a live channel dies at the next step (0: none): 1.58
+        with ``skip_one_bit``, raised to ``min_bits``."""
+        return max(ONE_BIT_TOP if self.skip_one_bit else 0.0, self.min_bits)
+
     @torch.no_grad()
     def skip_one_bit_zone(self) -> None:
-        """Send every b in (0, 1 + log2(1.5)) to 0: there the quantizer's bounds round to -1
-        and 0, a one-sign channel; it dies (and is drained and cut) instead of crossing."""
-        zone = (self.b > 0) & (self.b < ONE_BIT_TOP)
+        """Send every b in (0, ``dead_below()``) to 0. Below 1 + log2(1.5) the quantizer's
+        bounds round to -1 and 0, a one-sign channel; it dies (and is drained and cut)
+        instead of crossing. ``min_bits`` raises that floor: live channels keep that many."""
+        zone = (self.b > 0) & (self.b < self.dead_below())
         self.b.masked_fill_(zone, 0.0)
 
     @torch.no_grad()

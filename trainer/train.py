@@ -86,6 +86,7 @@ def model_for(config: TrainConfig) -> ResNet9:
             layer.b.requires_grad_(False)
         layer.hold_range = config.hold_range and not fixed
         layer.skip_one_bit = config.skip_one_bit and not fixed
+        layer.min_bits = 0.0 if fixed else config.min_bits
     return model
 
 
@@ -140,7 +141,7 @@ def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> 
             torch._foreach_sub_([layer.e for layer in held],
                                 torch._foreach_sub([layer.b for layer in held], b_before))
     for _, layer in model.quant_layers():
-        if layer.quantized and layer.skip_one_bit:
+        if layer.quantized and layer.dead_below() > 0:
             layer.skip_one_bit_zone()
 
 
