@@ -140,6 +140,71 @@ def load_results(paths: Sequence[str | os.PathLike] | None = None) -> Results:
                    folders=folders, notes=notes)
 
 
+REFERENCE_TRIAL_KINDS = (BASELINE, FLOOR, NARROW_FLOAT, FIXED_BITS)
+# What must agree for another sweep's references to be this sweep's: the recipe and network
+# they are measured against (the width every size is relative to).
+RECIPE_COLUMNS = ("preset", "epochs", "full_width")
+
+
+def borrow_references(results: Results, folder: str | os.PathLike) -> Results:
+    """``results`` with the finished reference trials of the sweep in ``folder`` added to every
+    sweep, for each reference kind it has none of: a recipe change to the method is then
+    compared with references trained once (they do not depend on the method's recipe).
+
+    Raises ResultsError unless the donor's references and every sweep's compress trials share
+    ``RECIPE_COLUMNS`` (preset, epochs and the full width sizes are measured against).
+    """
+    path = Path(folder)
+    if not (path / TRIALS_FILE).is_file():
+        raise ResultsError(f"--references-from {path}: no {TRIALS_FILE} there: pass the "
+                           "folder of a sweep run with --references full")
+    donor = read_table(path / TRIALS_FILE, REQUIRED[TRIALS_FILE])
+    for column in RECIPE_COLUMNS:
+        if column not in donor.columns:
+            donor[column] = None
+    refs = donor[donor["kind"].isin(REFERENCE_TRIAL_KINDS) & (donor["status"] == FINISHED)]
+    if refs.empty:
+        raise ResultsError(f"--references-from {path}: no finished reference trial there: pass "
+                           "the folder of a sweep run with --references full")
+    donor_recipe = _recipe(refs, path)
+    name = sweep_name(donor, path)
+    added = []
+    for sweep in results.sweeps:
+        mine = results.trials[results.trials["sweep"] == sweep]
+        if not (mine["kind"] == COMPRESS).any():
+            continue  # nothing to compare
+        recipe = _recipe(mine[mine["kind"] == COMPRESS], sweep)
+        if recipe != donor_recipe:
+            raise ResultsError(
+                f"--references-from {path}: its references were trained with "
+                f"{_describe(donor_recipe)}, the sweep {sweep} with {_describe(recipe)}: pass "
+                "references of the same preset, epochs and width")
+        lacking = refs[~refs["kind"].isin(set(mine["kind"]))]
+        if not lacking.empty:
+            added.append(lacking.assign(sweep=sweep, trial_id=f"{name}/" + lacking["trial_id"]))
+            results.notes.append(f"sweep {sweep}: {len(lacking)} reference trials "
+                                 f"({', '.join(dict.fromkeys(lacking['kind']))}) from {name}")
+    if added:
+        results.trials = pd.concat([results.trials, *added], ignore_index=True)
+    return results
+
+
+def _recipe(trials: pd.DataFrame, where: object) -> tuple:
+    """The one (preset, epochs, full width) of ``trials``; ResultsError if unknown or mixed."""
+    full = trials["full_width"].where(trials["full_width"].notna(), trials.get("width"))
+    rows = set(zip(trials["preset"], trials["epochs"], full))
+    if len(rows) != 1 or any(pd.isna(v) for v in next(iter(rows))):
+        raise ResultsError(f"--references-from: cannot tell the recipe of {where} (preset, "
+                           f"epochs, width: {sorted(map(str, rows)) or 'no trials'}): pass "
+                           "sweeps whose trials record one")
+    preset, epochs, width = next(iter(rows))
+    return str(preset), int(epochs), round(float(width), 6)
+
+
+def _describe(recipe: tuple) -> str:
+    return "preset {}, {} epochs, width {:g}".format(*recipe)
+
+
 def finished(trials: pd.DataFrame, kind: str = COMPRESS) -> pd.DataFrame:
     """Trials of ``kind`` that finished with every final metric: the ones fronts are made of."""
     ok = (trials["kind"] == kind) & (trials["status"] == FINISHED)

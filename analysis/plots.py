@@ -27,6 +27,7 @@ from analysis.load import (
     KINDS,
     Results,
     ResultsError,
+    borrow_references,
     count_by_status,
     load_results,
 )
@@ -55,6 +56,7 @@ class PlotsConfig:
     out: Path | None = None  # where figures go; None = plots/ inside the results folder
     format: str = "png"  # png | svg | pdf
     trial: str | None = None  # trial for layers.png; None = smallest near-best Pareto trial
+    references_from: Path | None = None  # a sweep whose reference trials every sweep borrows
 
 
 def parse_args(argv: Sequence[str] | None = None) -> PlotsConfig:
@@ -71,9 +73,14 @@ def parse_args(argv: Sequence[str] | None = None) -> PlotsConfig:
     parser.add_argument("--trial", default=None, metavar="ID",
                         help="trial_id for layers.png (default: the smallest Pareto-optimal "
                         "trial within 1 point of the best accuracy)")
+    parser.add_argument("--references-from", type=Path, default=None, metavar="DIR",
+                        help="compare with the reference trials of the sweep in DIR (same "
+                        "preset, epochs and width; e.g. one run with --references full), for "
+                        "each reference kind a sweep has none of: a change to the method's "
+                        "recipe needs no new references")
     args = parser.parse_args(argv)
     return PlotsConfig(results=tuple(args.results), out=args.out, format=args.format,
-                       trial=args.trial)
+                       trial=args.trial, references_from=args.references_from)
 
 
 def default_out(paths: Sequence[Path]) -> Path:
@@ -192,6 +199,8 @@ def summary(results: Results) -> str:
 def run(config: PlotsConfig) -> list[Path]:
     """Load, draw and write everything; returns the paths written."""
     results = load_results(config.results)
+    if config.references_from is not None:
+        results = borrow_references(results, config.references_from)
     trial = layer_trial(results, config.trial)
     out = config.out or default_out(config.results)
     print(summary(results))

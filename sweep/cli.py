@@ -95,6 +95,9 @@ def parser() -> argparse.ArgumentParser:
                        help="what Q counts: bits of the weights (storage), or bops: each "
                        "layer's bits times its output's spatial size (compute), so gamma buys "
                        "time (default bits)")
+    train.add_argument("--min-bits", type=float,
+                       help="a bit depth that falls below this drops to 0 at once: live "
+                       "channels keep at least this many bits (default: the trainer's)")
     train.add_argument("--dataset", metavar="{" + ",".join(DATASETS) + "}",
                        help="cifar10, or synthetic: a small generated set (default cifar10)")
     train.add_argument("--data-dir", help="folder holding cifar-10-batches-py/, on every node; "

@@ -61,6 +61,7 @@ class SweepConfig:
     epochs: int | None = None  # passes over the training set per trial
     width: float | None = None  # channel multiplier on 64-128-256-512
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
+    min_bits: float | None = None  # a b falling below this goes to 0 (None: the trainer's)
     dataset: str = "cifar10"  # cifar10 | synthetic (small generated set for tests)
     data_dir: str | None = None  # folder holding cifar-10-batches-py/ (made absolute); None = cache
     export: str = "none"  # once finished: none | front (each front trial into exports/<id>/)
@@ -167,7 +168,8 @@ def with_gamma_range(c: SweepConfig, preset: str) -> SweepConfig:
 
 def base_train_config(c: SweepConfig) -> TrainConfig:
     """The TrainConfig every trial starts from; trials set gamma, kind, device and threads."""
-    chosen = {"epochs": c.epochs, "width": c.width, "data_dir": c.data_dir}
+    chosen = {"epochs": c.epochs, "width": c.width, "data_dir": c.data_dir,
+              "min_bits": c.min_bits}
     return TrainConfig(preset=c.preset, seed=c.seed, dataset=c.dataset, size_term=c.size_term,
                        **{k: v for k, v in chosen.items() if v is not None})
 

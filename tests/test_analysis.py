@@ -302,6 +302,32 @@ def test_cli_with_reference_trials_and_an_unknown_kind(tmp_path, capsys):
     assert "not drawn: 1 'mystery'" in printed
 
 
+def test_references_from_another_sweep_of_the_same_recipe(tmp_path, capsys):
+    build_sweep(tmp_path / "refs", sweep="refs")
+    add_references(tmp_path / "refs", sweep="refs")
+    build_sweep(tmp_path / "new", sweep="new")  # compress trials, float baselines and floor
+    main(["--results", str(tmp_path / "new"), "--references-from", str(tmp_path / "refs")])
+    md = (tmp_path / "new" / "plots" / "pareto.md").read_text()
+    # the same gap as the sweep with its own references, under the borrowing sweep's name
+    assert "| new | new_01 | 0.0003 | 89.00 % | 9.69 % | 62.00 % | 88.28 % | +0.72 points |" \
+        in md
+    assert "| new | refs/refs_b4 | 4 | 90.50 % |" in md
+    assert "refs_float" not in md  # the sweep's own float baselines stay its only ones
+    printed = capsys.readouterr().out
+    assert "sweep new: 10 reference trials (narrow-float, fixed-bits) from refs" in printed
+    # another recipe (15 epochs) is refused with one line, exit 2, nothing written
+    rows = pq.read_table(tmp_path / "refs" / TRIALS_FILE).to_pylist()
+    pq.write_table(pa.Table.from_pylist([{**r, "epochs": 15} for r in rows]),
+                   tmp_path / "refs" / TRIALS_FILE)
+    out = cli("--results", str(tmp_path / "new"), "--references-from", str(tmp_path / "refs"),
+              "--out", str(tmp_path / "other"))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "preset cpu, 15 epochs, width 0.25, the sweep new with preset cpu, 5 epochs" \
+        in out.stderr and not (tmp_path / "other").exists()
+    out = cli("--results", str(tmp_path / "new"), "--references-from", str(tmp_path / "none"))
+    assert out.returncode == 2 and "no trials.parquet there" in out.stderr
+
+
 def test_old_files_without_reference_columns(tmp_path, capsys):
     build_sweep(tmp_path / "old")
     table = pq.read_table(tmp_path / "old" / TRIALS_FILE)

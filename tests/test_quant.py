@@ -233,10 +233,28 @@ def test_the_one_bit_zone_holds_one_sign_and_skipping_it_kills_just_those_channe
     ints = conv.qints()
     assert set(ints[zone].unique().tolist()) <= {-1, 0}  # no positive level at all
     assert (ints[b > 1.6] > 0).any()  # above the zone both signs come back
+    conv.skip_one_bit = True
     conv.skip_one_bit_zone()
     assert torch.equal(conv.b.detach()[zone], torch.zeros(int(zone.sum())))
     assert torch.equal(conv.b.detach()[~zone], b[~zone])
     assert not conv.qweight()[zone].any()  # those channels are dead: weights exactly 0
+
+
+def test_min_bits_raises_the_floor_under_which_a_channel_dies():
+    conv = QConv2d(8, 40, init_bits=4.0)
+    b = torch.linspace(-0.2, 5.0, 40)
+    with torch.no_grad():
+        conv.b.copy_(b)
+    conv.skip_one_bit, conv.min_bits = True, 3.0
+    assert conv.dead_below() == 3.0
+    conv.skip_one_bit_zone()
+    dies = (b > 0) & (b < 3.0)
+    assert dies.sum() > 10 and torch.equal(conv.b.detach()[dies], torch.zeros(int(dies.sum())))
+    assert torch.equal(conv.b.detach()[~dies], b[~dies])  # >= 3 bits and the dead untouched
+    conv.skip_one_bit, conv.min_bits = True, 1.0  # the one-bit zone's top still holds
+    assert conv.dead_below() == 1 + math.log2(1.5)
+    conv.skip_one_bit, conv.min_bits = False, 0.0
+    assert conv.dead_below() == 0.0
 
 
 def test_training_with_skip_one_bit_leaves_no_bit_depth_in_the_zone():

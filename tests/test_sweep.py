@@ -67,6 +67,7 @@ def free_port() -> int:
     (["--references", "all"], "unknown --references 'all': choose default"),
     (["--references", "full", "--no-references"], "not allowed with argument --references"),
     (["--export", "all"], "unknown --export 'all': choose front"),
+    (["--min-bits", "20"], "--min-bits must be in [0, 16]"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, says):
     results = tmp_path / "results"
@@ -264,6 +265,18 @@ def test_reference_rows_carry_kind_width_and_bits_before_and_after_they_finish()
     narrow["status"] = "TERMINATED"
     assert tuple(trial_row("s", "t", narrow)[k] for k in columns) == (
         "narrow-float", 0.125, 0.5, None, "TERMINATED")
+
+
+def test_min_bits_reaches_every_compress_trial_and_its_row():
+    from sweep.space import train_config
+
+    c = SweepConfig(num_samples=2, dataset="synthetic", preset="smoke", min_bits=3.0)
+    configs = proposed(c)
+    built = [resolve(train_config(t, "cpu", 1), has_gpu=False) for t in configs]
+    assert [b.min_bits for b in built if b.kind == "compress"] == [3.0, 3.0]
+    assert trial_row("s", "t", new_record(configs[-1]))["min_bits"] == 3.0
+    default = proposed(SweepConfig(num_samples=1, dataset="synthetic", preset="smoke"))
+    assert resolve(train_config(default[-1], "cpu", 1), has_gpu=False).min_bits == 0.0
 
 
 def test_the_latest_checkpoint_of_the_same_trial_is_chosen(tmp_path):

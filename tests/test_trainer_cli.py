@@ -21,6 +21,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--data-dir", "/nonexistent/cifar"], "does not hold CIFAR-10"),
     (["--gamma", "abc"], "invalid float value"),
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--min-bits", "-1"], "--min-bits must be in [0, 16]"),
 ])
 def test_bad_input_exits_2_with_one_line(args, says, tmp_path):
     out = run_cli(*args, "--out", str(tmp_path / "out"))

@@ -278,6 +278,7 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
         "kind": state.config.kind, "gamma": state.config.gamma, "seed": state.config.seed,
         "preset": state.config.preset, "width": state.config.width,
         "fixed_bits": state.config.fixed_bits, "size_term": state.config.size_term,
+        "min_bits": state.config.min_bits,
         "full_width": state.config.full_width or state.config.width,
         "epochs": state.config.epochs, "test_accuracy": last.get("test_accuracy"),
         **size_metrics(model), "train_time_s": state.time_total_s,
