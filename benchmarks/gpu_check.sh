@@ -15,6 +15,8 @@
 #   1. the GPU (nvidia-smi), rebuild CIFAR-10 into data/cifar-10-batches-py
 #   2. a paper-preset float baseline and a paper-preset compress trial, per-epoch seconds,
 #      accuracy, peak GPU memory (EPOCHS=24 by default: the preset's)
+#   1b. benchmarks.align: is a conv with a channel count off a multiple of 8 slower per
+#      multiply-add (the suspect for compress epochs slowing down as channels go)
 #   3. an 8-trial sweep of shortened paper trials (SWEEP_EPOCHS=3) at GPUS_PER_TRIAL=0.25,
 #      its wall time and every trial's result
 # Results land in ${OUT:-/tmp/gpu_check}.
@@ -41,6 +43,10 @@ if [ ! -f data/cifar-10-batches-py/test_batch ]; then
     echo "cannot rebuild the data: copy ../shared/data/cifar-10-jpeg.tar.gz and" \
          "build_from_jpeg.py into data/ first"; exit 2; }
 fi
+
+step "channel counts that are not multiples of 8 (benchmarks.align)"
+timeout ${ALIGN_S:-60} $PY -m benchmarks.align --reps 20 | tee "$OUT/align.jsonl" \
+  || echo "align: stopped or failed ($?)"
 
 if [ -z "${SKIP_TRIALS:-}" ]; then  # SKIP_TRIALS=1: the sweep step alone
 step "paper-preset float baseline, $EPOCHS epochs"

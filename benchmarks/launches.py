@@ -11,9 +11,12 @@ optimizers; ``step_optimizers``' two multi-tensor operations for hold-range are 
 It also times the two compress steps side by side on this CPU, where the arithmetic, not
 the dispatch, dominates.
 
-``ratio`` = operations of the compress step now / before.
+``ratio`` = operations of the compress step now / before. With ``--cut MODEL``, also the
+operations of a step of that trained network (a ``model.pt`` of ``trainer.train --out``),
+cut as it ended, beside the uncut one's (``ops_cut``): whether a network's steps issue more
+operations as its channels go (the unaligned residual sums add a few).
 
-    python -m benchmarks.launches [--preset smoke] [--reps 5]
+    python -m benchmarks.launches [--preset smoke] [--reps 5] [--cut DIR/model.pt]
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def main() -> None:
                    help="network width and batch of the counted step (%(default)s); the "
                         "count does not depend on the width, the times do")
     p.add_argument("--reps", type=count, default=5, help="timed repetitions (%(default)s)")
+    p.add_argument("--cut", metavar="MODEL", help="also count a step of this trained network")
     args = p.parse_args()
     torch.set_flush_denormal(True)
     config = resolve(TrainConfig(preset=args.preset), has_gpu=False)
@@ -107,12 +111,22 @@ def main() -> None:
              "compress_before": step_fn(model_for(args.preset), x, y, config, before=True),
              "float": step_fn(model_for(args.preset, kind="float-baseline"), x, y, config,
                               before=False)}
+    if args.cut:
+        from trainer.train import load_model
+
+        try:
+            cut = load_model(args.cut).to(memory_format=torch.channels_last)
+        except (OSError, KeyError, RuntimeError) as exc:
+            p.error(f"--cut {args.cut}: cannot load it ({str(exc).splitlines()[0][:100]}): "
+                    "pass a model.pt written by trainer.train --out")
+        steps["cut"] = step_fn(cut, x, y, config, before=False)
     ops = {name: operations(fn) for name, fn in steps.items()}
     t = interleaved({k: steps[k] for k in ("compress", "compress_before")}, args.reps)
     emit("launches", {"ratio": round(ops["compress"] / ops["compress_before"], 3),
                       "ops_compress": ops["compress"],
                       "ops_compress_before": ops["compress_before"],
                       "ops_float": ops["float"],
+                      **({"ops_cut": ops["cut"]} if args.cut else {}),
                       "step_s_compress": round(t["compress"], 4),
                       "step_s_compress_before": round(t["compress_before"], 4),
                       "batch": config.batch_size, "reps": args.reps, "preset": args.preset})
