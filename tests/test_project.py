@@ -46,7 +46,9 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                   ["gpu_check", "--kind", "nope", "--data-dir", "data"],
                                   ["gpu_check", "--width", "-1", "--kind", "narrow-float",
                                    "--data-dir", "data"],
-                                  ["launches", "--preset", "huge"]])
+                                  ["launches", "--preset", "huge"],
+                                  ["launches", "--cut", "nowhere/model.pt"],
+                                  ["align", "--reps", "0"]])
 def test_benchmarks_reject_bad_input_on_one_line(argv):
     done = subprocess.run([sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:]], cwd=REPO,
                           capture_output=True, text=True)
