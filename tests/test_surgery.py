@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer.model import ConvBlock, ResNet9
-from trainer.surgery import cut_dead_channels
+from trainer.surgery import aligned, cut_dead_channels
 
 WIDTHS = (6, 8, 10, 12)
 
@@ -74,6 +74,36 @@ def test_cutting_random_dead_channels_leaves_the_output_unchanged(seed):
     assert float(size_after.live_weights) <= float(size_before.live_weights)
     physical = sum(m.weight.numel() for _, m in model.quant_layers())
     assert physical < model.n0
+
+
+def test_aligned_puts_back_the_fewest_dead_channels_for_a_multiple():
+    cut = torch.zeros(20, dtype=torch.bool)
+    cut[[1, 4, 5, 9, 17]] = True  # 15 left: one put back (the lowest index) leaves 16
+    assert aligned(cut, 8).nonzero().flatten().tolist() == [4, 5, 9, 17]
+    assert aligned(cut, 1).equal(cut)
+    assert not aligned(cut, 32).any()  # 32 > 20: keep all it had
+    every = torch.ones(20, dtype=torch.bool)
+    assert aligned(every, 8).all()  # none left is a multiple too
+
+
+def test_cuts_with_align_keep_multiples_and_the_output():
+    torch.manual_seed(3)
+    model = ResNet9((16, 24, 32, 40)).double()
+    randomize(model, 3)
+    random_dead(model.float(), 3, fraction=0.3)
+    model = model.double()
+    x = torch.randn(8, 3, 32, 32, dtype=torch.float64)
+    before = outputs(model, x)
+    initial = {n: b.conv.weight.shape[0] for n, b in model.blocks()}
+    assert cut_dead_channels(model, [], align=8) > 0
+    rows = {n: b.conv.weight.shape[0] for n, b in model.blocks()}
+    assert all(r % 8 == 0 or r == initial[n] for n, r in rows.items()), rows
+    assert any(r < initial[n] for n, r in rows.items())
+    for got, want in zip(outputs(model, x), before, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    kept_dead = sum(int(b.dead().sum()) for _, b in model.blocks())
+    assert kept_dead > 0  # some dead channels wait for the next cut
+    assert cut_dead_channels(model, []) == kept_dead  # unaligned, they go
 
 
 def test_trunk_and_branch_keep_their_own_channels_and_the_sum_their_union():

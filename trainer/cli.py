@@ -112,6 +112,10 @@ def parser() -> argparse.ArgumentParser:
                    help="a bit depth that falls below this drops to 0 at once, so live "
                         "channels keep at least this many bits and the size term buys cut "
                         "channels instead of coarser ones (default %(default)s: off)")
+    p.add_argument("--cut-align", type=int, default=d.cut_align,
+                   help="cuts leave each conv a multiple of this many channels, cutting fewer "
+                        "dead ones at a time (8 suits a GPU's bf16 convolutions; default "
+                        "%(default)s: every dead channel at once)")
     p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,
                    help="fraction of training over which gamma ramps up from 0 "
                         "(default %(default)s: off)")

@@ -67,6 +67,8 @@ class TrainConfig:
     label_smoothing: float = 0.2  # cross-entropy label smoothing (Page's recipe)
     dead_l1: float = 0.05  # L1 weight on 0-bit channels' constant output: drains it to 0
     cut_every: int = 10  # check for cuttable channels every N steps (and at every epoch end)
+    cut_align: int = 1  # cuts leave each conv a multiple of this many channels (8: what a
+    #   GPU's bf16 convolutions take in one group; 1: cut every dead channel at once)
     # --- data and device ---
     dataset: str = "cifar10"  # cifar10 | synthetic (small generated set for tests)
     data_dir: str | None = None  # holds cifar-10-batches-py/ (or is it); None = download cache
@@ -157,6 +159,7 @@ def validate(c: TrainConfig) -> None:
     need(c.warmup_fraction is not None and 0 <= c.warmup_fraction < 1,
          f"warmup_fraction must be in [0, 1), got {c.warmup_fraction}")
     need(c.cut_every >= 1, f"--cut-every must be at least 1, got {c.cut_every}")
+    need(c.cut_align >= 1, f"--cut-align must be at least 1, got {c.cut_align}: e.g. 8 on a GPU")
     need(c.synthetic_size >= 16, f"--synthetic-size must be at least 16, got {c.synthetic_size}")
     need((c.train_subset or 0) >= 0 and (c.test_subset or 0) >= 0,
          "--train-subset / --test-subset must be >= 0 (0 = all)")

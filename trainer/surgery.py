@@ -138,11 +138,28 @@ def cuttable(block: ConvBlock) -> Tensor:
     return block.dead() & (train_c == 0) & (eval_c == 0)
 
 
-def cut_dead_channels(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> int:
+def aligned(cut: Tensor, align: int) -> Tensor:
+    """``cut`` (bool, O) with the fewest channels put back, lowest index first, that leave a
+    multiple of ``align`` channels (or none): a GPU's bf16 convolutions work in groups of 8.
+    The channels put back are dead: they stay zeros until a later cut takes them."""
+    n_cut, total = int(cut.sum()), cut.numel()
+    left = total - n_cut
+    keep = min(total, -(-left // align) * align)  # rounded up to a multiple of align
+    back = keep - left
+    if back:
+        cut = cut.clone()
+        cut[cut.nonzero().flatten()[:back]] = False
+    return cut
+
+
+def cut_dead_channels(model: ResNet9, optimizers: list[torch.optim.Optimizer],
+                      align: int = 1) -> int:
     """Cut every channel whose removal leaves the output unchanged; return how many.
 
     A residual branch whose last conv has no channels left is removed whole (the block
-    becomes the identity); its first conv's channels count as cut.
+    becomes the identity); its first conv's channels count as cut. With ``align`` > 1 each
+    conv keeps a multiple of ``align`` output channels (or none, or all it had): fewer dead
+    channels are cut at a time (``aligned``).
     """
     if not model.quantized:
         return 0
@@ -152,6 +169,8 @@ def cut_dead_channels(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -
     with torch.no_grad():
         blocks = list(model.blocks())
         masks = [cuttable(b) for _, b in blocks]
+        if align > 1:
+            masks = [aligned(m, align) for m in masks]
         counts = torch.stack([m.sum() for m in masks]).tolist() if masks else []
         for (_, b), cut, n in zip(blocks, masks, counts, strict=True):
             if n:

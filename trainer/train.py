@@ -230,12 +230,12 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
             loss_sum += ce.detach()
             state.step += 1
             if state.step % c.cut_every == 0:
-                cut_dead_channels(model, opts)
+                cut_dead_channels(model, opts, c.cut_align)
             if progress:
                 progress.update(i, epoch)
         if epoch == c.epochs:
             finish_quantizers(model, c)
-        cut_dead_channels(model, opts)
+        cut_dead_channels(model, opts, c.cut_align)
         if cuda:
             torch.cuda.synchronize()
         epoch_time = time.perf_counter() - epoch_start
