@@ -26,13 +26,16 @@ def main() -> None:
     p.add_argument("--width", type=float, help="channel multiplier (narrow-float: below the "
                    "preset's; default: the preset's)")
     p.add_argument("--fixed-bits", type=float, help="bit depth of a fixed-bits trial")
+    p.add_argument("--min-bits", type=float, help="live channels keep at least this many bits "
+                   "(default: the trainer's)")
     p.add_argument("--cut-align", type=int, default=1,
                    help="cuts leave each conv a multiple of this many channels (%(default)s)")
     p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/")
     args = p.parse_args()
     config = TrainConfig(kind=args.kind, gamma=args.gamma, preset=args.preset,
                          data_dir=args.data_dir, device="cuda", fixed_bits=args.fixed_bits,
-                         epochs=args.epochs, width=args.width, cut_align=args.cut_align)
+                         epochs=args.epochs, width=args.width, cut_align=args.cut_align,
+                         **({} if args.min_bits is None else {"min_bits": args.min_bits}))
     try:  # bad input is said on one line before anything runs, GPU or not
         resolve(config, has_gpu=True)
     except ConfigError as err:
@@ -44,7 +47,7 @@ def main() -> None:
 
     def on_epoch(m: dict, _state) -> None:
         print(json.dumps({"kind": args.kind, "gamma": args.gamma, "width": args.width,
-                          "cut_align": args.cut_align,
+                          "cut_align": args.cut_align, "min_bits": config.min_bits,
                           "fixed_bits": args.fixed_bits, "epoch": m["epoch"],
                           "epoch_s": round(m["epoch_time_s"], 2),
                           "test_accuracy": m["test_accuracy"],

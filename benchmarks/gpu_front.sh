@@ -7,7 +7,8 @@
 #     bash benchmarks/gpu_front.sh
 # Prints each run's final JSON line (benchmarks.gpu_check) and a table; the per-epoch lines
 # land in ${OUT:-/tmp/gpu_front}/<run>.jsonl. GAMMAS, NARROW (widths) and FIXED (bits) choose
-# the runs; TRIAL_S stops a run that takes longer.
+# the runs; MIN_BITS, when set, is the compress runs' --min-bits; TRIAL_S stops a run that
+# takes longer.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_front}
@@ -31,7 +32,9 @@ run() {  # name, then benchmarks.gpu_check arguments
 }
 start=$(date +%s)
 run float --kind float-baseline &
-for g in $GAMMAS; do run "compress_g$g" --kind compress --gamma "$g" & done
+for g in $GAMMAS; do
+  run "compress_g$g" --kind compress --gamma "$g" ${MIN_BITS:+--min-bits "$MIN_BITS"} &
+done
 for w in $NARROW; do run "narrow_w$w" --kind narrow-float --width "$w" & done
 for b in $FIXED; do run "fixed_b$b" --kind fixed-bits --fixed-bits "$b" & done
 wait
