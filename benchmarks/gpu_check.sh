@@ -54,13 +54,15 @@ step "paper-preset float baseline, $EPOCHS epochs"
 timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind float-baseline --epochs "$EPOCHS" \
   --data-dir data | tee "$OUT/float.jsonl" || echo "float baseline: stopped or failed ($?)"
 
-step "paper-preset compress trial (gamma 0.05), $EPOCHS epochs"
-timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" \
+# --min-bits 0 (skip-one-bit alone, the default before cpu-mb3): the same trial as the
+# timings of 2026-11-26 in benchmarks/README.md
+step "paper-preset compress trial (gamma 0.05, --min-bits 0), $EPOCHS epochs"
+timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" --min-bits 0 \
   --data-dir data | tee "$OUT/compress.jsonl" || echo "compress: stopped or failed ($?)"
 
 step "the same compress trial, cuts keeping multiples of 8 channels (--cut-align 8)"
 timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" \
-  --cut-align 8 --data-dir data | tee "$OUT/compress_align8.jsonl" || echo "align 8: stopped or failed ($?)"
+  --min-bits 0 --cut-align 8 --data-dir data | tee "$OUT/compress_align8.jsonl" || echo "align 8: stopped or failed ($?)"
 fi
 
 step "8-trial sweep, $SWEEP_EPOCHS epochs each, $GPUS_PER_TRIAL GPU per trial"

@@ -38,7 +38,7 @@ from trainer.train import load_model, model_for, model_from, save_model, train
 # channels cross the one-bit zone (no skip_one_bit), which is what leaves them dead, uncut.
 CUTS = TrainConfig(preset="smoke", dataset="synthetic", gamma=1.0, epochs=3, batch_size=64,
                    width=0.125, lr_quant=0.1, init_bits=2.0, synthetic_size=1024, cut_every=2,
-                   threads=1, skip_one_bit=False)
+                   threads=1, skip_one_bit=False, min_bits=0.0)
 
 
 @pytest.fixture(scope="module")

@@ -182,7 +182,7 @@ def test_step_optimizers_moves_every_hold_range_exponent_as_follow_bits_does():
     from trainer.config import TrainConfig, resolve
     from trainer.train import make_optimizers, model_for, step_optimizers
 
-    config = resolve(TrainConfig(preset="smoke", skip_one_bit=False), has_gpu=False)
+    config = resolve(TrainConfig(preset="smoke", skip_one_bit=False, min_bits=0.0), has_gpu=False)
     torch.manual_seed(0)
     nets = [model_for(config)]
     nets.append(copy.deepcopy(nets[0]))

@@ -55,7 +55,7 @@ def free_port() -> int:
     (["--refine", "-1"], "--refine must be >= 0"),
     (["--gamma-min", "0"], "--gamma-min must be > 0"),
     (["--gamma-min", "0.1", "--gamma-max", "0.01"], "must be above --gamma-min"),
-    (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.003 to 0.3"),
+    (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.0003 to 0.03"),
     (["--gamma-max", "-1"], "--gamma-max must be > 0"),
     (["--resume", "--name", "nope"], "no sweep named 'nope'"),
     (["--resume"], "no sweep to resume"),
@@ -341,10 +341,10 @@ def proposed(c: SweepConfig) -> list[dict]:
 
 
 def test_the_default_gamma_range_is_the_presets_and_a_given_bound_wins():
-    assert gamma_range("cpu") == (3e-3, 0.3) and gamma_range("paper") == GAMMA_RANGE
+    assert gamma_range("cpu") == (3e-4, 3e-2) and gamma_range("paper") == GAMMA_RANGE
     c = SweepConfig(gamma_max=0.5)
     assert (with_gamma_range(c, "cpu").gamma_min, with_gamma_range(c, "cpu").gamma_max) == (
-        3e-3, 0.5)
+        3e-4, 0.5)
     assert with_gamma_range(c, "smoke").gamma_min == GAMMA_RANGE[0]
     given = SweepConfig(gamma_min=0.02, gamma_max=0.04)
     assert with_gamma_range(given, "cpu") == given

@@ -9,11 +9,11 @@ from trainer.train import load_model, save_model, train
 
 # A network that compresses within seconds: 2-bit start, fast bit-depth learning rate (with
 # hold-range, the default, b falls more slowly than with plain (b, e): gamma 2, lr_quant 0.2).
-# Channels cross the one-bit zone here (skip_one_bit would cut nearly all of them at once):
-# these tests are about cutting and resuming, not the recipe.
+# Channels cross the one-bit zone here (skip_one_bit or min_bits would cut nearly all of them
+# at once): these tests are about cutting and resuming, not the recipe.
 STRONG = TrainConfig(preset="smoke", dataset="synthetic", gamma=2.0, epochs=6, batch_size=128,
                      width=0.25, lr_quant=0.2, init_bits=2.0, synthetic_size=2048, cut_every=5,
-                     skip_one_bit=False)
+                     skip_one_bit=False, min_bits=0.0)
 
 
 def test_a_strong_gamma_shrinks_the_network_and_its_work(tmp_path):

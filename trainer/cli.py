@@ -111,7 +111,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-bits", type=float, default=d.min_bits,
                    help="a bit depth that falls below this drops to 0 at once, so live "
                         "channels keep at least this many bits and the size term buys cut "
-                        "channels instead of coarser ones (default %(default)s: off)")
+                        "channels instead of coarser ones (default %(default)s; 0: only "
+                        "--skip-one-bit's 1.58)")
     p.add_argument("--cut-align", type=int, default=d.cut_align,
                    help="cuts leave each conv a multiple of this many channels, cutting fewer "
                         "dead ones at a time (8 suits a GPU's bf16 convolutions; default "

@@ -57,8 +57,9 @@ class TrainConfig:
     skip_one_bit: bool = True  # a b falling into the one-bit zone (0, 1.58), where the
     #   quantizer holds only {-1, 0}, goes to 0 at once: the channel dies (is drained and cut)
     #   instead of crossing it as a one-sign channel (README, docs/ablation.md)
-    min_bits: float = 0.0  # a b falling below this goes to 0 (the channel dies): live
-    #   channels keep at least this many bits (0: off; skip_one_bit alone is 1.58)
+    min_bits: float = 3.0  # a b falling below this goes to 0 (the channel dies): live
+    #   channels keep at least 3 bits, so the size term buys cut channels rather than coarser
+    #   ones (0: only skip_one_bit's 1.58; README, docs/ablation.md)
     hold_range: bool = True  # learn (b, clipping range e+b-1) instead of (b, e): the size
     #   term then drops low-order bits instead of clipping the largest weights (README)
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
