@@ -270,13 +270,14 @@ def test_reference_rows_carry_kind_width_and_bits_before_and_after_they_finish()
 def test_min_bits_reaches_every_compress_trial_and_its_row():
     from sweep.space import train_config
 
-    c = SweepConfig(num_samples=2, dataset="synthetic", preset="smoke", min_bits=3.0)
+    c = SweepConfig(num_samples=2, dataset="synthetic", preset="smoke", min_bits=0.0)
     configs = proposed(c)
     built = [resolve(train_config(t, "cpu", 1), has_gpu=False) for t in configs]
-    assert [b.min_bits for b in built if b.kind == "compress"] == [3.0, 3.0]
-    assert trial_row("s", "t", new_record(configs[-1]))["min_bits"] == 3.0
+    assert [b.min_bits for b in built if b.kind == "compress"] == [0.0, 0.0]
+    assert trial_row("s", "t", new_record(configs[-1]))["min_bits"] == 0.0
     default = proposed(SweepConfig(num_samples=1, dataset="synthetic", preset="smoke"))
-    assert resolve(train_config(default[-1], "cpu", 1), has_gpu=False).min_bits == 0.0
+    assert resolve(train_config(default[-1], "cpu", 1), has_gpu=False).min_bits == 3.0 \
+        == TrainConfig().min_bits
 
 
 def test_the_latest_checkpoint_of_the_same_trial_is_chosen(tmp_path):
