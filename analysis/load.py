@@ -191,8 +191,12 @@ def borrow_references(results: Results, folder: str | os.PathLike) -> Results:
 
 def _recipe(trials: pd.DataFrame, where: object) -> tuple:
     """The one (preset, epochs, full width) of ``trials``; ResultsError if unknown or mixed."""
-    full = trials["full_width"].where(trials["full_width"].notna(), trials.get("width"))
-    rows = set(zip(trials["preset"], trials["epochs"], full))
+    def column(name: str) -> pd.Series:
+        values = trials.get(name)
+        return pd.Series(None, index=trials.index) if values is None else values
+
+    full = column("full_width").where(column("full_width").notna(), column("width"))
+    rows = set(zip(column("preset"), column("epochs"), full, strict=True))
     if len(rows) != 1 or any(pd.isna(v) for v in next(iter(rows))):
         raise ResultsError(f"--references-from: cannot tell the recipe of {where} (preset, "
                            f"epochs, width: {sorted(map(str, rows)) or 'no trials'}): pass "
