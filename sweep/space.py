@@ -82,10 +82,17 @@ def overrides(trial: dict) -> dict:
     return {k: trial[k] for k in OVERRIDE_FIELDS if trial.get(k) is not None}
 
 
+# Recipe fields added after a sweep may have started, with the value a trial whose saved
+# config lacks them trained with: a resumed sweep finishes its trials as they began.
+RECIPE_BEFORE = {"skip_one_bit": False, "min_bits": 0.0}
+
+
 def train_config(trial: dict, device: str, threads: int) -> TrainConfig:
-    """The TrainConfig of one trial, from its Tune config."""
-    return TrainConfig(**{**trial["train"], **overrides(trial)}, gamma=float(trial["gamma"]),
-                       kind=trial["kind"], device=device, threads=threads)
+    """The TrainConfig of one trial, from its Tune config (``RECIPE_BEFORE`` for the recipe
+    fields a config saved by older code lacks)."""
+    return TrainConfig(**{**RECIPE_BEFORE, **trial["train"], **overrides(trial)},
+                       gamma=float(trial["gamma"]), kind=trial["kind"], device=device,
+                       threads=threads)
 
 
 def trial_key(trial: dict) -> dict:

@@ -263,7 +263,7 @@ def test_training_with_skip_one_bit_leaves_no_bit_depth_in_the_zone():
 
     config = TrainConfig(preset="smoke", dataset="synthetic", synthetic_size=1024, epochs=2,
                          batch_size=128, width=0.25, gamma=2.0, lr_quant=0.2, init_bits=2.0,
-                         cut_every=5, threads=1, skip_one_bit=True)
+                         cut_every=5, threads=1, skip_one_bit=True, min_bits=0.0)
     seen = []
     result = train(config, verbose=False, on_epoch=lambda m, state: seen.append(
         torch.cat([layer.b.detach().flatten() for _, layer in state.model.quant_layers()])))

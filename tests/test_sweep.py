@@ -278,6 +278,11 @@ def test_min_bits_reaches_every_compress_trial_and_its_row():
     default = proposed(SweepConfig(num_samples=1, dataset="synthetic", preset="smoke"))
     assert resolve(train_config(default[-1], "cpu", 1), has_gpu=False).min_bits == 3.0 \
         == TrainConfig().min_bits
+    # a trial saved by a sweep begun before the floor (and skip-one-bit) resumes without them
+    old = {**default[-1], "train": {k: v for k, v in default[-1]["train"].items()
+                                    if k not in ("min_bits", "skip_one_bit")}}
+    resumed = resolve(train_config(old, "cpu", 1), has_gpu=False)
+    assert (resumed.min_bits, resumed.skip_one_bit) == (0.0, False)
 
 
 def test_the_latest_checkpoint_of_the_same_trial_is_chosen(tmp_path):

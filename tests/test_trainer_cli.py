@@ -23,6 +23,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--dataset", "mnist"], "unknown dataset 'mnist'"),
     (["--min-bits", "-1"], "--min-bits must be in [0, 16]"),
     (["--cut-align", "0"], "--cut-align must be at least 1"),
+    (["--init-bits", "2"], "--init-bits 2 is not above --min-bits 3"),
 ])
 def test_bad_input_exits_2_with_one_line(args, says, tmp_path):
     out = run_cli(*args, "--out", str(tmp_path / "out"))

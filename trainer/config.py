@@ -146,6 +146,9 @@ def validate(c: TrainConfig) -> None:
     need(0 < c.init_bits <= 32, f"--init-bits must be in (0, 32], got {c.init_bits}")
     need(0 <= c.min_bits <= 16 and math.isfinite(c.min_bits),
          f"--min-bits must be in [0, 16], got {c.min_bits}: e.g. --min-bits 3")
+    need(c.kind != "compress" or c.min_bits == 0 or c.min_bits < c.init_bits,
+         f"--init-bits {c.init_bits:g} is not above --min-bits {c.min_bits:g}: every channel "
+         "would die at the first step; lower --min-bits (0 turns it off) or raise --init-bits")
     need(c.lr_exp is None or c.lr_exp >= 0, f"--lr-exp must be >= 0, got {c.lr_exp}")
     need(c.size_term in ("bits", "bops"),
          f"unknown --size-term {c.size_term!r}: choose bits (storage) or bops (compute)")

@@ -38,7 +38,8 @@ TRIALS_SCHEMA = pa.schema([
     ("mean_bits", pa.float64()),  # size_bits / live weights
     ("macs_kept_fraction", pa.float64()),  # forward MACs of the live weights / original's
     ("size_term", pa.string()),  # what the size term counted: bits | bops (null: bits)
-    ("min_bits", pa.float64()),  # bit depth under which a channel died (null: 0, before it)
+    ("min_bits", pa.float64()),  # bit depth under which a compress trial's channels died
+    #   at once (TrainConfig.min_bits; null: written before it existed, when it was 0)
     ("train_time_s", pa.float64()),  # wall time of training, evaluation included
     ("device", pa.string()),
     ("hostname", pa.string()),
