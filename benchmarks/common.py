@@ -13,11 +13,11 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from trainer.cli import OneLineParser
+from trainer.cli import OneLineParser, fail
 from trainer.config import TrainConfig, resolve
 from trainer.model import SPATIAL, ResNet9
 from trainer.results import code_version
-from trainer.train import make_optimizers, step_optimizers
+from trainer.train import load_model, make_optimizers, step_optimizers
 from trainer.train import model_for as trainer_model
 
 
@@ -56,6 +56,21 @@ def interleaved(fns: dict[str, Callable[[], None]], reps: int, warmup: int = 1) 
 def conv_macs(model: ResNet9) -> int:
     """Multiply-accumulates of one forward pass on one 32x32 image, as the network is now."""
     return sum(SPATIAL[name] ** 2 * layer.weight.numel() for name, layer in model.quant_layers())
+
+
+def load_trained(path: str, prog: str, flag: str) -> tuple[ResNet9, TrainConfig]:
+    """(the network saved at ``path`` by ``trainer.train --out``, channels_last, and its
+    config); one line and exit 2, naming ``flag``, for a missing file or another kind."""
+    if not os.path.isfile(path):
+        fail(f"{flag} {path}: no such file; give the model.pt of a trainer.train --out folder",
+             prog=prog)
+    try:
+        model = load_model(path)
+        config = TrainConfig(**torch.load(path, map_location="cpu", weights_only=True)["config"])
+    except Exception as err:  # not a model.pt of ours
+        fail(f"{flag} {path}: not a network saved by trainer.train ({type(err).__name__})",
+             prog=prog)
+    return model.to(memory_format=torch.channels_last), config
 
 
 def model_for(preset: str, kind: str = "compress", seed: int = 0, **overrides) -> ResNet9:

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 
 import trainer.quant as Q
-from benchmarks.common import count, emit, interleaved, model_for, parser
+from benchmarks.common import count, emit, interleaved, load_trained, model_for, parser
 from trainer.config import TrainConfig, resolve
 from trainer.model import ResNet9
 from trainer.train import make_optimizers, step_optimizers
@@ -112,13 +112,7 @@ def main() -> None:
              "float": step_fn(model_for(args.preset, kind="float-baseline"), x, y, config,
                               before=False)}
     if args.cut:
-        from trainer.train import load_model
-
-        try:
-            cut = load_model(args.cut).to(memory_format=torch.channels_last)
-        except (OSError, KeyError, RuntimeError) as exc:
-            p.error(f"--cut {args.cut}: cannot load it ({str(exc).splitlines()[0][:100]}): "
-                    "pass a model.pt written by trainer.train --out")
+        cut, _ = load_trained(args.cut, "benchmarks.launches", "--cut")
         steps["cut"] = step_fn(cut, x, y, config, before=False)
     ops = {name: operations(fn) for name, fn in steps.items()}
     t = interleaved({k: steps[k] for k in ("compress", "compress_before")}, args.reps)

@@ -11,15 +11,21 @@ first, measured side by side instead of across a run on a shared machine.
     python -m benchmarks.shrink [--reps 5] [--steps 5] [--model results/run/model.pt]
 """
 
-import os
-
 import torch
 
-from benchmarks.common import conv_macs, count, emit, interleaved, model_for, parser, train_step_fn
-from trainer.cli import fail
+from benchmarks.common import (
+    conv_macs,
+    count,
+    emit,
+    interleaved,
+    load_trained,
+    model_for,
+    parser,
+    train_step_fn,
+)
 from trainer.config import TrainConfig
-from trainer.train import load_model, train
 from trainer.train import model_for as trainer_model_for
+from trainer.train import train
 
 # as measured before skip_one_bit and the floor (README figures)
 STRONG = TrainConfig(preset="cpu", dataset="synthetic", gamma=2.0, epochs=6, batch_size=128,
@@ -36,18 +42,9 @@ def compressed_model():
 
 def trained_pair(path: str) -> tuple:
     """(the network saved at ``path``, the uncompressed one of its config, weights kept)."""
-    if not os.path.isfile(path):
-        fail(f"--model {path}: no such file; give the model.pt of a trainer.train --out folder",
-             prog="benchmarks.shrink")
-    try:
-        small = load_model(path)
-        config = TrainConfig(**torch.load(path, map_location="cpu", weights_only=True)["config"])
-    except Exception as err:  # not a model.pt of ours
-        fail(f"--model {path}: not a network saved by trainer.train ({type(err).__name__})",
-             prog="benchmarks.shrink")
+    small, config = load_trained(path, "benchmarks.shrink", "--model")
     torch.manual_seed(config.seed)
     full = trainer_model_for(config).to(memory_format=torch.channels_last)
-    small = small.to(memory_format=torch.channels_last)
     kept = sum(layer.weight.numel() for _, layer in small.quant_layers()) / small.n0
     return small, full, kept
 

@@ -48,6 +48,7 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                    "--data-dir", "data"],
                                   ["launches", "--preset", "huge"],
                                   ["launches", "--cut", "nowhere/model.pt"],
+                                  ["launches", "--cut", "pyproject.toml"],
                                   ["align", "--reps", "0"]])
 def test_benchmarks_reject_bad_input_on_one_line(argv):
     done = subprocess.run([sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:]], cwd=REPO,

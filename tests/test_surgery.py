@@ -79,11 +79,15 @@ def test_cutting_random_dead_channels_leaves_the_output_unchanged(seed):
 def test_aligned_puts_back_the_fewest_dead_channels_for_a_multiple():
     cut = torch.zeros(20, dtype=torch.bool)
     cut[[1, 4, 5, 9, 17]] = True  # 15 left: one put back (the lowest index) leaves 16
-    assert aligned(cut, 8).nonzero().flatten().tolist() == [4, 5, 9, 17]
-    assert aligned(cut, 1).equal(cut)
-    assert not aligned(cut, 32).any()  # 32 > 20: keep all it had
+    mask, n = aligned(cut, 5, 8)
+    assert mask.nonzero().flatten().tolist() == [4, 5, 9, 17] and n == 4
+    mask, n = aligned(cut, 5, 1)
+    assert mask.equal(cut) and n == 5
+    mask, n = aligned(cut, 5, 32)
+    assert not mask.any() and n == 0  # 32 > 20: keep all it had
     every = torch.ones(20, dtype=torch.bool)
-    assert aligned(every, 8).all()  # none left is a multiple too
+    mask, n = aligned(every, 20, 8)
+    assert mask.all() and n == 20  # none left is a multiple too
 
 
 def test_cuts_with_align_keep_multiples_and_the_output():

@@ -138,18 +138,19 @@ def cuttable(block: ConvBlock) -> Tensor:
     return block.dead() & (train_c == 0) & (eval_c == 0)
 
 
-def aligned(cut: Tensor, align: int) -> Tensor:
-    """``cut`` (bool, O) with the fewest channels put back, lowest index first, that leave a
-    multiple of ``align`` channels (or none): a GPU's bf16 convolutions work in groups of 8.
-    The channels put back are dead: they stay zeros until a later cut takes them."""
-    n_cut, total = int(cut.sum()), cut.numel()
+def aligned(cut: Tensor, n_cut: int, align: int) -> tuple[Tensor, int]:
+    """``cut`` (bool, O, with ``n_cut`` set) with the fewest channels put back, lowest index
+    first, that leave a multiple of ``align`` channels (or none), and how many it still cuts:
+    a GPU's bf16 convolutions work in groups of 8. The channels put back are dead: they stay
+    zeros until a later cut takes them."""
+    total = cut.numel()
     left = total - n_cut
     keep = min(total, -(-left // align) * align)  # rounded up to a multiple of align
     back = keep - left
     if back:
         cut = cut.clone()
         cut[cut.nonzero().flatten()[:back]] = False
-    return cut
+    return cut, n_cut - back
 
 
 def cut_dead_channels(model: ResNet9, optimizers: list[torch.optim.Optimizer],
@@ -169,9 +170,10 @@ def cut_dead_channels(model: ResNet9, optimizers: list[torch.optim.Optimizer],
     with torch.no_grad():
         blocks = list(model.blocks())
         masks = [cuttable(b) for _, b in blocks]
-        if align > 1:
-            masks = [aligned(m, align) for m in masks]
         counts = torch.stack([m.sum() for m in masks]).tolist() if masks else []
+        if align > 1:  # on the counts already read: no more host syncs unless one is put back
+            pairs = [aligned(m, n, align) for m, n in zip(masks, counts, strict=True)]
+            masks, counts = [m for m, _ in pairs], [n for _, n in pairs]
         for (_, b), cut, n in zip(blocks, masks, counts, strict=True):
             if n:
                 keep = (~cut).nonzero().flatten()
