@@ -117,11 +117,6 @@ def parser() -> argparse.ArgumentParser:
                    help="cuts leave each conv a multiple of this many channels, cutting fewer "
                         "dead ones at a time (8 suits a GPU's bf16 convolutions; default "
                         "%(default)s: every dead channel at once)")
-    p.add_argument("--compile", default=d.compile, choices=("off", "on", "auto"),
-                   help="run the quantizer's forward and backward through torch.compile: a "
-                        "few fused kernels per layer instead of ~35 operations, for a GPU "
-                        "step that waits on its launches; compiles for seconds at the start "
-                        "(auto: on with a CUDA device; default %(default)s)")
     p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,
                    help="fraction of training over which gamma ramps up from 0 "
                         "(default %(default)s: off)")

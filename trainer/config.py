@@ -77,8 +77,6 @@ class TrainConfig:
     cutout: int = 8  # side of the cutout square in pixels (0 = off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
-    compile: str = "off"  # off | on | auto (on with a CUDA device): the quantizer through
-    #   torch.compile, a few fused kernels per layer instead of ~35 operations
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)
@@ -165,8 +163,6 @@ def validate(c: TrainConfig) -> None:
     need(c.warmup_fraction is not None and 0 <= c.warmup_fraction < 1,
          f"warmup_fraction must be in [0, 1), got {c.warmup_fraction}")
     need(c.cut_every >= 1, f"--cut-every must be at least 1, got {c.cut_every}")
-    need(c.compile in ("off", "on", "auto"),
-         f"unknown --compile {c.compile!r}: choose off, on, or auto (on with a GPU)")
     need(c.cut_align >= 1, f"--cut-align must be at least 1, got {c.cut_align}: e.g. 8 on a GPU")
     need(c.synthetic_size >= 16, f"--synthetic-size must be at least 16, got {c.synthetic_size}")
     need((c.train_subset or 0) >= 0 and (c.test_subset or 0) >= 0,

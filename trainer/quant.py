@@ -10,7 +10,6 @@ in the loss and the exact size that is reported are both computed in ``layer_siz
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -93,68 +92,6 @@ def quantize_fused(w: Tensor, b: Tensor, e: Tensor, hold_range: bool = False) ->
     return _FusedQuantize.apply(w, b, e, hold_range)
 
 
-def _quantize_values(w: Tensor, b: Tensor, e: Tensor) -> Tensor:
-    """``_FusedQuantize.forward``'s arithmetic, as one function for ``torch.compile``."""
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    scale = torch.exp2(e).view(shape)
-    p = torch.exp2(F.relu(b) - 1).view(shape)
-    k = torch.round(torch.maximum(torch.minimum(w / scale, p - 1), -p)) + 0.0
-    return scale * k
-
-
-def _quantize_grads(g: Tensor, w: Tensor, b: Tensor, e: Tensor,
-                    hold_range: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """``_FusedQuantize.backward``'s arithmetic, recomputing x and k from (w, b, e)."""
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    dims = tuple(range(1, w.dim()))
-    scale = torch.exp2(e).view(shape)
-    p = torch.exp2(F.relu(b) - 1).view(shape)
-    x = w / scale
-    k = torch.round(torch.maximum(torch.minimum(x, p - 1), -p)) + 0.0
-    above, below = x > p - 1, x < -p
-    outside = above | below
-    grad_w = g.masked_fill(outside, 0.0)
-    grad_e = (g * (k - x.masked_fill(outside, 0.0))).sum(dims) * (LN2 * scale.flatten())
-    gs = g * scale
-    grad_p = (gs * above).sum(dims) - (gs * below).sum(dims)
-    grad_b = (grad_p * (LN2 * p.flatten())).masked_fill(b <= 0, 0.0)
-    if hold_range:
-        grad_b = grad_b - grad_e
-    return grad_w, grad_b, grad_e
-
-
-@functools.cache
-def _compiled(fn):
-    """``fn`` compiled once for every shape (dynamic): a cut does not recompile it."""
-    return torch.compile(fn, dynamic=True, fullgraph=True)
-
-
-class _CompiledQuantize(torch.autograd.Function):
-    """``_FusedQuantize`` with its forward and backward each compiled by ``torch.compile``
-    into a few fused kernels (about 5 per layer and step instead of about 35): on a GPU, a
-    compress step waits on its launches (benchmarks/README.md). Saves only (w, b, e); the
-    backward recomputes x and k inside its kernels."""
-
-    @staticmethod
-    def forward(ctx, w: Tensor, b: Tensor, e: Tensor, hold_range: bool) -> Tensor:
-        ctx.save_for_backward(w, b, e)
-        ctx.hold_range = hold_range
-        # detached: plain tensors get dynamic shapes, parameters would recompile per shape
-        return _compiled(_quantize_values)(w.detach(), b.detach(), e.detach())
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        w, b, e = (t.detach() for t in ctx.saved_tensors)
-        return (*_compiled(_quantize_grads)(g, w, b, e, ctx.hold_range), None)
-
-
-def quantize_compiled(w: Tensor, b: Tensor, e: Tensor, hold_range: bool = False) -> Tensor:
-    """``quantize_fused`` through ``torch.compile`` (``--compile``): the same values and
-    gradients up to float rounding (tests/test_quant.py), in fewer kernels. The first call
-    of each form compiles it (seconds; cached on disk by torch for later processes)."""
-    return _CompiledQuantize.apply(w, b, e, hold_range)
-
-
 def _scaled(w: Tensor, b: Tensor, e: Tensor) -> tuple[Tensor, Tensor]:
     """(2^e shaped to broadcast over ``w``, clamp(2^-e * w, -2^(b+ - 1), 2^(b+ - 1) - 1))."""
     shape = (-1,) + (1,) * (w.dim() - 1)
@@ -217,7 +154,6 @@ class QuantMixin:
         self.hold_range = False
         self.skip_one_bit = False  # after each step, a b in (0, ONE_BIT_TOP) goes to 0
         self.min_bits = 0.0  # after each step, a b in (0, min_bits) goes to 0
-        self.compiled = False  # quantize through torch.compile (``quantize_compiled``)
         # Original indices of the rows (outputs) and columns (inputs) still present: a
         # shrunken layer knows where it sits in the uncompressed network.
         self.register_buffer("out_idx", torch.arange(self.weight.shape[0]))
@@ -232,8 +168,7 @@ class QuantMixin:
         if not self.quantized:
             return self.weight
         # with hold_range b's gradient is taken at a fixed range e + b - 1 (same value)
-        quant = quantize_compiled if self.compiled else quantize_fused
-        return quant(self.weight, self.b, self.e, self.hold_range)
+        return quantize_fused(self.weight, self.b, self.e, self.hold_range)
 
     def qints(self) -> Tensor:
         """The integers k of the quantized weight: ``qweight() == 2^e * k`` exactly (int64).

@@ -174,9 +174,6 @@ def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.Devic
     torch.manual_seed(config.seed)
     data = load_data(config, device)
     model = model_for(config).to(device)
-    compiled = config.compile == "on" or (config.compile == "auto" and device.type == "cuda")
-    for _, layer in model.quant_layers():
-        layer.compiled = compiled
     if resume is not None:
         apply_layout(model, resume["layout"])
         model.load_state_dict(resume["model"])
