@@ -30,11 +30,15 @@ def main() -> None:
                    "(default: the trainer's)")
     p.add_argument("--cut-align", type=int, default=1,
                    help="cuts leave each conv a multiple of this many channels (%(default)s)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="capture the training step in a CUDA graph (TrainConfig.cuda_graphs, "
+                        "re-captured after each cut)")
     p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/")
     args = p.parse_args()
     config = TrainConfig(kind=args.kind, gamma=args.gamma, preset=args.preset,
                          data_dir=args.data_dir, device="cuda", fixed_bits=args.fixed_bits,
                          epochs=args.epochs, width=args.width, cut_align=args.cut_align,
+                         cuda_graphs=args.cuda_graphs,
                          **({} if args.min_bits is None else {"min_bits": args.min_bits}))
     try:  # bad input is said on one line before anything runs, GPU or not
         resolve(config, has_gpu=True)
@@ -48,6 +52,7 @@ def main() -> None:
     def on_epoch(m: dict, _state) -> None:
         print(json.dumps({"kind": args.kind, "gamma": args.gamma, "width": args.width,
                           "cut_align": args.cut_align, "min_bits": config.min_bits,
+                          "cuda_graphs": args.cuda_graphs,
                           "fixed_bits": args.fixed_bits, "epoch": m["epoch"],
                           "epoch_s": round(m["epoch_time_s"], 2),
                           "test_accuracy": m["test_accuracy"],
@@ -57,7 +62,8 @@ def main() -> None:
 
     result = train(config, on_epoch=on_epoch, verbose=False)
     print(json.dumps({"kind": args.kind, "gamma": args.gamma, "width": args.width,
-                      "fixed_bits": args.fixed_bits,
+                      "fixed_bits": args.fixed_bits, "cut_align": args.cut_align,
+                      "cuda_graphs": args.cuda_graphs,
                       "trial_s": round(time.perf_counter() - start, 1),
                       "train_s": round(result["train_time_s"], 1),
                       "test_accuracy": result["test_accuracy"],

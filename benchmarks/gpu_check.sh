@@ -17,7 +17,8 @@
 #      accuracy, peak GPU memory (EPOCHS=24 by default: the preset's)
 #   1b. benchmarks.align: is a conv with a channel count off a multiple of 8 slower per
 #      multiply-add (the suspect for compress epochs slowing down as channels go)
-#   2b. the compress trial again with --cut-align 8 (epoch seconds side by side with 2)
+#   2b. the compress trial again with its step captured in a CUDA graph (--cuda-graphs;
+#      epoch seconds side by side with 2), and tests/test_graphs.py with its GPU test
 #   3. an 8-trial sweep of shortened paper trials (SWEEP_EPOCHS=3) at GPUS_PER_TRIAL=0.25,
 #      its wall time and every trial's result
 # Results land in ${OUT:-/tmp/gpu_check}.
@@ -60,9 +61,12 @@ step "paper-preset compress trial (gamma 0.05, --min-bits 0), $EPOCHS epochs"
 timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" --min-bits 0 \
   --data-dir data | tee "$OUT/compress.jsonl" || echo "compress: stopped or failed ($?)"
 
-step "the same compress trial, cuts keeping multiples of 8 channels (--cut-align 8)"
+step "the same compress trial, its step captured in a CUDA graph (--cuda-graphs)"
 timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" \
-  --min-bits 0 --cut-align 8 --data-dir data | tee "$OUT/compress_align8.jsonl" || echo "align 8: stopped or failed ($?)"
+  --min-bits 0 --cuda-graphs --data-dir data | tee "$OUT/compress_graphs.jsonl" || echo "cuda graphs: stopped or failed ($?)"
+
+step "a captured trial trains as the eager one (tests/test_graphs.py, on the GPU)"
+timeout 120 $PY -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tail -15
 fi
 
 step "8-trial sweep, $SWEEP_EPOCHS epochs each, $GPUS_PER_TRIAL GPU per trial"

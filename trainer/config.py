@@ -77,6 +77,9 @@ class TrainConfig:
     cutout: int = 8  # side of the cutout square in pixels (0 = off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
+    cuda_graphs: bool = False  # a CUDA GPU only: capture the training step in a CUDA graph,
+    #   re-captured after each cut (trainer.graphs); unmeasured, so not on the CLI yet:
+    #   benchmarks.gpu_check --cuda-graphs runs it
 
     def replace(self, **changes) -> TrainConfig:
         return dataclasses.replace(self, **changes)

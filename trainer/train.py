@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from trainer import data as D
 from trainer.config import QUANTIZED_KINDS, ConfigError, TrainConfig, resolve, widths
+from trainer.graphs import GraphedStep, sgd_step
 from trainer.model import ResNet9, build_model
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
@@ -102,14 +103,24 @@ def make_optimizers(model: ResNet9, config: TrainConfig) -> list[torch.optim.Opt
     weights = [p for _, p in named if id(p) not in quant_ids]
     # foreach: one multi-tensor operation per update rule, not one per parameter (the default
     # on a GPU, not on a CPU; Adam alone issued ~220 operations per step over 18 b and e)
+    # cuda_graphs: every group's learning rate a tensor of its own, which set_lr fills and a
+    # captured step reads; Adam then keeps its step counts on the GPU (capturable)
+    graphs = config.cuda_graphs
+    device = next(model.parameters()).device
+
+    def lr(value: float) -> float | torch.Tensor:
+        return torch.tensor(value, device=device) if graphs else value
+
     opts: list[torch.optim.Optimizer] = [torch.optim.SGD(
-        [{"params": weights, "peak_lr": config.lr}], lr=config.lr, momentum=config.momentum,
-        nesterov=True, weight_decay=config.weight_decay, foreach=True)]
+        [{"params": weights, "peak_lr": config.lr, "lr": lr(config.lr)}], lr=config.lr,
+        momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay,
+        foreach=True)]
     lr_exp = config.lr_quant if config.lr_exp is None else config.lr_exp
-    groups = [{"params": ps, "weight_decay": 0.0, "peak_lr": peak}
+    groups = [{"params": ps, "weight_decay": 0.0, "peak_lr": peak, "lr": lr(peak)}
               for ps, peak in ((bits, config.lr_quant), (exps, lr_exp)) if ps]
     if groups:
-        opts.append(torch.optim.Adam(groups, lr=config.lr_quant, foreach=True))
+        opts.append(torch.optim.Adam(groups, lr=config.lr_quant, foreach=True,
+                                     capturable=graphs))
     return opts
 
 
@@ -125,17 +136,25 @@ def set_lr(optimizers: list[torch.optim.Optimizer], config: TrainConfig, factor:
     """Every group at ``factor`` times its peak; returns the weights' learning rate."""
     for opt in optimizers:
         for group in opt.param_groups:
-            group["lr"] = group["peak_lr"] * factor
+            if torch.is_tensor(group["lr"]):  # cuda_graphs: the tensor a captured step reads
+                group["lr"].fill_(group["peak_lr"] * factor)
+            else:
+                group["lr"] = group["peak_lr"] * factor
     return config.lr * factor
 
 
 def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> None:
     """One step of every optimizer; hold-range layers then move e against b's change, and
-    ``skip_one_bit`` layers send a b that fell into the one-bit zone to 0."""
+    ``skip_one_bit`` layers send a b that fell into the one-bit zone to 0. An SGD whose
+    learning rate is a tensor (cuda_graphs) steps with ``graphs.sgd_step``."""
     held = [layer for _, layer in model.quant_layers() if layer.quantized and layer.hold_range]
     b_before = [layer.b.detach().clone() for layer in held]
     for opt in optimizers:
-        opt.step()
+        tensor_lr = torch.is_tensor(opt.param_groups[0]["lr"])
+        if isinstance(opt, torch.optim.SGD) and tensor_lr:
+            sgd_step(opt)
+        else:
+            opt.step()
     if held:  # every layer's follow_bits in two multi-tensor operations
         with torch.no_grad():
             torch._foreach_sub_([layer.e for layer in held],
@@ -166,6 +185,10 @@ def evaluate(model: ResNet9, data: D.DeviceData, autocast, channels_last: bool) 
 def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.DeviceData]:
     """Build data, model and optimizers for ``config``, restored from ``resume`` if given."""
     device = pick_device(config.device)
+    if config.cuda_graphs and device.type != "cuda":
+        raise ConfigError(f"cuda_graphs needs a CUDA device, not {device}: leave it off")
+    if config.cuda_graphs and resume is not None:
+        raise ConfigError("cuda_graphs does not resume from a checkpoint yet: leave it off")
     if config.threads:
         torch.set_num_threads(config.threads)
     if device.type == "cpu":
@@ -199,8 +222,9 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
     state, data = setup(config, resume)
     model, opts, c = state.model, state.optimizers, config
     cuda = next(model.parameters()).device.type == "cuda"
-    compress = c.kind == "compress"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if cuda else nullcontext
+    # a captured step casts afresh at every replay: autocast's weight cache stays off
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16,
+                                       cache_enabled=not c.cuda_graphs)) if cuda else nullcontext
     steps_per_epoch = max(data.n_train // c.batch_size, 1)
     total_steps = steps_per_epoch * c.epochs
     if verbose and state.epoch == 0:
@@ -209,39 +233,37 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         print(table_header(), flush=True)
     started = time.perf_counter() - state.time_total_s
     lr = 0.0
+    step = Step(model, opts, c, autocast, torch.zeros((), device=data.y_train.device))
+    graphed = GraphedStep(step, step.zero_grad) if c.cuda_graphs else None
     for epoch in range(state.epoch + 1, c.epochs + 1):
         epoch_start = time.perf_counter()
         progress = Progress(steps_per_epoch) if verbose else None
-        loss_sum = torch.zeros((), device=data.y_train.device)
+        step.loss_sum.zero_()  # the epoch's summed CE, on the device
         batches = D.train_batches(data, c.batch_size, state.gen, c.cutout, channels_last=True)
         for i, (x, y) in enumerate(batches, start=1):
             lr = set_lr(opts, c, lr_factor(state.step, total_steps, c.warmup_fraction))
-            with autocast():
-                logits = model(x)
-            ce = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
-            loss = ce
-            if compress:
-                gamma = gamma_at(state.step, total_steps, c)
-                loss = ce + gamma * model.loss_size(c.size_term) + c.dead_l1 * model.dead_penalty()
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            step_optimizers(model, opts)
-            loss_sum += ce.detach()
+            step.gamma.fill_(gamma_at(state.step, total_steps, c))
+            if graphed is None:
+                step.zero_grad()
+                step(x, y)
+            else:
+                graphed(x, y)
             state.step += 1
             if state.step % c.cut_every == 0:
-                cut_dead_channels(model, opts, c.cut_align)
+                if cut_dead_channels(model, opts, c.cut_align) and graphed is not None:
+                    graphed.invalidate()
             if progress:
                 progress.update(i, epoch)
         if epoch == c.epochs:
             finish_quantizers(model, c)
-        cut_dead_channels(model, opts, c.cut_align)
+        if cut_dead_channels(model, opts, c.cut_align) and graphed is not None:
+            graphed.invalidate()
         if cuda:
             torch.cuda.synchronize()
         epoch_time = time.perf_counter() - epoch_start
         if progress:
             progress.close()
-        metrics = {"epoch": epoch, "train_loss": float(loss_sum) / steps_per_epoch,
+        metrics = {"epoch": epoch, "train_loss": float(step.loss_sum) / steps_per_epoch,
                    "test_accuracy": evaluate(model, data, autocast, True), **size_metrics(model)}
         per_layer = channels(model)
         metrics.update(channels_kept=sum(per_layer.values()), epoch_time_s=epoch_time,
@@ -253,6 +275,36 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         if on_epoch is not None:
             on_epoch(metrics, state)
     return summarize(state, data)
+
+
+class Step:
+    """One training step on a batch: forward, loss (CE + gamma * Q + L1 on dead channels'
+    constant outputs), backward, optimizer steps; the batch's CE added to ``loss_sum``.
+    It reads nothing back to the host, so ``graphs.GraphedStep`` can capture it; gamma is
+    the tensor ``self.gamma``, filled before each step."""
+
+    def __init__(self, model: ResNet9, opts: list[torch.optim.Optimizer], config: TrainConfig,
+                 autocast: Callable, loss_sum: torch.Tensor):
+        self.model, self.opts, self.config = model, opts, config
+        self.autocast, self.loss_sum = autocast, loss_sum
+        self.gamma = torch.zeros((), device=loss_sum.device)  # the size term's weight now
+
+    def zero_grad(self) -> None:
+        for opt in self.opts:
+            opt.zero_grad(set_to_none=True)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        c, model = self.config, self.model
+        with self.autocast():
+            logits = model(x)
+        ce = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
+        loss = ce
+        if c.kind == "compress":
+            loss = (ce + self.gamma * model.loss_size(c.size_term)
+                    + c.dead_l1 * model.dead_penalty())
+        loss.backward()
+        step_optimizers(model, self.opts)
+        self.loss_sum += ce.detach()
 
 
 def finish_quantizers(model: ResNet9, config: TrainConfig) -> None:

@@ -1,0 +1,99 @@
+"""The CUDA-graph step's parts that a CPU can check: its SGD with a tensor learning rate is
+torch's, the training step reads nothing back to the host but Adam's step counts (on a
+GPU, capturable), and a captured trial trains as the eager one (GPU only, else skipped)."""
+
+from contextlib import nullcontext
+
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from trainer.config import ConfigError, TrainConfig, resolve
+from trainer.graphs import sgd_step
+from trainer.train import Step, make_optimizers, model_for, set_lr, train
+
+
+def test_sgd_step_with_a_tensor_learning_rate_is_torchs_nesterov_sgd():
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s)) for s in ((8, 3, 3, 3), (8,), (10, 8))]
+    mine = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    kw = dict(momentum=0.9, nesterov=True, weight_decay=5e-4, foreach=True)
+    ref = torch.optim.SGD([{"params": params}], lr=0.4, **kw)
+    opt = torch.optim.SGD([{"params": mine, "lr": torch.tensor(0.4)}], lr=0.4, **kw)
+    for step in range(4):  # the first step creates the momentum buffers
+        lr = 0.4 * (1 - step / 4)
+        ref.param_groups[0]["lr"] = lr
+        opt.param_groups[0]["lr"].fill_(lr)
+        for p, q in zip(params, mine, strict=True):
+            g = torch.randn_like(p)
+            p.grad, q.grad = g.clone(), g.clone()
+        ref.step()
+        sgd_step(opt)
+        for p, q in zip(params, mine, strict=True):
+            torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(opt.state[q]["momentum_buffer"],
+                                       ref.state[p]["momentum_buffer"])
+
+
+class HostReads(TorchDispatchMode):
+    """Records every tensor whose value an operation reads back to the host."""
+
+    READS = ("aten._local_scalar_dense", "aten.item", "aten.is_nonzero", "aten.equal")
+
+    def __init__(self):
+        super().__init__()
+        self.read: list[torch.Tensor] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.READS):
+            self.read.append(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_training_step_reads_nothing_back_but_adams_step_counts():
+    config = resolve(TrainConfig(preset="smoke", width=0.25, gamma=0.5, cuda_graphs=True),
+                     has_gpu=False)
+    torch.manual_seed(0)
+    model = model_for(config).to(memory_format=torch.channels_last)
+    opts = make_optimizers(model, config)
+    assert all(torch.is_tensor(g["lr"]) for o in opts for g in o.param_groups)
+    adam = opts[1]
+    for group in adam.param_groups:  # torch's capturable Adam runs on a GPU only: on this
+        group["capturable"] = False  # CPU its step counts are read, which the check allows
+        group["lr"] = float(group["lr"])
+    loss_sum = torch.zeros(())
+    step = Step(model, opts, config, nullcontext, loss_sum)
+    x = torch.randn(16, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,))
+    step.gamma.fill_(0.5)
+    step.zero_grad()
+    step(x, y)  # creates the optimizer state
+    counts = {id(s["step"]) for s in adam.state.values()}
+    set_lr(opts, config, 0.5)
+    before = [p.detach().clone() for p in model.parameters()]
+    reads = HostReads()
+    with reads:
+        step.zero_grad()
+        step(x, y)
+    assert len(counts) == len(adam.state) > 0
+    assert [t for t in reads.read if id(t) not in counts] == []
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert float(loss_sum) > 0
+
+
+def test_cuda_graphs_without_a_gpu_is_refused():
+    config = TrainConfig(preset="smoke", dataset="synthetic", epochs=1, device="cpu",
+                         cuda_graphs=True)
+    with pytest.raises(ConfigError, match="cuda_graphs needs a CUDA device"):
+        train(config, verbose=False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_captured_trial_trains_as_the_eager_one():
+    config = TrainConfig(preset="smoke", dataset="synthetic", gamma=2.0, epochs=3,
+                         batch_size=128, width=0.25, lr_quant=0.2, init_bits=2.0,
+                         cut_every=5, min_bits=0.0, device="cuda")
+    eager = train(config, verbose=False)
+    graphed = train(config.replace(cuda_graphs=True), verbose=False)
+    for key in ("test_accuracy", "bits_fraction", "weights_kept_fraction"):
+        assert graphed[key] == pytest.approx(eager[key], abs=0.02), key
