@@ -5,7 +5,7 @@ square ``torch.mm`` at the same thread count) divided by the FLOPs one training 
 (forward multiply-accumulates x 2 FLOPs x 3: forward, and the two products of backward).
 ``ratio`` = achieved images/s / that limit: the share of the machine's peak arithmetic the
 step turns into training. The step is the trainer's: channels_last, compress kind, size
-term and dead-channel penalty, both optimizers.
+term and dead-channel penalty, both optimizers, large tensors kept on the heap.
 
     python -m benchmarks.roofline [--reps 5] [--batch 512] [--matmul 2048]
 """
@@ -15,6 +15,7 @@ import time
 import torch
 
 from benchmarks.common import conv_macs, count, emit, interleaved, model_for, parser, train_step_fn
+from trainer.heap import keep_freed_memory
 
 
 def matmul_flops(n: int, reps: int) -> float:
@@ -37,6 +38,7 @@ def main() -> None:
                    help="side of the square matrices timed for the peak (%(default)s)")
     args = p.parse_args()
     torch.set_flush_denormal(True)
+    keep_freed_memory()  # as the trainer runs a CPU step (trainer/heap.py)
     model = model_for("cpu")
     x = torch.randn(args.batch, 3, 32, 32)
     y = torch.randint(0, 10, (args.batch,))

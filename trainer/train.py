@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from trainer import data as D
 from trainer.config import QUANTIZED_KINDS, ConfigError, TrainConfig, resolve, widths
 from trainer.graphs import GraphedStep, sgd_step
+from trainer.heap import keep_freed_memory
 from trainer.model import ResNet9, build_model
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
@@ -194,6 +195,8 @@ def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.Devic
     if device.type == "cpu":
         # As the lr decays, tiny updates leave denormal floats that slowed a CPU epoch 3x.
         torch.set_flush_denormal(True)
+        # Large activations from the heap, not fresh pages each step (benchmarks.heap)
+        keep_freed_memory()
     torch.manual_seed(config.seed)
     data = load_data(config, device)
     model = model_for(config).to(device)
