@@ -1,7 +1,8 @@
 """Train one self-compressing ResNet-9: ``python -m trainer.train --gamma 0.05``.
 
-The loop reads top to bottom: forward, loss (CE + gamma * Q + L1 on dead channels'
-constant outputs), backward, step, cut dead channels, report. ``train()`` calls
+The loop reads top to bottom: a ``Step`` (forward, loss CE + gamma * Q + L1 on dead
+channels' constant outputs, backward, optimizer steps; on a GPU with ``cuda_graphs`` one
+captured CUDA graph), cut dead channels, report. ``train()`` calls
 ``on_epoch(metrics, state)`` after every epoch; ``state.state_dict()`` is a checkpoint
 that ``train(config, resume=...)`` continues from.
 """
