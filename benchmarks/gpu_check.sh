@@ -15,6 +15,8 @@
 #   1. the GPU (nvidia-smi), rebuild CIFAR-10 into data/cifar-10-batches-py
 #   2. a paper-preset float baseline and a paper-preset compress trial, per-epoch seconds,
 #      accuracy, peak GPU memory (EPOCHS=24 by default: the preset's)
+#   1a. benchmarks.step: seconds per step of the float, compress and captured compress step,
+#      and how busy the GPU is in each (does the compress step wait on the host?)
 #   1b. benchmarks.align: is a conv with a channel count off a multiple of 8 slower per
 #      multiply-add (the suspect for compress epochs slowing down as channels go)
 #   2b. the compress trial again with its step captured in a CUDA graph (--cuda-graphs;
@@ -49,6 +51,10 @@ fi
 step "channel counts that are not multiples of 8 (benchmarks.align)"
 timeout ${ALIGN_S:-60} $PY -m benchmarks.align --reps 20 | tee "$OUT/align.jsonl" \
   || echo "align: stopped or failed ($?)"
+
+step "one training step alone: float, compress, compress captured in a CUDA graph (benchmarks.step)"
+timeout ${ALIGN_S:-60} $PY -m benchmarks.step --preset paper | tee "$OUT/step.jsonl" \
+  || echo "step: stopped or failed ($?)"
 
 if [ -z "${SKIP_TRIALS:-}" ]; then  # SKIP_TRIALS=1: the sweep step alone
 step "paper-preset float baseline, $EPOCHS epochs"
