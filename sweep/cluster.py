@@ -25,6 +25,7 @@ from pathlib import Path
 from sweep.cli import PROG
 from sweep.config import SweepConfig
 from trainer.config import ConfigError
+from trainer.heap import WORKER_ENV
 
 LOOPBACK = "127.0.0.1"
 PROBE_TIMEOUT_S = 3.0  # TCP connect timeout when checking --address
@@ -51,14 +52,24 @@ def embed() -> Cluster:
     """Start a local cluster, its dashboard on loopback; the token guards the rest.
 
     A minimal Ray (``pip install ray``, not ``ray[default]``) has no dashboard: the cluster
-    then runs without one, as ``dashboard_message`` says.
+    then runs without one, as ``dashboard_message`` says. Its processes start with
+    ``trainer.heap.WORKER_ENV`` (one malloc arena), so a CPU trial's large tensors stay on
+    the heap although Tune runs it outside the worker's main thread.
     """
     import ray
 
+    worker_environment()
     context = ray.init(address="local", include_dashboard=has_dashboard(),
                        dashboard_host=LOOPBACK)
     restrict_token_file()
     return Cluster(True, context.dashboard_url or "", auth_mode() == "token")
+
+
+def worker_environment() -> None:
+    """``trainer.heap.WORKER_ENV`` into this process's environment, which the cluster it
+    starts and its workers inherit; a value the user set stays."""
+    for name, value in WORKER_ENV.items():
+        os.environ.setdefault(name, value)
 
 
 def has_dashboard() -> bool:

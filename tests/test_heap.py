@@ -1,5 +1,6 @@
 """A CPU training process serves large tensors from the heap (trainer/heap.py, glibc only)."""
 
+import os
 import platform
 import subprocess
 import sys
@@ -27,9 +28,16 @@ TRAIN = ("from trainer.config import TrainConfig\nfrom trainer.train import trai
          "synthetic_size=64), verbose=False)")
 
 
-def mmapped_bytes(train: str) -> int:
-    out = subprocess.run([sys.executable, "-c", PROBE.format(train=train)], check=True,
-                         capture_output=True, text=True).stdout
+def mmapped_bytes(train: str, env: dict | None = None, thread: bool = False) -> int:
+    """What PROBE prints in a fresh process (``thread``: PROBE run in a second thread, as
+    Ray Tune runs a trial), with ``env`` as its environment (None: this one's)."""
+    code = PROBE.format(train=train)
+    if thread:  # the whole probe, training included, in a thread of its own
+        code = ("import threading\ndef probe():\n" + "".join(
+            f"    {line}\n" for line in code.strip().splitlines())
+            + "t = threading.Thread(target=probe)\nt.start()\nt.join()\n")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                         text=True, env=env).stdout
     return int(out.strip().splitlines()[-1])
 
 
@@ -41,3 +49,11 @@ def test_a_cpu_training_process_keeps_large_tensors_on_the_heap():
 def test_keep_freed_memory_says_it_applied():
     code = "from trainer.heap import keep_freed_memory\nassert keep_freed_memory()"
     assert mmapped_bytes(code) == 0
+
+
+def test_in_a_thread_it_takes_one_malloc_arena_from_the_start():
+    from trainer.heap import WORKER_ENV
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    assert mmapped_bytes(TRAIN, env=clean, thread=True) >= 64 << 20  # the thread's own arena
+    assert mmapped_bytes(TRAIN, env={**clean, **WORKER_ENV}, thread=True) == 0

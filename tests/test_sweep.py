@@ -984,3 +984,15 @@ def test_a_trials_reports_lead_with_gamma_and_its_key_metrics():
         "gamma", "test_accuracy", "bits_fraction", "weights_kept_fraction"]
     assert report["gamma"] == 0.02 and "layers" in report  # the summary: the trial's last
     assert report["test_accuracy"] == result["history"][-1]["test_accuracy"]
+
+
+def test_the_cluster_it_starts_puts_worker_threads_on_one_malloc_arena(monkeypatch):
+    # a trial's training runs in a thread of its Ray worker: with one arena its large
+    # tensors stay on the heap (trainer/heap.py, tests/test_heap.py)
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "-")  # recorded, so that the test leaves it as it was
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    cluster.worker_environment()
+    assert os.environ["MALLOC_ARENA_MAX"] == "1"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's own setting stays
+    cluster.worker_environment()
+    assert os.environ["MALLOC_ARENA_MAX"] == "4"

@@ -8,6 +8,12 @@ pages that the kernel faults in and zeroes: a copy of such a tensor ran at 2 GB/
 against 9 GB/s with the memory kept. With mmap off and a high trim threshold, freed blocks
 stay in the heap and the next step reuses them (``benchmarks.heap`` measures the step).
 The process keeps its peak memory until it ends, which a training process does anyway.
+
+Only the main thread's arena follows these settings for blocks above 64 MB: a thread with
+an arena of its own (glibc gives threads their own, up to 8 per core) still maps them
+fresh. Ray Tune runs a trial's function in such a thread, so its worker processes need
+``MALLOC_ARENA_MAX=1`` from their start (``WORKER_ENV``; ``sweep.cluster`` sets it for the
+cluster it starts), which puts every thread on the main arena.
 """
 
 from __future__ import annotations
@@ -18,6 +24,9 @@ import ctypes.util
 M_TRIM_THRESHOLD = -1  # <malloc.h>: free memory at the heap's top kept up to this many bytes
 M_MMAP_MAX = -4  # <malloc.h>: at most this many blocks served by mmap (0: none)
 TRIM_KEPT = 1 << 30  # bytes of freed memory the heap keeps (a step needs a few hundred MB)
+# For processes whose training runs outside the main thread (Ray workers): read by glibc
+# at the process's start, so it has to be in the environment the process starts with.
+WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
 
 
 def keep_freed_memory() -> bool:
