@@ -19,7 +19,6 @@ cluster it starts), which puts every thread on the main arena.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 M_TRIM_THRESHOLD = -1  # <malloc.h>: free memory at the heap's top kept up to this many bytes
 M_MMAP_MAX = -4  # <malloc.h>: at most this many blocks served by mmap (0: none)
@@ -32,9 +31,8 @@ WORKER_ENV = {"MALLOC_ARENA_MAX": "1"}
 def keep_freed_memory() -> bool:
     """Serve large blocks from the heap and keep freed ones (glibc). Returns whether it
     applied: False where the C library is not glibc (macOS, musl), which keeps its own."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
+    try:  # the symbols this process already has: the C library's own, without a search
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_KEPT))
