@@ -16,8 +16,6 @@ captured: compress / float).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
@@ -26,7 +24,7 @@ from benchmarks.common import count, emit, interleaved, parser
 from trainer.config import TrainConfig, resolve
 from trainer.graphs import GraphedStep
 from trainer.heap import keep_freed_memory
-from trainer.train import Step, make_optimizers, model_for, set_lr
+from trainer.train import Step, autocast_for, make_optimizers, model_for, set_lr
 
 
 def make_step(preset: str, kind: str, device: torch.device, graphs: bool, steps: int):
@@ -37,9 +35,7 @@ def make_step(preset: str, kind: str, device: torch.device, graphs: bool, steps:
     model = model_for(config).to(device).to(memory_format=torch.channels_last)
     opts = make_optimizers(model, config)
     cuda = device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16,
-                                       cache_enabled=not graphs)) if cuda else nullcontext
-    step = Step(model, opts, config, autocast, torch.zeros((), device=device))
+    step = Step(model, opts, config, autocast_for(cuda, graphs), torch.zeros((), device=device))
     run = GraphedStep(step, step.zero_grad) if graphs else None
     x = torch.randn(config.batch_size, 3, 32, 32, device=device).contiguous(
         memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.config import ConfigError, TrainConfig, resolve
 from trainer.graphs import sgd_step
-from trainer.train import Step, make_optimizers, model_for, set_lr, train
+from trainer.train import Step, autocast_for, make_optimizers, model_for, set_lr, train
 
 
 def test_sgd_step_with_a_tensor_learning_rate_is_torchs_nesterov_sgd():
@@ -99,7 +99,7 @@ def test_captured_steps_compute_what_eager_steps_compute():
     config = resolve(TrainConfig(preset="smoke", gamma=0.5, cuda_graphs=True), has_gpu=True)
     torch.manual_seed(0)
     base = model_for(config).cuda().to(memory_format=torch.channels_last)
-    autocast = lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)  # noqa: E731
+    autocast = autocast_for(True, graphs=True)
     runs = []
     for _ in range(2):
         model = copy.deepcopy(base)

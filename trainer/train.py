@@ -226,9 +226,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
     state, data = setup(config, resume)
     model, opts, c = state.model, state.optimizers, config
     cuda = next(model.parameters()).device.type == "cuda"
-    # a captured step casts afresh at every replay: autocast's weight cache stays off
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16,
-                                       cache_enabled=not c.cuda_graphs)) if cuda else nullcontext
+    autocast = autocast_for(cuda, c.cuda_graphs)
     steps_per_epoch = max(data.n_train // c.batch_size, 1)
     total_steps = steps_per_epoch * c.epochs
     if verbose and state.epoch == 0:
@@ -279,6 +277,14 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         if on_epoch is not None:
             on_epoch(metrics, state)
     return summarize(state, data)
+
+
+def autocast_for(cuda: bool, graphs: bool) -> Callable:
+    """The context a step's forward pass runs in: bf16 autocast on a GPU, nothing on a CPU.
+    A captured step (``graphs``) casts afresh at every replay: autocast's cache stays off."""
+    if not cuda:
+        return nullcontext
+    return lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not graphs)
 
 
 class Step:
