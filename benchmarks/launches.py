@@ -5,16 +5,18 @@ operation the step issues is at least one kernel launch with its host-side dispa
 step that issues many small operations waits on the host. This counts the operations one
 training step issues (forward, loss, backward, optimizers: torch.profiler's top-level aten
 operations, backward included) for the float network and for the compress network as the
-trainer runs it, and as it ran before the fused quantizer (``quantize``'s autograd form, the
-full ``size()`` in the loss, the dead-channel penalty block by block, single-tensor
-optimizers; ``step_optimizers``' two multi-tensor operations for hold-range are not undone).
-It also times the two compress steps side by side on this CPU, where the arithmetic, not
-the dispatch, dominates.
+trainer runs it, and as it ran before the fused quantizer (``quantize``'s autograd form layer
+by layer, the full ``size()`` in the loss, the dead-channel penalty block by block,
+single-tensor optimizers; ``step_optimizers``' multi-tensor operations for hold-range and
+the one-bit zone are not undone). It also times the two compress steps side by side on this
+CPU, where the arithmetic, not the dispatch, dominates.
 
-``host_ms_float`` and ``host_ms_compress``: milliseconds per step of the smoke network at
-batch 4 on one thread, where the arithmetic is small and the time is mostly the host's
-dispatch (Python, autograd, the dispatcher): what a GPU step waits on when it waits on the
-host (benchmarks/README.md, the H100 figures of the afternoon).
+``host_ms_float`` and ``host_ms_compress``: milliseconds per step, on one thread, of a
+network so thin (width 0.03: 2-4-8-15 channels) at batch 1 that its arithmetic is next to
+nothing and the time is the host's dispatch (Python, autograd, the dispatcher): what a GPU
+step waits on when it waits on the host (benchmarks/README.md, the H100 figures). (The
+smoke network at batch 4, used before, is not thin enough: its quantizer's passes over
+100 k weights took a third of the compress step.)
 
 ``ratio`` = operations of the compress step now / before. With ``--cut MODEL``, also the
 operations of a step of that trained network (a ``model.pt`` of ``trainer.train --out``),
@@ -37,23 +39,26 @@ from torch.profiler import ProfilerActivity, profile
 import trainer.quant as Q
 from benchmarks.common import count, emit, interleaved, load_trained, model_for, parser
 from trainer.config import TrainConfig, resolve
+from trainer.heap import keep_freed_memory
 from trainer.model import ResNet9
 from trainer.train import make_optimizers, step_optimizers
 
 
 @contextmanager
 def unfused() -> Iterator[None]:
-    """The layers quantize with the reference autograd form, as before the fused quantizer."""
-    fused = Q.quantize_fused
+    """The layers quantize one by one with the reference autograd form, as before the fused
+    quantizer (and before every layer's quantizer ran in one pass)."""
+    fused, at_once = Q.quantize_fused, ResNet9.quantize_at_once
 
     def reference(w, b, e, hold_range=False):
         return Q.quantize(w, b, e - (b - b.detach()) if hold_range else e)
 
     Q.quantize_fused = reference
+    ResNet9.quantize_at_once = lambda self: []
     try:
         yield
     finally:
-        Q.quantize_fused = fused
+        Q.quantize_fused, ResNet9.quantize_at_once = fused, at_once
 
 
 def dead_penalty_loop(model: ResNet9) -> torch.Tensor:
@@ -100,16 +105,17 @@ def operations(step: Callable[[], None]) -> int:
     return sum(ops.values())
 
 
-def host_ms(config: TrainConfig, batch: int = 4, steps: int = 50) -> dict[str, float]:
-    """Milliseconds per training step of the smoke network at a tiny batch on one thread:
+def host_ms(config: TrainConfig, batch: int = 1, steps: int = 50,
+            width: float = 0.03) -> dict[str, float]:
+    """Milliseconds per training step of a very thin network at a tiny batch on one thread:
     the host's share of a step (dispatch, autograd), float and compress, interleaved."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (batch,))
-        fns = {kind: step_fn(model_for("smoke", kind=k).to(memory_format=torch.channels_last),
-                             x, y, config, before=False)
+        fns = {kind: step_fn(model_for("smoke", kind=k, width=width), x, y, config,
+                             before=False)
                for kind, k in (("float", "float-baseline"), ("compress", "compress"))}
 
         def repeated(fn: Callable[[], None]) -> Callable[[], None]:
@@ -130,6 +136,7 @@ def main() -> None:
     p.add_argument("--cut", metavar="MODEL", help="also count a step of this trained network")
     args = p.parse_args()
     torch.set_flush_denormal(True)
+    keep_freed_memory()  # as the trainer runs on a CPU (benchmarks.heap)
     config = resolve(TrainConfig(preset=args.preset), has_gpu=False)
     x = torch.randn(config.batch_size, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (config.batch_size,))

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainer.flat import Plan, make_plan, plan_key, quantize_layers
 from trainer.quant import QConv2d, QLinear, Size, layer_q, layer_size, live_inputs_weights
 
 T = TypeVar("T")
@@ -107,9 +108,13 @@ class ConvBlock(nn.Module):
         Either b+ = 0 (the quantized row is zero and gets no gradient), or no input columns
         are left (the conv sums nothing).
         """
+        return ~self.live()
+
+    def live(self) -> Tensor:
+        """Bool (O,): channels whose conv output can still be nonzero (not ``dead()``)."""
         if self.conv.weight.shape[1] == 0:
-            return torch.ones_like(self.conv.out_idx, dtype=torch.bool)
-        return ~self.conv.live_out()
+            return torch.zeros_like(self.conv.out_idx, dtype=torch.bool)
+        return self.conv.live_out()
 
     def constant_outputs(self) -> tuple[Tensor, Tensor]:
         """(train-mode, eval-mode) value (O,) a channel emits when its conv output is 0.
@@ -187,11 +192,39 @@ class ResNet9(nn.Module):
         self.n0 = sum(full.values())
         self.macs0 = sum(n * SPATIAL[name] ** 2 for name, n in full.items())
         self.initial_shapes = {n: tuple(m.weight.shape) for n, m in self.quant_layers()}
+        self._plan: Plan | None = None  # where quantize_at_once puts each layer's weights
+        self._size_coef: tuple | None = None  # loss_size's constants, until a cut
 
     def forward(self, x: Tensor) -> Tensor:  # (B, 3, 32, 32) -> (B, classes)
-        x = self.res1(self.layer1(self.prep(x)))
-        x = self.res3(self.layer3(self.layer2(x)))
-        return self.head(torch.amax(x, dim=(2, 3))) * 0.125
+        layers = self.quantize_at_once()
+        try:
+            x = self.res1(self.layer1(self.prep(x)))
+            x = self.res3(self.layer3(self.layer2(x)))
+            return self.head(torch.amax(x, dim=(2, 3))) * 0.125
+        finally:
+            for layer in layers:
+                layer.qweight_now = None
+
+    def quantize_at_once(self) -> list[QConv2d | QLinear]:
+        """In a training step, every quantized layer's weight through the quantizer in one
+        pass (trainer/flat.py: a ninth of the operations), left in ``layer.qweight_now`` for
+        this forward pass; returns the layers to clear after it. Layers with no weights
+        left are skipped, as their forward is: their b and e get no gradient from it.
+
+        Without gradients (evaluation) each layer quantizes itself, as an export does: on a
+        CPU, 2^e of a long vector and of a short one can differ in the last bit (vectorised
+        and scalar exp2), and the network tested must be the network stored.
+        """
+        if not torch.is_grad_enabled():
+            return []
+        layers = [m for _, m in self.quant_layers() if m.quantized and m.weight.numel()]
+        if len(layers) < 2 or len({m.hold_range for m in layers}) > 1:
+            return []  # nothing to share (one hold_range flag goes with one pass)
+        if self._plan is None or self._plan.key != plan_key(layers):  # a cut moved them
+            self._plan = make_plan(layers)
+        for layer, q in zip(layers, quantize_layers(layers, self._plan), strict=True):
+            layer.qweight_now = q
+        return layers
 
     def blocks(self) -> Iterator[tuple[str, ConvBlock]]:
         """Every conv block still present, in forward order, with its name."""
@@ -239,7 +272,7 @@ class ResNet9(nn.Module):
 
         def block(name: str, b: ConvBlock, live_in: Tensor) -> Tensor:
             out.append((name, b.conv, live_in))
-            return ~b.dead()
+            return b.live()
 
         def join(r: Residual, live_x: Tensor, live_b: Tensor | None) -> Tensor:
             return r.live_union(live_x, live_x[:0] if live_b is None else live_b)
@@ -273,21 +306,49 @@ class ResNet9(nn.Module):
 
     def loss_size(self, size_term: str = "bits") -> Tensor:
         """The differentiable Q of ``size(size_term)`` alone: what the loss needs each step,
-        without the exact sizes that only reports read (a third of the operations)."""
-        diff = 0
-        for name, layer, live_in in self.live_inputs():
-            d = layer_q(layer, live_inputs_weights(layer, live_in))
-            diff = diff + d * self.q_weight(name, size_term)
-        return diff / self.q_norm(size_term)
+        without the exact sizes that only reports read, and over all layers' b at once:
+        Q = sum_c relu(b_c) * k*k * I_live(layer of c) * q_weight / q_norm (a few dozen
+        operations a step where layer by layer took over a hundred)."""
+        named = self.live_inputs()
+        layers = [layer for _, layer, _ in named]
+        if not all(layer.quantized for layer in layers):  # the references: none in training
+            return sum(layer_q(layer, live_inputs_weights(layer, live_in))
+                       * self.q_weight(name, size_term) for name, layer, live_in in named) \
+                / self.q_norm(size_term)
+        with torch.no_grad():
+            live_in = torch.stack([live.sum() for _, _, live in named])  # (L,) live inputs
+            per_layer, channel_layer = self.size_coefficients(size_term)
+            coef = (live_in * per_layer).index_select(0, channel_layer)  # (C,) dQ/db+_c
+        return (F.relu(torch.cat([layer.b for layer in layers])) * coef).sum()
+
+    def size_coefficients(self, size_term: str) -> tuple[Tensor, Tensor]:
+        """((L,) k*k * q_weight / q_norm of each present layer, (C,) each channel's layer),
+        on the network's device; kept until a cut changes the layers (no copy each step)."""
+        named = list(self.quant_layers())
+        device = self.head.weight.device
+        key = (size_term, device, tuple(tuple(layer.weight.shape) for _, layer in named))
+        if self._size_coef is None or self._size_coef[0] != key:
+            per_layer = torch.tensor([  # k*k weights per (output, input) pair: 9, 1 (head)
+                (layer.weight.shape[2] * layer.weight.shape[3] if layer.weight.dim() == 4 else 1)
+                * self.q_weight(name, size_term) / self.q_norm(size_term)
+                for name, layer in named], dtype=self.head.weight.dtype)
+            outs = torch.tensor([layer.weight.shape[0] for _, layer in named])
+            channel_layer = torch.arange(len(named)).repeat_interleave(outs)
+            self._size_coef = (key, per_layer.to(device), channel_layer.to(device))
+        return self._size_coef[1], self._size_coef[2]
 
     def dead_penalty(self) -> Tensor:
         """Sum of the constant outputs of dead channels (train and eval mode): the L1 term.
 
         Every block's channels in one vector (``constant_outputs`` over the concatenated
-        BatchNorms): about 40 operations a step where a loop over the blocks issued 110.
+        BatchNorms): about 20 operations a step where a loop over the blocks issued 110.
         """
         blocks = [block for _, block in self.blocks()]  # the prep block is never removed
-        dead = torch.cat([block.dead() for block in blocks])
+        with torch.no_grad():
+            if all(block.conv.quantized and block.conv.weight.shape[1] for block in blocks):
+                dead = ~(torch.cat([block.conv.b for block in blocks]) > 0)  # one pass
+            else:
+                dead = torch.cat([block.dead() for block in blocks])
         cat = {name: torch.cat([getattr(block.bn, name) for block in blocks])
                for name in ("weight", "bias", "running_mean", "running_var")}
         train_c, eval_c = constant_outputs(cat["weight"], cat["bias"], cat["running_mean"],

@@ -152,6 +152,9 @@ class QuantMixin:
         # coarsens the grid inside a clipping range 2^r that only the loss moves (see
         # ``qweight`` and ``follow_bits``). The forward pass is q(w; b, e) either way.
         self.hold_range = False
+        # the quantized weight of the forward pass now, when the network computed every
+        # layer's at once (``ResNet9.forward``, trainer/flat.py); None: computed here
+        self.qweight_now: Tensor | None = None
         self.skip_one_bit = False  # after each step, a b in (0, ONE_BIT_TOP) goes to 0
         self.min_bits = 0.0  # after each step, a b in (0, min_bits) goes to 0
         # Original indices of the rows (outputs) and columns (inputs) still present: a
@@ -167,6 +170,8 @@ class QuantMixin:
         """The weight used in the forward pass: quantized, or the float weight."""
         if not self.quantized:
             return self.weight
+        if self.qweight_now is not None:
+            return self.qweight_now
         # with hold_range b's gradient is taken at a fixed range e + b - 1 (same value)
         return quantize_fused(self.weight, self.b, self.e, self.hold_range)
 

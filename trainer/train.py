@@ -149,21 +149,34 @@ def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> 
     """One step of every optimizer; hold-range layers then move e against b's change, and
     ``skip_one_bit`` layers send a b that fell into the one-bit zone to 0. An SGD whose
     learning rate is a tensor (cuda_graphs) steps with ``graphs.sgd_step``."""
-    held = [layer for _, layer in model.quant_layers() if layer.quantized and layer.hold_range]
-    b_before = [layer.b.detach().clone() for layer in held]
+    held = [layer.b for _, layer in model.quant_layers() if layer.quantized and layer.hold_range]
+    b_before = torch._foreach_mul(held, 1.0) if held else []  # copies, in one operation
     for opt in optimizers:
         tensor_lr = torch.is_tensor(opt.param_groups[0]["lr"])
         if isinstance(opt, torch.optim.SGD) and tensor_lr:
             sgd_step(opt)
         else:
             opt.step()
-    if held:  # every layer's follow_bits in two multi-tensor operations
-        with torch.no_grad():
-            torch._foreach_sub_([layer.e for layer in held],
-                                torch._foreach_sub([layer.b for layer in held], b_before))
-    for _, layer in model.quant_layers():
-        if layer.quantized and layer.dead_below() > 0:
+    layers = [layer for _, layer in model.quant_layers() if layer.quantized]
+    with torch.no_grad():
+        if held:  # every layer's follow_bits in two multi-tensor operations
+            torch._foreach_sub_([layer.e for layer in layers if layer.hold_range],
+                                torch._foreach_sub(held, b_before))
+        skip_zones([layer for layer in layers if layer.dead_below() > 0])
+
+
+def skip_zones(layers: list) -> None:
+    """``layer.skip_one_bit_zone()`` of every layer, in a few operations over all their b
+    (one floor for all, as the trainer sets them; else layer by layer)."""
+    floors = {layer.dead_below() for layer in layers}
+    if len(floors) != 1 or len(layers) < 2:
+        for layer in layers:
             layer.skip_one_bit_zone()
+        return
+    b = torch.cat([layer.b for layer in layers])
+    keep = ~((b > 0) & (b < floors.pop()))  # (C,): 1, or 0 where a b fell into the zone
+    torch._foreach_mul_([layer.b for layer in layers],
+                        keep.to(b.dtype).split([layer.b.numel() for layer in layers]))
 
 
 def gamma_at(step: int, total: int, config: TrainConfig) -> float:
