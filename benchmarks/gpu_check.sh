@@ -19,6 +19,9 @@
 #      and how busy the GPU is in each (does the compress step wait on the host?)
 #   1b. benchmarks.align: is a conv with a channel count off a multiple of 8 slower per
 #      multiply-add (the suspect for compress epochs slowing down as channels go)
+#   2a. with BEFORE=DIR (DIR/trainer/ an older trainer, e.g. `mkdir -p local/before &&
+#      git archive 0432bd1 trainer | tar -x -C local/before`, carried), the compress trial
+#      again with that trainer: the two side by side on one machine
 #   2b. the compress trial again with its step captured in a CUDA graph (--cuda-graphs;
 #      epoch seconds side by side with 2), and tests/test_graphs.py with its GPU test
 #   3. an 8-trial sweep of shortened paper trials (SWEEP_EPOCHS=3) at GPUS_PER_TRIAL=0.25,
@@ -66,6 +69,13 @@ timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind float-baseline --epoch
 step "paper-preset compress trial (gamma 0.05, --min-bits 0), $EPOCHS epochs"
 timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" --min-bits 0 \
   --data-dir data | tee "$OUT/compress.jsonl" || echo "compress: stopped or failed ($?)"
+
+if [ -n "${BEFORE:-}" ]; then  # BEFORE=local/before: a folder holding an older trainer/
+step "the same compress trial with the trainer in $BEFORE (side by side with the one above)"
+PYTHONPATH="$PWD/$BEFORE:$PYTHONPATH" timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check \
+  --kind compress --gamma 0.05 --epochs "$EPOCHS" --min-bits 0 --data-dir data \
+  | tee "$OUT/compress_before.jsonl" || echo "compress before: stopped or failed ($?)"
+fi
 
 step "the same compress trial, its step captured in a CUDA graph (--cuda-graphs)"
 timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 --epochs "$EPOCHS" \

@@ -97,3 +97,14 @@ def test_without_gradients_each_layer_quantizes_itself_as_an_export_does():
         model.quantize_at_once = lambda: []
         ref = model(x)
     assert torch.equal(out, ref) and model._plan is None  # the one-pass plan never made
+
+
+def test_bf16_autocast_leaves_the_one_pass_quantizer_in_float32():
+    # the trainer autocasts a GPU step to bfloat16; the quantizer's rounding must not move
+    model = mixed_resnet(4)
+    layers = [m for _, m in model.quant_layers()]
+    plain = quantize_layers(layers, make_plan(layers))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = quantize_layers(layers, make_plan(layers))
+    for p, c in zip(plain, cast, strict=True):
+        assert c.dtype == torch.float32 and torch.equal(c, p)
