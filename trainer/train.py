@@ -103,11 +103,14 @@ def make_optimizers(model: ResNet9, config: TrainConfig) -> list[torch.optim.Opt
     exps = [p for n, p in named if n.endswith(".e")]
     quant_ids = {id(p) for p in bits + exps}
     weights = [p for _, p in named if id(p) not in quant_ids]
-    # foreach: one multi-tensor operation per update rule, not one per parameter (the default
-    # on a GPU, not on a CPU; Adam alone issued ~220 operations per step over 18 b and e)
+    # fused: each optimizer's whole update in one kernel (a third of the host time of the
+    # foreach form, which issued a dozen multi-tensor operations and 36 step-count reads for
+    # Adam; a single-tensor loop issued ~220): benchmarks/README.md, "Fused optimizers"
     # cuda_graphs: every group's learning rate a tensor of its own, which set_lr fills and a
-    # captured step reads; Adam then keeps its step counts on the GPU (capturable)
+    # captured step reads; Adam then keeps its step counts on the GPU (capturable), and the
+    # weights step with graphs.sgd_step (both multi-tensor, foreach)
     graphs = config.cuda_graphs
+    impl = {"foreach": True} if graphs else {"fused": True}
     device = next(model.parameters()).device
 
     def lr(value: float) -> float | torch.Tensor:
@@ -115,14 +118,12 @@ def make_optimizers(model: ResNet9, config: TrainConfig) -> list[torch.optim.Opt
 
     opts: list[torch.optim.Optimizer] = [torch.optim.SGD(
         [{"params": weights, "peak_lr": config.lr, "lr": lr(config.lr)}], lr=config.lr,
-        momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay,
-        foreach=True)]
+        momentum=config.momentum, nesterov=True, weight_decay=config.weight_decay, **impl)]
     lr_exp = config.lr_quant if config.lr_exp is None else config.lr_exp
     groups = [{"params": ps, "weight_decay": 0.0, "peak_lr": peak, "lr": lr(peak)}
               for ps, peak in ((bits, config.lr_quant), (exps, lr_exp)) if ps]
     if groups:
-        opts.append(torch.optim.Adam(groups, lr=config.lr_quant, foreach=True,
-                                     capturable=graphs))
+        opts.append(torch.optim.Adam(groups, lr=config.lr_quant, capturable=graphs, **impl))
     return opts
 
 
