@@ -100,9 +100,12 @@ def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float
 
 
 def machine() -> dict:
+    import trainer
+
     return {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "device": "cpu", "code_version": code_version()}
+            "device": "cpu", "code_version": code_version(),
+            "trainer": os.path.dirname(os.path.abspath(trainer.__file__))}  # which one ran
 
 
 def emit(name: str, figures: dict) -> None:

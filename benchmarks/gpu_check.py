@@ -8,6 +8,7 @@ GPU memory (``torch.cuda.max_memory_allocated``, GiB). Used by ``benchmarks/gpu_
 """
 
 import json
+import os
 import time
 
 import torch
@@ -71,7 +72,9 @@ def main() -> None:
                       "weights_kept_fraction": result["weights_kept_fraction"],
                       "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
                       "device": result["device"], "torch": torch.__version__,
-                      "code_version": result["code_version"]}), flush=True)
+                      "code_version": result["code_version"],
+                      "trainer": os.path.dirname(os.path.abspath(train.__code__.co_filename))}),
+          flush=True)  # "trainer": which trainer/ ran (gpu_check.sh's BEFORE runs another)
 
 
 if __name__ == "__main__":

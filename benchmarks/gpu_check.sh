@@ -72,8 +72,10 @@ timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress --gamma 0.05 
 
 if [ -n "${BEFORE:-}" ]; then  # BEFORE=local/before: a folder holding an older trainer/
 step "the same compress trial with the trainer in $BEFORE (side by side with the one above)"
-PYTHONPATH="$PWD/$BEFORE:$PYTHONPATH" timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check \
-  --kind compress --gamma 0.05 --epochs "$EPOCHS" --min-bits 0 --data-dir data \
+# run from inside $BEFORE: python -m puts the working directory first on the path, so its
+# trainer/ is the one imported; benchmarks/ comes from this copy (the JSON's "trainer" says)
+(cd "$BEFORE" && timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind compress \
+  --gamma 0.05 --epochs "$EPOCHS" --min-bits 0 --data-dir "$OLDPWD/data") \
   | tee "$OUT/compress_before.jsonl" || echo "compress before: stopped or failed ($?)"
 fi
 

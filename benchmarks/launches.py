@@ -11,12 +11,7 @@ single-tensor optimizers; ``step_optimizers``' multi-tensor operations for hold-
 the one-bit zone are not undone). It also times the two compress steps side by side on this
 CPU, where the arithmetic, not the dispatch, dominates.
 
-``host_ms_float`` and ``host_ms_compress``: milliseconds per step, on one thread, of a
-network so thin (width 0.03: 2-4-8-15 channels) at batch 1 that its arithmetic is next to
-nothing and the time is the host's dispatch (Python, autograd, the dispatcher): what a GPU
-step waits on when it waits on the host (benchmarks/README.md, the H100 figures). (The
-smoke network at batch 4, used before, is not thin enough: its quantizer's passes over
-100 k weights took a third of the compress step.)
+The host's time per step, phase by phase: ``benchmarks.host``.
 
 ``ratio`` = operations of the compress step now / before. With ``--cut MODEL``, also the
 operations of a step of that trained network (a ``model.pt`` of ``trainer.train --out``),
@@ -105,28 +100,6 @@ def operations(step: Callable[[], None]) -> int:
     return sum(ops.values())
 
 
-def host_ms(config: TrainConfig, batch: int = 1, steps: int = 50,
-            width: float = 0.03) -> dict[str, float]:
-    """Milliseconds per training step of a very thin network at a tiny batch on one thread:
-    the host's share of a step (dispatch, autograd), float and compress, interleaved."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (batch,))
-        fns = {kind: step_fn(model_for("smoke", kind=k, width=width), x, y, config,
-                             before=False)
-               for kind, k in (("float", "float-baseline"), ("compress", "compress"))}
-
-        def repeated(fn: Callable[[], None]) -> Callable[[], None]:
-            return lambda: [fn() for _ in range(steps)]
-
-        t = interleaved({k: repeated(fn) for k, fn in fns.items()}, 3)
-    finally:
-        torch.set_num_threads(threads)
-    return {k: v / steps * 1e3 for k, v in t.items()}
-
-
 def main() -> None:
     p = parser("launches", __doc__)
     p.add_argument("--preset", default="smoke", choices=("smoke", "cpu", "paper"),
@@ -149,14 +122,11 @@ def main() -> None:
         steps["cut"] = step_fn(cut, x, y, config, before=False)
     ops = {name: operations(fn) for name, fn in steps.items()}
     t = interleaved({k: steps[k] for k in ("compress", "compress_before")}, args.reps)
-    host = host_ms(config)
     emit("launches", {"ratio": round(ops["compress"] / ops["compress_before"], 3),
                       "ops_compress": ops["compress"],
                       "ops_compress_before": ops["compress_before"],
                       "ops_float": ops["float"],
                       **({"ops_cut": ops["cut"]} if args.cut else {}),
-                      "host_ms_float": round(host["float"], 2),
-                      "host_ms_compress": round(host["compress"], 2),
                       "step_s_compress": round(t["compress"], 4),
                       "step_s_compress_before": round(t["compress_before"], 4),
                       "batch": config.batch_size, "reps": args.reps, "preset": args.preset})
