@@ -108,3 +108,24 @@ def test_bf16_autocast_leaves_the_one_pass_quantizer_in_float32():
         cast = quantize_layers(layers, make_plan(layers))
     for p, c in zip(plain, cast, strict=True):
         assert c.dtype == torch.float32 and torch.equal(c, p)
+
+
+def test_the_one_bit_zone_of_every_layer_at_once_is_each_layers_own():
+    from trainer.train import skip_zones
+
+    for floor in (0.0, 3.0):  # the one-bit zone alone, and raised by min_bits
+        nets = [mixed_resnet(5), mixed_resnet(5)]
+        for net in nets:
+            for _, layer in net.quant_layers():
+                layer.skip_one_bit, layer.min_bits = True, floor
+        layers = [[m for _, m in net.quant_layers()] for net in nets]
+        below = layers[0][0].dead_below()
+        b = torch.cat([m.b.detach() for m in layers[0]])
+        assert ((b > 0) & (b < below)).sum() >= 3  # channels in the zone, to be sent to 0
+        skip_zones(layers[0])  # every layer in a few operations
+        for layer in layers[1]:
+            layer.skip_one_bit_zone()
+        for a, c in zip(*layers, strict=True):
+            assert torch.equal(a.b, c.b)
+        b = torch.cat([m.b.detach() for m in layers[0]])
+        assert not ((b > 0) & (b < below)).any()

@@ -103,9 +103,10 @@ def make_optimizers(model: ResNet9, config: TrainConfig) -> list[torch.optim.Opt
     exps = [p for n, p in named if n.endswith(".e")]
     quant_ids = {id(p) for p in bits + exps}
     weights = [p for _, p in named if id(p) not in quant_ids]
-    # fused: each optimizer's whole update in one kernel (a third of the host time of the
-    # foreach form, which issued a dozen multi-tensor operations and 36 step-count reads for
-    # Adam; a single-tensor loop issued ~220): benchmarks/README.md, "Fused optimizers"
+    # fused: each optimizer's whole update in one kernel (the foreach form issued a dozen
+    # multi-tensor operations and 36 step-count reads for Adam, a single-tensor loop ~220;
+    # a compress step's optimizer phase takes 0.56 ms of host against 0.89 ms foreach:
+    # benchmarks.host, benchmarks/README.md "Every layer's quantizer in one pass")
     # cuda_graphs: every group's learning rate a tensor of its own, which set_lr fills and a
     # captured step reads; Adam then keeps its step counts on the GPU (capturable), and the
     # weights step with graphs.sgd_step (both multi-tensor, foreach)
@@ -151,7 +152,8 @@ def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> 
     ``skip_one_bit`` layers send a b that fell into the one-bit zone to 0. An SGD whose
     learning rate is a tensor (cuda_graphs) steps with ``graphs.sgd_step``."""
     held = [layer.b for _, layer in model.quant_layers() if layer.quantized and layer.hold_range]
-    b_before = torch._foreach_mul(held, 1.0) if held else []  # copies, in one operation
+    with torch.no_grad():
+        b_before = torch._foreach_mul(held, 1.0) if held else []  # copies, in one operation
     for opt in optimizers:
         tensor_lr = torch.is_tensor(opt.param_groups[0]["lr"])
         if isinstance(opt, torch.optim.SGD) and tensor_lr:
@@ -166,6 +168,7 @@ def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> 
         skip_zones([layer for layer in layers if layer.dead_below() > 0])
 
 
+@torch.no_grad()
 def skip_zones(layers: list) -> None:
     """``layer.skip_one_bit_zone()`` of every layer, in a few operations over all their b
     (one floor for all, as the trainer sets them; else layer by layer)."""
