@@ -73,13 +73,15 @@ def plan_key(layers: Sequence[QuantMixin]) -> tuple:
 
 def make_plan(layers: Sequence[QuantMixin]) -> Plan:
     ws = [m.weight for m in layers]
-    outs = tuple(w.shape[0] for w in ws)
+    device, outs = ws[0].device, tuple(w.shape[0] for w in ws)
     per_channel = torch.tensor([w[0].numel() if w.shape[0] else 0 for w in ws])
     counts = per_channel.repeat_interleave(torch.tensor(outs))  # (C,) weights per channel
-    chan = torch.arange(counts.numel()).repeat_interleave(counts)
+    numels = tuple(w.numel() for w in ws)
+    # built where it is used: after a cut, C counts cross to a GPU, not N indices (53 MB)
+    chan = torch.arange(counts.numel(), device=device).repeat_interleave(
+        counts.to(device), output_size=sum(numels))
     return Plan(plan_key(layers), tuple(w.shape for w in ws),
-                tuple(_channels_last(w) for w in ws), tuple(w.numel() for w in ws), outs,
-                chan.to(ws[0].device))
+                tuple(_channels_last(w) for w in ws), numels, outs, chan)
 
 
 class _QuantizeLayers(torch.autograd.Function):
