@@ -7,9 +7,9 @@ training step issues (forward, loss, backward, optimizers: torch.profiler's top-
 operations, backward included) for the float network and for the compress network as the
 trainer runs it, and as it ran before the fused quantizer (``quantize``'s autograd form layer
 by layer, the full ``size()`` in the loss, the dead-channel penalty block by block,
-single-tensor optimizers; ``step_optimizers``' multi-tensor operations for hold-range and
-the one-bit zone are not undone). It also times the two compress steps side by side on this
-CPU, where the arithmetic, not the dispatch, dominates.
+single-tensor optimizers (neither foreach nor fused); ``step_optimizers``' multi-tensor
+operations for hold-range and the one-bit zone are not undone). It also times the two
+compress steps side by side on this CPU, where the arithmetic, not the dispatch, dominates.
 
 The host's time per step, phase by phase: ``benchmarks.host``.
 
@@ -71,8 +71,8 @@ def step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, config: TrainConfi
     opts = make_optimizers(model, config)
     if before:
         for opt in opts:
-            for group in opt.param_groups:
-                group["foreach"] = False
+            for group in opt.param_groups:  # single-tensor loops, as before foreach
+                group["foreach"] = group["fused"] = False
     model.train()
 
     def step() -> None:
