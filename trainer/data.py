@@ -195,17 +195,15 @@ def train_batches(data: DeviceData, batch_size: int, gen: torch.Generator, cutou
     Randomness comes from ``gen`` (a CPU generator) so a seed gives the same epoch on any
     device. The last partial batch is dropped when there is at least one full batch.
     """
-    n = data.n_train
-    perm = torch.randperm(n, generator=gen)
-    n_batches = max(n // batch_size, 1)
-    for i in range(n_batches):
-        idx = perm[i * batch_size:(i + 1) * batch_size]
-        b = idx.numel()
-        r = torch.randint(0, 2 * PAD + 1, (2, b), generator=gen)
-        flip = torch.rand(b, generator=gen) < 0.5
-        centre = torch.randint(0, 32, (2, b), generator=gen)
-        dev = data.y_train.device
-        idx, r, flip, centre = idx.to(dev), r.to(dev), flip.to(dev), centre.to(dev)
+    draws = epoch_draws(data.n_train, batch_size, gen)
+    # (6, N) on the device in one copy per epoch: torch waits for the GPU before each copy
+    # from host memory, so copies per batch kept the GPU from running ahead of the host
+    packed = torch.cat([d for _, d in draws], dim=1).to(data.y_train.device)
+    start = 0
+    for b, _ in draws:
+        idx, r, flip, centre = (packed[0, start:start + b], packed[1:3, start:start + b],
+                                packed[3, start:start + b].bool(), packed[4:6, start:start + b])
+        start += b
         x = _crop(data.train_padded[idx], r[0], r[1])
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         x = normalize(x, data)
@@ -214,6 +212,21 @@ def train_batches(data: DeviceData, batch_size: int, gen: torch.Generator, cutou
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         yield x, data.y_train[idx]
+
+
+def epoch_draws(n: int, batch_size: int, gen: torch.Generator) -> list[tuple[int, Tensor]]:
+    """Every batch's (size, (6, size) int64: image index, crop offsets y and x, flip, cutout
+    centre y and x) of one epoch, drawn from ``gen`` batch by batch in that order."""
+    perm = torch.randperm(n, generator=gen)
+    draws = []
+    for i in range(max(n // batch_size, 1)):
+        idx = perm[i * batch_size:(i + 1) * batch_size]
+        b = idx.numel()
+        r = torch.randint(0, 2 * PAD + 1, (2, b), generator=gen)
+        flip = torch.rand(b, generator=gen) < 0.5
+        centre = torch.randint(0, 32, (2, b), generator=gen)
+        draws.append((b, torch.cat([idx[None], r, flip[None].long(), centre])))
+    return draws
 
 
 def test_batches(data: DeviceData, batch_size: int = 1000,
