@@ -1,6 +1,7 @@
 """The CUDA-graph step's parts that a CPU can check: its SGD with a tensor learning rate is
 torch's, the training step reads nothing back to the host but Adam's step counts (on a
-GPU, capturable), and a captured trial trains as the eager one (GPU only, else skipped)."""
+GPU, capturable), and a captured trial trains as the eager one (GPU only, else skipped).
+The eager step of the trainer's default, and taking its batches, read nothing back at all."""
 
 import copy
 from contextlib import nullcontext
@@ -80,6 +81,32 @@ def test_the_training_step_reads_nothing_back_but_adams_step_counts():
     assert [t for t in reads.read if id(t) not in counts] == []
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     assert float(loss_sum) > 0
+
+
+def test_the_eager_training_step_and_its_batches_read_nothing_back_to_the_host():
+    # A read-back waits for the GPU: none in a step of the trainer's default (eager, fused
+    # optimizers, one-pass quantizer) nor in taking the next batch
+    from trainer import data as D
+
+    config = resolve(TrainConfig(preset="smoke", width=0.25, gamma=0.5), has_gpu=False)
+    torch.manual_seed(0)
+    model = model_for(config).to(memory_format=torch.channels_last)
+    opts = make_optimizers(model, config)
+    data = D.to_device(D.make_synthetic(256), torch.device("cpu"))
+    batches = D.train_batches(data, 16, torch.Generator().manual_seed(0), 8, channels_last=True)
+    step = Step(model, opts, config, nullcontext, torch.zeros(()))
+    step.gamma.fill_(0.5)
+    step.zero_grad()
+    step(*next(batches))  # creates the optimizer state and the one-pass plan
+    reads = HostReads()
+    with reads:
+        for _ in range(2):
+            x, y = next(batches)
+            step.zero_grad()
+            step(x, y)
+    assert reads.read == []
+    assert all(torch.is_tensor(s["step"]) for s in opts[1].state.values())  # fused: counted
+    # on the parameters' device, not read back
 
 
 def test_cuda_graphs_without_a_gpu_is_refused():
