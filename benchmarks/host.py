@@ -121,8 +121,8 @@ def main() -> None:
              "compress_foreach": phased_step("compress", width, x, y,
                                              phases["compress_foreach"], foreach=True)},
             args.reps, args.steps)
-    med = {k: {n: round(statistics.median(v), 3) for n, v in ph.items()}
-           for k, ph in phases.items()}
+    med = {k: {n: round(statistics.median(v[args.steps:]), 3) for n, v in ph.items()}
+           for k, ph in phases.items()}  # [steps:]: not the warm-up round
     emit("host", {"ratio": round(whole["compress"] / whole["float-baseline"], 3),
                   "host_ms_float": round(whole["float-baseline"], 3),
                   "host_ms_compress": round(whole["compress"], 3),
