@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+import trainer
 from trainer.cli import OneLineParser, fail
 from trainer.config import TrainConfig, resolve
 from trainer.model import SPATIAL, ResNet9
@@ -100,8 +101,6 @@ def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float
 
 
 def machine() -> dict:
-    import trainer
-
     return {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "device": "cpu", "code_version": code_version(),

@@ -31,18 +31,17 @@ from contextlib import nullcontext
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import count, emit, parser
+from benchmarks.common import count, emit, model_for, parser
 from trainer.config import TrainConfig, resolve
 from trainer.heap import keep_freed_memory
-from trainer.train import Step, make_optimizers, model_for, step_optimizers
+from trainer.train import Step, make_optimizers, step_optimizers
 
 PHASES = ("zero", "forward", "loss", "backward", "optimizers")
 
 
 def build(kind: str, width: float) -> tuple[TrainConfig, torch.nn.Module, list]:
     config = resolve(TrainConfig(preset="smoke", kind=kind, width=width), has_gpu=False)
-    torch.manual_seed(0)
-    model = model_for(config).to(memory_format=torch.channels_last)
+    model = model_for("smoke", kind=kind, width=width)  # seeded, channels_last
     return config, model, make_optimizers(model, config)
 
 

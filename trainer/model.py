@@ -219,8 +219,8 @@ class ResNet9(nn.Module):
         if not torch.is_grad_enabled():
             return []
         layers = [m for _, m in self.quant_layers() if m.quantized and m.weight.numel()]
-        if len(layers) < 2 or len({m.hold_range for m in layers}) > 1:
-            return []  # nothing to share (one hold_range flag goes with one pass)
+        if not layers or len({m.hold_range for m in layers}) > 1:
+            return []  # one hold_range flag goes with one pass
         if self._plan is None or self._plan.key != plan_key(layers):  # a cut moved them
             self._plan = make_plan(layers)
         for layer, q in zip(layers, quantize_layers(layers, self._plan), strict=True):

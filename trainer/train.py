@@ -173,7 +173,7 @@ def skip_zones(layers: list) -> None:
     """``layer.skip_one_bit_zone()`` of every layer, in a few operations over all their b
     (one floor for all, as the trainer sets them; else layer by layer)."""
     floors = {layer.dead_below() for layer in layers}
-    if len(floors) != 1 or len(layers) < 2:
+    if len(floors) != 1:  # none, or layers with floors of their own
         for layer in layers:
             layer.skip_one_bit_zone()
         return
