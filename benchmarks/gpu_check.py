@@ -2,7 +2,9 @@
 
 Runs ``trainer.train`` in this process (so the CUDA allocator's peak is this trial's) and
 prints one JSON line per epoch and one for the trial: seconds, test accuracy, bits, peak
-GPU memory (``torch.cuda.max_memory_allocated``, GiB). Used by ``benchmarks/gpu_check.sh``.
+GPU memory (``torch.cuda.max_memory_allocated``, GiB); with ``--tta``, after the trial's
+time and peak are taken, the final network's accuracy with test-time augmentation too
+(``benchmarks.tta``). Used by ``benchmarks/gpu_check.sh``.
 
     python -m benchmarks.gpu_check --kind float-baseline --data-dir data [--epochs 24]
 """
@@ -14,8 +16,10 @@ import time
 import torch
 
 from benchmarks.common import parser
+from benchmarks.tta import tta_accuracy
 from trainer.config import KINDS, ConfigError, TrainConfig, resolve
-from trainer.train import train
+from trainer.data import load_cifar10, to_device
+from trainer.train import autocast_for, train
 
 
 def main() -> None:
@@ -34,6 +38,10 @@ def main() -> None:
     p.add_argument("--cuda-graphs", action="store_true",
                    help="capture the training step in a CUDA graph (TrainConfig.cuda_graphs, "
                         "re-captured after each cut)")
+    p.add_argument("--tta", action="store_true",
+                   help="also test the final network with test-time augmentation "
+                        "(benchmarks.tta: flip, flip and translate); the trial line gains "
+                        "test_accuracy_flip and test_accuracy_flip_translate")
     p.add_argument("--data-dir", required=True, help="folder holding cifar-10-batches-py/")
     args = p.parse_args()
     config = TrainConfig(kind=args.kind, gamma=args.gamma, preset=args.preset,
@@ -50,7 +58,10 @@ def main() -> None:
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
 
-    def on_epoch(m: dict, _state) -> None:
+    final: dict = {}
+
+    def on_epoch(m: dict, state) -> None:
+        final["model"] = state.model
         print(json.dumps({"kind": args.kind, "gamma": args.gamma, "width": args.width,
                           "cut_align": args.cut_align, "min_bits": config.min_bits,
                           "cuda_graphs": args.cuda_graphs,
@@ -62,15 +73,22 @@ def main() -> None:
               flush=True)
 
     result = train(config, on_epoch=on_epoch, verbose=False)
+    trial_s, peak_gib = time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
+    tta = {}
+    if args.tta:  # the network as the final test saw it, under the trainer's autocast
+        data = to_device(load_cifar10(args.data_dir), torch.device("cuda"))
+        acc = tta_accuracy(final["model"], data, autocast_for(cuda=True, graphs=False))
+        tta = {"test_accuracy_again": acc["plain"], "test_accuracy_flip": acc["flip"],
+               "test_accuracy_flip_translate": acc["flip_translate"]}
     print(json.dumps({"kind": args.kind, "gamma": args.gamma, "width": args.width,
                       "fixed_bits": args.fixed_bits, "cut_align": args.cut_align,
                       "cuda_graphs": args.cuda_graphs,
-                      "trial_s": round(time.perf_counter() - start, 1),
+                      "trial_s": round(trial_s, 1),
                       "train_s": round(result["train_time_s"], 1),
                       "test_accuracy": result["test_accuracy"],
                       "bits_fraction": result["bits_fraction"],
-                      "weights_kept_fraction": result["weights_kept_fraction"],
-                      "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                      "weights_kept_fraction": result["weights_kept_fraction"], **tta,
+                      "peak_gib": round(peak_gib, 2),
                       "device": result["device"], "torch": torch.__version__,
                       "code_version": result["code_version"],
                       "trainer": os.path.dirname(os.path.abspath(train.__code__.co_filename))}),

@@ -49,7 +49,9 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                   ["launches", "--preset", "huge"],
                                   ["launches", "--cut", "nowhere/model.pt"],
                                   ["launches", "--cut", "pyproject.toml"],
-                                  ["align", "--reps", "0"], ["host", "--steps", "0"]])
+                                  ["align", "--reps", "0"], ["host", "--steps", "0"],
+                                  ["tta", "nowhere/model.pt", "--data-dir", "data"],
+                                  ["tta", "pyproject.toml", "--data-dir", "data"]])
 def test_benchmarks_reject_bad_input_on_one_line(argv):
     done = subprocess.run([sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:]], cwd=REPO,
                           capture_output=True, text=True)
