@@ -76,7 +76,8 @@ def main() -> None:
     trial_s, peak_gib = time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
     tta = {}
     if args.tta:  # the network as the final test saw it, under the trainer's autocast
-        data = to_device(load_cifar10(args.data_dir), torch.device("cuda"))
+        test_subset = resolve(config, has_gpu=True).test_subset or 0  # as the final test
+        data = to_device(load_cifar10(args.data_dir), torch.device("cuda"), 0, test_subset)
         acc = tta_accuracy(final["model"], data, autocast_for(cuda=True, graphs=False))
         tta = {"test_accuracy_again": acc["plain"], "test_accuracy_flip": acc["flip"],
                "test_accuracy_flip_translate": acc["flip_translate"]}
