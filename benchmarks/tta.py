@@ -7,7 +7,8 @@ measures that gap for saved networks, for issue 10's float baseline at >= 92 % o
 shared (JPEG) copy: it changes nothing the trainer reports.
 
 Per network (the ``model.pt`` of a ``trainer.train --out`` folder), three accuracies on the
-whole test set, eval mode, as the trainer evaluates (channels_last, batches of 1000):
+images of its final test (the whole test set, or its preset's subset), eval mode, as the
+trainer evaluates (channels_last, batches of 1000):
 
 * ``plain``: the network alone (the trainer's final test; the two must agree);
 * ``flip``: the mean of the image's and its mirror image's logits (airbench's level 1);
