@@ -18,7 +18,7 @@ import torch
 from benchmarks.common import parser
 from benchmarks.tta import tta_accuracy
 from trainer.config import KINDS, ConfigError, TrainConfig, resolve
-from trainer.data import load_cifar10, to_device
+from trainer.export import test_set
 from trainer.train import autocast_for, train
 
 
@@ -50,7 +50,7 @@ def main() -> None:
                          cuda_graphs=args.cuda_graphs,
                          **({} if args.min_bits is None else {"min_bits": args.min_bits}))
     try:  # bad input is said on one line before anything runs, GPU or not
-        resolve(config, has_gpu=True)
+        resolved = resolve(config, has_gpu=True)
     except ConfigError as err:
         p.error(str(err))
     if not torch.cuda.is_available():
@@ -76,9 +76,8 @@ def main() -> None:
     trial_s, peak_gib = time.perf_counter() - start, torch.cuda.max_memory_allocated() / 2**30
     tta = {}
     if args.tta:  # the network as the final test saw it, under the trainer's autocast
-        test_subset = resolve(config, has_gpu=True).test_subset or 0  # as the final test
-        data = to_device(load_cifar10(args.data_dir), torch.device("cuda"), 0, test_subset)
-        acc = tta_accuracy(final["model"], data, autocast_for(cuda=True, graphs=False))
+        x, y = test_set(resolved, args.data_dir)  # the final test's images
+        acc = tta_accuracy(final["model"], x, y, autocast_for(cuda=True, graphs=False))
         tta = {"test_accuracy_again": acc["plain"], "test_accuracy_flip": acc["flip"],
                "test_accuracy_flip_translate": acc["flip_translate"]}
     print(json.dumps({"kind": args.kind, "gamma": args.gamma, "width": args.width,

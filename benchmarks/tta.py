@@ -7,8 +7,9 @@ measures that gap for saved networks, for issue 10's float baseline at >= 92 % o
 shared (JPEG) copy: it changes nothing the trainer reports.
 
 Per network (the ``model.pt`` of a ``trainer.train --out`` folder), three accuracies on the
-images of its final test (the whole test set, or its preset's subset), eval mode, as the
-trainer evaluates (channels_last, batches of 1000):
+images of its final test (``trainer.export.test_set``: the whole test set or its preset's
+subset; a synthetic-data run's own set), eval mode, as the trainer evaluates
+(channels_last, batches of 1000):
 
 * ``plain``: the network alone (the trainer's final test; the two must agree);
 * ``flip``: the mean of the image's and its mirror image's logits (airbench's level 1);
@@ -33,6 +34,7 @@ from torch import Tensor
 from benchmarks.common import emit, load_trained, parser
 from trainer import data as D
 from trainer.cli import fail
+from trainer.export import batches, test_set
 from trainer.model import ResNet9
 
 VIEWS = ("plain", "flip", "flip_translate")
@@ -54,21 +56,24 @@ def view_logits(model: ResNet9, x: Tensor) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def tta_accuracy(model: ResNet9, data: D.DeviceData,
+def tta_accuracy(model: ResNet9, x: Tensor, y: Tensor,
                  autocast: Callable = nullcontext) -> dict[str, float]:
-    """Test accuracy (fraction correct) of ``model`` under each of ``VIEWS``; leaves the
-    model in the mode it found it in."""
+    """Test accuracy (fraction correct) of ``model`` under each of ``VIEWS`` on the uint8
+    images ``x`` and labels ``y`` (``trainer.export.test_set``), normalised in batches of
+    1000 as the trainer's test batches and moved to the model's device; leaves the model
+    in the mode it found it in."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     correct = dict.fromkeys(VIEWS, 0)
-    for x, y in D.test_batches(data, channels_last=True):
+    for start, xb in zip(range(0, len(y), 1000), batches(x, 1000), strict=True):
+        yb = y[start:start + 1000].to(device)
         with autocast():
-            logits = view_logits(model, x)
+            logits = view_logits(model, _cl(xb.to(device)))
         for name, z in logits.items():
-            correct[name] += int((z.argmax(1) == y).sum())
+            correct[name] += int((z.argmax(1) == yb).sum())
     model.train(was_training)
-    n = data.y_test.numel()
-    return {name: c / n for name, c in correct.items()}
+    return {name: c / len(y) for name, c in correct.items()}
 
 
 def main() -> None:
@@ -76,7 +81,7 @@ def main() -> None:
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="model.pt files written by trainer.train --out")
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (e.g. "
-                   "../shared/data; default: download it, as trainer.train does)")
+                   "../shared/data; default: the run's own --data-dir, else download it)")
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
@@ -84,26 +89,19 @@ def main() -> None:
     if args.threads < 0:
         fail(f"--threads {args.threads}: give 0 (torch's default) or more", prog=prog)
     nets = [(path, *load_trained(path, prog, "MODEL")) for path in args.models]
-    for path, _, config in nets:
-        if config.dataset != "cifar10":
-            fail(f"MODEL {path}: trained on {config.dataset} data; this measures CIFAR-10 "
-                 "networks", prog=prog)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        arrays = D.load_cifar10(args.data_dir)
+    try:  # every network's test set before any is measured: a bad --data-dir fails first
+        tests = [test_set(config, args.data_dir) for _, _, config in nets]
     except D.DataError as err:
         fail(str(err), prog=prog)
-    for path, model, config in nets:
-        data = D.to_device(arrays, torch.device("cpu"), 0, config.test_subset or 0)
-        acc = tta_accuracy(model, data)
+    for (path, model, config), (x, y) in zip(nets, tests, strict=True):
+        acc = tta_accuracy(model, x, y)
         emit("tta", {"gain_flip": round(100 * (acc["flip"] - acc["plain"]), 2),
                      "gain_flip_translate": round(100 * (acc["flip_translate"] - acc["plain"]), 2),
                      **{name: round(a, 4) for name, a in acc.items()}, "model": path,
                      "kind": config.kind, "preset": config.preset, "width": config.width,
-                     "epochs": config.epochs, "gamma": config.gamma,
-                     "test_images": data.y_test.numel()})
-
+                     "epochs": config.epochs, "gamma": config.gamma, "test_images": len(y)})
 
 if __name__ == "__main__":
     main()
