@@ -11,23 +11,29 @@ from sweep.config import (
     GAMMA_RANGE,
     GAMMA_RANGES,
     NARROW_FRACTIONS,
+    OBJECTIVES,
     REFERENCES,
+    SEARCHES,
     SweepConfig,
 )
+from sweep.params import SWEEPABLE
 from trainer.cli import OneLineParser
 from trainer.config import DATASETS, PRESET_NAMES
 
 PROG = "scnn sweep"
 
 HELP = """\
-Sweep the compression factor gamma of self-compressing ResNet-9s on a Ray cluster.
+Sweep the compression factor gamma, and any other training field, of self-compressing
+ResNet-9s on a Ray cluster.
 
 Every trial trains one network with loss CE + gamma * Q (Q = size in bits per original
 weight); gamma is drawn log-uniformly between --gamma-min and --gamma-max, so the sweep
-traces accuracy against size. A float baseline and a floor trial (one channel per layer)
-run too, for reference; --references full adds the two obvious alternatives to
-self-compression, narrower float networks and networks held at one bit depth, so the
-plots draw their fronts beside the sweep's. Without --address the sweep starts a Ray
+traces accuracy against size. --space and --param vary other fields of the recipe too, and
+--search optuna lets an Optuna study choose the points, aiming at the accuracy-size front.
+A float baseline and a floor trial (one channel per layer) run too, for reference;
+--references full adds the two obvious alternatives to self-compression, narrower float
+networks and networks held at one bit depth, so the plots draw their fronts beside the
+sweep's. Without --address the sweep starts a Ray
 cluster on this machine and prints its dashboard's address. Results go to
 RESULTS_DIR/NAME/ as trials.parquet, epochs.parquet and layers.parquet, rewritten while
 the sweep runs; draw them with `python -m analysis.plots`. Every trial's epochs also go to
@@ -39,6 +45,8 @@ examples:
   python -m sweep.run --num-samples 64 --data-dir ../shared/data           # a real sweep
   python -m sweep.run --references full --data-dir ../shared/data          # and its rivals
   python -m sweep.run --num-samples 16 --seeds 3 --refine 8 --data-dir ../shared/data
+  python -m sweep.run --space space.yaml --search optuna --data-dir ../shared/data
+  python -m sweep.run --param 'min_bits=[0, 2, 3, 4]' --num-samples 16 # and the floor
   python -m sweep.run --address 10.0.0.1:6379 --data-dir /shared/cifar     # on a cluster
   python -m sweep.run --num-samples 64 --name big --mlflow                 # and in MLflow
   python -m sweep.run --resume --name sweep-20250101-120000                # after a kill
@@ -74,6 +82,27 @@ def parser() -> argparse.ArgumentParser:
                         "neighbouring front points (per-gamma means, bits against accuracy) "
                         "with the widest gap, measured as the distance in (log10 size "
                         "fraction, accuracy fraction) (default 0)")
+    search.add_argument("--space", metavar="FILE",
+                        help="a YAML (or JSON) file of the TrainConfig fields to vary, W&B "
+                        "style: 'parameters: {min_bits: {values: [0, 3]}, lr_quant: "
+                        "{distribution: log_uniform_values, min: 0.01, max: 0.2}}'; "
+                        "distributions log_uniform_values, uniform, int_uniform, or values "
+                        "(a choice) or value (fixed); gamma is always varied (--gamma-min.."
+                        "--gamma-max) unless the space sets it. Sweepable: "
+                        f"{', '.join(SWEEPABLE)}")
+    search.add_argument("--param", action="append", metavar="NAME=SPEC",
+                        help="one more field to vary, SPEC as in --space in YAML flow form, "
+                        "e.g. --param 'min_bits=[0, 3]' or --param 'init_bits={distribution: "
+                        "uniform, min: 4, max: 8}'; repeatable, over --space")
+    search.add_argument("--search", metavar="{" + ",".join(SEARCHES) + "}",
+                        help="random: points drawn at random, a function of --seed; optuna: a "
+                        "two-objective Optuna study (multivariate TPE with the constant liar, "
+                        "seeded by --seed) through Ray Tune's OptunaSearch, maximising "
+                        "accuracy and minimising --objective; it lives in NAME/optuna.db "
+                        f"(optuna-dashboard reads it) (default {d.search})")
+    search.add_argument("--objective", metavar="{" + ",".join(OBJECTIVES) + "}",
+                        help="the size --search optuna minimises: bits (storage), weights "
+                        f"(weights kept) or macs (compute) (default {d.objective})")
     refs = search.add_mutually_exclusive_group()
     refs.add_argument("--references", metavar="{" + ",".join(REFERENCES) + "}",
                       help="reference trials, trained at gamma 0 with the same recipe. "
@@ -136,6 +165,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def parse(argv: list[str] | None = None) -> tuple[SweepConfig, frozenset[str]]:
-    """The SweepConfig of the command line, and the names of the fields it set."""
+    """The SweepConfig of the command line, and the names of the fields it set.
+
+    Raises ConfigError for a --space or --param that cannot be read (sweep.params)."""
     given = vars(parser().parse_args(argv))
+    if "space" in given or "param" in given:
+        given["space"] = read_space(given.get("space"), given.pop("param", []))
     return SweepConfig(**given), frozenset(given)
+
+
+def read_space(path: str | None, params: list[str]) -> dict:
+    """The space of --space FILE and the --param NAME=SPEC over it, normalised."""
+    from sweep.params import load_space_file, normalise_space, parse_param
+
+    parameters = load_space_file(path) if path is not None else {}
+    parameters.update(parse_param(text) for text in params)
+    return normalise_space(parameters)

@@ -46,6 +46,8 @@ FIXED_BITS = (2, 3, 4, 6, 8)  # bit depths of the fixed-bits trials (at the swee
 # none: nothing; front: every trial on its Pareto front of bits against accuracy.
 EXPORTS = ("none", "front")
 EXPORTS_DIR = "exports"  # in the sweep folder: exports/<trial_id>/
+SEARCHES = ("random", "optuna")  # --search
+OBJECTIVES = ("bits", "weights", "macs")  # --objective: the size axis of --search optuna
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class SweepConfig:
     seeds: int = 1  # training seeds per gamma and reference trial: seed, seed+1, ...
     refine: int = 0  # gammas chosen after the samples, one at a time, in the front's widest gap
     references: str = "default"  # reference trials: default | full | none (see REFERENCES)
+    space: dict | None = None  # fields varied besides γ's default range, normalised
+    #   (sweep.params: field -> {distribution, min, max} | {values} | {value}); None: γ only
+    search: str = "random"  # random: seeded draws | optuna: a two-objective study (sweep.study)
+    objective: str = "bits"  # --search optuna's size axis: bits | weights | macs
     # --- passed through to every trial's TrainConfig (None: the preset decides) ---
     preset: str = "auto"  # paper | cpu | smoke | auto (paper when the cluster has GPUs, else cpu)
     epochs: int | None = None  # passes over the training set per trial
@@ -88,6 +94,14 @@ class SweepConfig:
     def folder(self) -> Path:
         """The sweep folder: Ray's experiment state, checkpoints and the Parquet files."""
         return Path(self.results_dir) / str(self.name)
+
+    @property
+    def full_space(self) -> dict:
+        """The space trials are drawn from: ``space``, with γ log-uniform in
+        [gamma_min, gamma_max] unless it sets γ (needs the γ range resolved)."""
+        from sweep.params import full_space
+
+        return full_space(self.space, self.gamma_min, self.gamma_max)
 
     @property
     def num_trials(self) -> int:
@@ -140,7 +154,38 @@ def validate(c: SweepConfig) -> None:
     need(c.max_failures >= 0, f"--max-failures must be >= 0, got {c.max_failures}")
     need(c.name is None or (c.name.strip() and "/" not in c.name and c.name not in (".", "..")),
          f"--name must be a plain folder name, got {c.name!r}")
+    need(c.search in SEARCHES, f"unknown --search {c.search!r}: choose random (seeded draws) "
+         "or optuna (a study that aims at the accuracy-size front)")
+    need(c.objective in OBJECTIVES, f"unknown --objective {c.objective!r}: choose bits, "
+         "weights or macs (the size axis --search optuna minimises)")
+    check_combinations(c)
     resolve(base_train_config(c), has_gpu=False)  # preset, dataset, epochs, width
+
+
+def check_combinations(c: SweepConfig) -> None:
+    """ConfigError for settings that have no meaning together, saying which and why."""
+    from sweep.params import swept
+
+    if c.refine and c.search == "optuna":
+        raise ConfigError("--refine places γs in the gaps of a γ-only front, and --search "
+                          "optuna chooses every point itself: drop --refine")
+    if c.refine and swept(c.space) != ["gamma"]:
+        raise ConfigError(f"--refine chooses γs alone, but the space also varies "
+                          f"{', '.join(n for n in swept(c.space) if n != 'gamma')}: drop "
+                          "--refine, or use --search optuna")
+    if c.space and "gamma" in c.space and (c.gamma_min is not None or c.gamma_max is not None):
+        raise ConfigError("γ's range is given twice, in the space and by --gamma-min/--gamma-"
+                          "max: keep one")
+
+
+def check_space(c: SweepConfig) -> None:
+    """ConfigError when some corner of the sweep's space is a TrainConfig the trainer would
+    refuse (needs the γ range resolved)."""
+    from sweep.params import check_space as check
+
+    if c.gamma_min is None or c.gamma_max is None:  # --preset auto: as on this machine
+        c = with_gamma_range(c, resolve(base_train_config(c), has_gpu=False).preset)
+    check(c.full_space, base_train_config(c))
 
 
 def gamma_range(preset: str) -> tuple[float, float]:
@@ -197,8 +242,12 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
             raise ConfigError(f"a sweep named {c.name!r} already exists in {c.results_dir}: "
                               "add --resume to continue it, or pick another --name")
         c = with_mlflow_uri(c, c.folder)
+    if "objective" in given and c.search != "optuna":
+        raise ConfigError("--objective is the size axis of --search optuna's study; the "
+                          "random search has none: drop --objective or add --search optuna")
     if c.preset != "auto":  # else settled once the cluster says whether trials get GPUs
         c = with_gamma_range(c, c.preset)
+    check_space(c)
     check_data(c)
     return c
 
@@ -253,6 +302,10 @@ def merge_saved(c: SweepConfig, folder: Path, given: Collection[str]) -> SweepCo
     saved = load_saved(folder)
     for key, value in saved.items():
         if key in given and key not in FREE_ON_RESUME and getattr(c, key) != value:
+            if key == "space":
+                raise ConfigError(f"sweep {folder.name!r} was started with another search "
+                                  "space; --resume continues it with its own: drop --space "
+                                  "and --param")
             flag = "--" + key.replace("_", "-")
             drop = "--references / --no-references" if key == "references" else flag
             started = f"with {flag} {value}" if value is not None else f"without {flag}"
@@ -268,6 +321,8 @@ def load_saved(folder: Path) -> dict:
     if isinstance(saved.get("references"), bool):  # older code: true = float-baseline + floor
         saved["references"] = "default" if saved["references"] else "none"
     saved.setdefault("mlflow", None)  # older code: no MLflow (its pickled callbacks have none)
+    # Older code swept γ alone, at random.
+    saved = {"space": None, "search": "random", "objective": "bits", **saved}
     # Older code trained one seed and refined nothing: a resume cannot add either.
     return {"seeds": 1, "refine": 0, **saved}
 

@@ -50,8 +50,8 @@ TUNE_ENV = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    config, given = parse(argv)
     try:
+        config, given = parse(argv)
         config = prepare(config, given)
     except (ConfigError, DataError) as err:
         fail(str(err), prog=PROG)
@@ -108,8 +108,9 @@ def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
     c = with_gamma_range(c.replace(cpus_per_trial=cpus, gpus_per_trial=gpus,
                                    preset=train.preset, epochs=train.epochs,
                                    width=train.width), train.preset)
-    print(f"{PROG}: {c.num_samples} gammas in [{c.gamma_min:g}, {c.gamma_max:g}] (seed "
-          f"{c.seed}){describe_references(c.references)}{describe_search(c)}; preset "
+    sweep_config.check_space(c)  # again, for the preset the cluster chose
+    print(f"{PROG}: {describe_points(c)}{describe_references(c.references)}"
+          f"{describe_search(c)}; preset "
           f"{c.preset}, {c.epochs} epochs; {cpus:g} CPUs and {gpus:g} GPUs per trial; "
           f"results in {c.folder}", flush=True)
     return c, train
@@ -121,6 +122,10 @@ def watch_message(c: SweepConfig) -> str:
     lines = [f"  TensorBoard: tensorboard --logdir {c.folder.resolve()}"]
     if c.mlflow:
         lines.append(f"  MLflow: mlflow ui --backend-store-uri {c.mlflow}")
+    if c.search == "optuna":
+        from sweep.study import storage_url
+
+        lines.append(f"  Optuna: optuna-dashboard {storage_url(c.folder)}")
     return "\n".join(lines)
 
 
@@ -132,6 +137,18 @@ def describe_references(references: str) -> str:
     counts = {kind: kinds.count(kind) for kind in kinds}  # in the order they run
     said = ", ".join(kind if n == 1 else f"{n} {kind}" for kind, n in counts.items())
     return f" + {len(kinds)} reference trial{'s' if len(kinds) > 1 else ''} ({said})"
+
+
+def describe_points(c: SweepConfig) -> str:
+    """E.g. ``12 points of gamma log-uniform [0.0003, 0.03], min_bits in {0, 3} (optuna,
+    accuracy against bits, seed 0)``; a γ-only random sweep as it always was."""
+    from sweep.params import describe
+
+    if c.space is None and c.search == "random":
+        return f"{c.num_samples} gammas in [{c.gamma_min:g}, {c.gamma_max:g}] (seed {c.seed})"
+    how = (f"optuna study, accuracy against {c.objective}" if c.search == "optuna"
+           else "random")
+    return f"{c.num_samples} points of {describe(c.full_space)} ({how}, seed {c.seed})"
 
 
 def describe_search(c: SweepConfig) -> str:
@@ -148,6 +165,7 @@ def make_tuner(c: SweepConfig, train: TrainConfig):
     from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 
     from sweep.loggers import MLflowCallback, TensorBoardCallback
+    from sweep.params import swept
     from sweep.space import param_space, searcher, trial_dirname
     from sweep.store import ParquetCallback
     from sweep.trainable import run_trial
@@ -162,7 +180,7 @@ def make_tuner(c: SweepConfig, train: TrainConfig):
         print(f"{PROG}: resuming {c.folder}", flush=True)
         return tune.Tuner.restore(str(c.folder), trainable, resume_errored=True,
                                   param_space=space)
-    store = ParquetCallback(str(c.folder), str(c.name))
+    store = ParquetCallback(str(c.folder), str(c.name), swept(c.space))
     # The store comes first: the MLflow callback attaches a finished trial's Parquet rows.
     callbacks = [store, JsonLoggerCallback(), CSVLoggerCallback(), TensorBoardCallback()]
     if c.mlflow:

@@ -23,7 +23,6 @@ import math
 import pickle
 from pathlib import Path
 
-import numpy as np
 from ray.tune.search import Searcher
 
 from analysis.frontier import gamma_means, next_gamma
@@ -34,8 +33,10 @@ STATE_KEYS = ("queue", "live", "ended", "refine_left", "refine_gammas", "max_con
 
 def draw_gammas(n: int, low: float, high: float, seed: int) -> list[float]:
     """``n`` γs log-uniform in [low, high], a function of ``seed`` alone."""
-    rng = np.random.default_rng(seed)
-    return [float(g) for g in np.exp(rng.uniform(math.log(low), math.log(high), n))]
+    from sweep.params import draw_field
+
+    return draw_field("gamma", {"distribution": "log_uniform_values", "min": low, "max": high},
+                      n, seed)
 
 
 def seeded(point: dict, seeds: list[int | None]) -> list[dict]:

@@ -1,7 +1,9 @@
-"""The search space: what a trial's Tune config holds, and the seeded searcher that fills it.
+"""What a trial's Tune config holds, and the searcher that fills it.
 
 A trial's config is ``{"kind", "gamma", "width", "full_width", "fixed_bits", "seed",
-"refined", "train"}`` (plus the test-only ``fail_gamma_above``): ``train`` holds the
+"refined", "train"}``, plus ``params`` (the values of the fields the sweep's space varies
+besides γ, sweep.params), ``study_point``/``study_trial`` (its point in an Optuna study,
+sweep.study) and the test-only ``fail_gamma_above``: ``train`` holds the
 resolved TrainConfig fields shared by every trial, so a trial rebuilds exactly the config
 the driver resolved (and ``params.json`` records it). The reference trials are the
 searcher's first points, so they run first and exactly once per training seed; a point sets
@@ -27,6 +29,8 @@ def param_space(c: SweepConfig, train: TrainConfig) -> dict:
     """Tune's param_space: what every trial shares; the searcher sets kind, gamma and the
     overrides of each."""
     shared = {k: v for k, v in dataclasses.asdict(train).items() if k not in PER_TRIAL_FIELDS}
+    if "width" in c.full_space and shared.get("full_width") is None:
+        shared["full_width"] = train.width  # sizes against the sweep's width, not the trial's
     space = {"train": shared}
     if c.fail_gamma_above is not None:  # test only: kept out of users' trial tables
         space["fail_gamma_above"] = c.fail_gamma_above
@@ -43,16 +47,26 @@ def training_seeds(c: SweepConfig) -> list[int | None]:
     return [None] + [c.seed + k for k in range(1, c.seeds)]
 
 
-def sample_points(c: SweepConfig) -> list[dict]:
-    """The --num-samples compress points, γ log-uniform, a function of --seed."""
-    from sweep.search import draw_gammas
+def compress_point(values: dict) -> dict:
+    """A compress point from a draw of the space (field -> value): γ, and ``params`` for
+    the other fields (absent for γ-only sweeps, so their configs are what they always were)."""
+    values = dict(values)
+    point = {"kind": "compress", "gamma": float(values.pop("gamma")),
+             **dict.fromkeys(OVERRIDE_FIELDS)}
+    return {**point, "params": values} if values else point
 
-    return [{"kind": "compress", "gamma": g, **dict.fromkeys(OVERRIDE_FIELDS)}
-            for g in draw_gammas(c.num_samples, c.gamma_min, c.gamma_max, c.seed)]
+
+def sample_points(c: SweepConfig) -> list[dict]:
+    """The --num-samples compress points of the random search, a function of --seed (γ
+    drawn as it always was: sweep.params.draw)."""
+    from sweep.params import draw
+
+    return [compress_point(v) for v in draw(c.full_space, c.num_samples, c.seed)]
 
 
 def searcher(c: SweepConfig, train: TrainConfig, record: bool = True):
-    """Seeded: the same --seed draws the same gammas, also for trials re-drawn on resume.
+    """The sweep's searcher: seeded draws (random: the same --seed draws the same points,
+    also for trials re-drawn on resume), or the Optuna study (sweep.study).
 
     Wrapped in a ConcurrencyLimiter, which hands its limit to the searcher (which counts
     its own live trials) and tells Tune how many trials to keep pending (one otherwise).
@@ -63,8 +77,14 @@ def searcher(c: SweepConfig, train: TrainConfig, record: bool = True):
     from sweep.search import GammaSearcher
 
     points = [{**dict.fromkeys(OVERRIDE_FIELDS), **p} for p in reference_points(c, train.width)]
-    search = GammaSearcher(points + sample_points(c), training_seeds(c), c.refine,
-                           folder=str(c.folder) if record else None)
+    if c.search == "optuna":
+        from sweep.study import StudySearcher
+
+        search = StudySearcher(points, training_seeds(c), c.num_samples, c.full_space,
+                               c.objective, c.seed, str(c.folder), str(c.name))
+    else:
+        search = GammaSearcher(points + sample_points(c), training_seeds(c), c.refine,
+                               folder=str(c.folder) if record else None)
     return ConcurrencyLimiter(search, max_concurrent=c.max_concurrent or c.num_trials)
 
 
@@ -74,12 +94,19 @@ def trial_dirname(trial) -> str:
     c = trial.config
     name = f"{trial.trainable_name}_{trial.trial_id}_{c.get('kind')}_gamma={c.get('gamma', 0):.4g}"
     extra = {k: c.get(k) for k in ("width", "fixed_bits", "seed") if c.get(k) is not None}
-    return name + "".join(f"_{k}={v:g}" for k, v in extra.items())
+    extra.update(c.get("params") or {})
+    return (name + "".join(f"_{k}={v:.4g}" if isinstance(v, float) else f"_{k}={v}"
+                           for k, v in extra.items()))[:200]
 
 
 def overrides(trial: dict) -> dict:
     """The fields a reference trial sets over the shared ones (none for other trials)."""
     return {k: trial[k] for k in OVERRIDE_FIELDS if trial.get(k) is not None}
+
+
+def swept_values(trial: dict) -> dict:
+    """The values a compress trial's point sets besides γ (sweep.params), else none."""
+    return dict(trial.get("params") or {})
 
 
 # Recipe fields added after a sweep may have started, with the value a trial whose saved
@@ -90,7 +117,8 @@ RECIPE_BEFORE = {"skip_one_bit": False, "min_bits": 0.0}
 def train_config(trial: dict, device: str, threads: int) -> TrainConfig:
     """The TrainConfig of one trial, from its Tune config (``RECIPE_BEFORE`` for the recipe
     fields a config saved by older code lacks)."""
-    return TrainConfig(**{**RECIPE_BEFORE, **trial["train"], **overrides(trial)},
+    return TrainConfig(**{**RECIPE_BEFORE, **trial["train"], **swept_values(trial),
+                          **overrides(trial)},
                        gamma=float(trial["gamma"]), kind=trial["kind"], device=device,
                        threads=threads)
 
@@ -98,10 +126,12 @@ def train_config(trial: dict, device: str, threads: int) -> TrainConfig:
 def trial_key(trial: dict) -> dict:
     """What identifies a trial's training, as JSON would store it: matches its checkpoints.
 
-    Overrides count only when set, so the key of any other trial is what it always was.
+    Overrides and swept values count only when set, so the key of a trial of a γ-only
+    sweep is what it always was.
     """
+    params = {"params": swept_values(trial)} if swept_values(trial) else {}
     return {"kind": trial["kind"], "gamma": float(trial["gamma"]),
-            "train": dict(trial["train"]), **overrides(trial)}
+            "train": dict(trial["train"]), **overrides(trial), **params}
 
 
 def sampled_configs(c: SweepConfig, train: TrainConfig) -> list[dict]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ray.tune import Callback
 
-from sweep.space import overrides
+from sweep.space import overrides, swept_values
 from trainer.results import EPOCH_METRICS, TRIALS_SCHEMA, write_results
 
 WRITE_EVERY_S = 2.0  # rewrite the files at most this often for epoch results alone
@@ -36,8 +36,9 @@ def new_record(config: dict) -> dict:
             "summary": None}
 
 
-def trial_row(sweep: str, trial_id: str, record: dict) -> dict:
-    """The trials.parquet row of one trial; a running trial shows its latest epoch."""
+def trial_row(sweep: str, trial_id: str, record: dict, swept: list[str] | None = None) -> dict:
+    """The trials.parquet row of one trial; a running trial shows its latest epoch.
+    ``swept``: the fields the sweep varies (None: not known, older sweeps)."""
     summary = record["summary"]
     row = config_columns(record["config"])
     if summary is not None:
@@ -48,15 +49,17 @@ def trial_row(sweep: str, trial_id: str, record: dict) -> dict:
     if row.get("full_width") is None:  # sized against its own network
         row["full_width"] = row.get("width")
     return {**row, "sweep": sweep, "trial_id": trial_id, "status": record["status"],
-            "error": record["error"]}
+            "error": record["error"], "swept": ",".join(swept) if swept else None}
 
 
 def config_columns(config: dict) -> dict:
-    """The trials.parquet columns a trial's Tune config sets, known before it reports."""
-    train = {**config.get("train", {}), **overrides(config)}
+    """The trials.parquet columns a trial's Tune config sets, known before it reports: its
+    swept fields among them (sweep.params), each in a column of its own."""
+    params = swept_values(config)
+    train = {**config.get("train", {}), **params, **overrides(config)}
     return {"kind": config.get("kind"), "gamma": config.get("gamma"),
-            "refined": bool(config.get("refined")),
-            **{k: train.get(k) for k in CONFIG_COLUMNS}}
+            "refined": bool(config.get("refined")), "study_trial": config.get("study_trial"),
+            **{k: train.get(k) for k in CONFIG_COLUMNS}, **params}
 
 
 def epoch_rows(trial_id: str, record: dict) -> list[dict]:
@@ -73,12 +76,15 @@ def layer_rows(trial_id: str, record: dict) -> list[dict]:
     return [{"trial_id": trial_id, **row} for row in (summary or {}).get("layers", [])]
 
 
-def write(folder: str | Path, sweep: str, records: dict[str, dict]) -> None:
-    """Rewrite the three Parquet files from ``records`` (trial id -> record), atomically."""
+def write(folder: str | Path, sweep: str, records: dict[str, dict],
+          swept: list[str] | None = None) -> None:
+    """Rewrite the three Parquet files from ``records`` (trial id -> record), atomically;
+    ``swept``: the fields the sweep varies (sweep.params.swept)."""
     ids = sorted(records)
-    write_results(folder, [trial_row(sweep, t, records[t]) for t in ids],
+    columns = dict.fromkeys(k for r in records.values() for k in swept_values(r["config"]))
+    write_results(folder, [trial_row(sweep, t, records[t], swept) for t in ids],
                   [r for t in ids for r in epoch_rows(t, records[t])],
-                  [r for t in ids for r in layer_rows(t, records[t])])
+                  [r for t in ids for r in layer_rows(t, records[t])], swept=list(columns))
 
 
 def error_line(trial) -> str:
@@ -95,8 +101,8 @@ def error_line(trial) -> str:
 class ParquetCallback(Callback):
     """Keeps a record per trial and rewrites the sweep's Parquet files as they change."""
 
-    def __init__(self, folder: str, sweep: str):
-        self.folder, self.sweep = folder, sweep
+    def __init__(self, folder: str, sweep: str, swept: list[str] | None = None):
+        self.folder, self.sweep, self.swept = folder, sweep, swept
         self.records: dict[str, dict] = {}
         self._dirty, self._written_at = False, 0.0
 
@@ -145,5 +151,5 @@ class ParquetCallback(Callback):
         self.flush()
 
     def flush(self) -> None:
-        write(self.folder, self.sweep, self.records)
+        write(self.folder, self.sweep, self.records, getattr(self, "swept", None))
         self._dirty, self._written_at = False, time.monotonic()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,6 +26,10 @@ TRIALS_SCHEMA = pa.schema([
     ("gamma", pa.float64()),
     ("seed", pa.int64()),  # the trial's training seed (weight init, data order, augmentation)
     ("refined", pa.bool_()),  # gamma chosen by the sweep's --refine (null: not by a sweep)
+    ("swept", pa.string()),  # the fields its sweep varied, comma-separated, γ first
+    #   (sweep.params; null: written before spaces existed, γ alone)
+    ("study_trial", pa.int64()),  # its point's number in the sweep's Optuna study
+    #   (--search optuna; null: not chosen by a study)
     ("preset", pa.string()),
     ("width", pa.float64()),  # channel multiplier the trial trained at
     ("epochs", pa.int64()),
@@ -123,8 +128,27 @@ def write_atomic(table: pa.Table, path: str | os.PathLike) -> None:
         raise
 
 
+def trials_schema(swept: Iterable[str] = ()) -> pa.Schema:
+    """TRIALS_SCHEMA with a column for each swept TrainConfig field it lacks (a sweep's
+    space, sweep.params), typed as the field, in the order given."""
+    from trainer.config import TrainConfig
+
+    types = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
+    annotations = {f.name: str(f.type) for f in fields(TrainConfig)}
+    extra = []
+    for name in swept:
+        if name in TRIALS_SCHEMA.names:
+            continue
+        kind = next(k for k in (bool, int, float, str) if k.__name__ in annotations[name])
+        extra.append((name, types[kind]))
+    return pa.schema([*TRIALS_SCHEMA, *extra])
+
+
 def write_results(folder: str | os.PathLike, trials: Iterable[Mapping],
-                  epochs: Iterable[Mapping], layers: Iterable[Mapping]) -> None:
-    """Write trials/epochs/layers Parquet files into ``folder``, each atomically."""
+                  epochs: Iterable[Mapping], layers: Iterable[Mapping],
+                  swept: Iterable[str] = ()) -> None:
+    """Write trials/epochs/layers Parquet files into ``folder``, each atomically;
+    ``swept``: fields a sweep varies, each given a trials.parquet column (trials_schema)."""
+    schemas = {**SCHEMAS, TRIALS_FILE: trials_schema(swept)}
     for name, rows in ((TRIALS_FILE, trials), (EPOCHS_FILE, epochs), (LAYERS_FILE, layers)):
-        write_atomic(to_table(rows, SCHEMAS[name]), Path(folder) / name)
+        write_atomic(to_table(rows, schemas[name]), Path(folder) / name)

@@ -1,0 +1,210 @@
+"""``--search optuna``: a Tune searcher that aims at the accuracy-size front.
+
+``StudySearcher`` runs the reference trials first (as the random search does), then asks
+Ray Tune's ``OptunaSearch`` for ``num_samples`` compress points with two objectives, test
+accuracy (maximised) and size on the ``--objective`` axis (minimised). Each point trains
+once per training seed; the study is told the seeds' means once all of them have ended.
+
+Where OptunaSearch fails silently, this class does not (read in Ray 2.60's and Optuna 5's
+code):
+
+- ``metric`` and ``mode`` are lists on OptunaSearch alone; the TuneConfig sets neither (one
+  there would silently make the study single-objective), and Tune's ``set_search_properties``
+  never reaches it.
+- A point whose trials all failed, or reported a NaN or no objective, is told FAIL. (Ray
+  would tell it COMPLETE, Optuna would refuse the NaN, Ray would log a warning, and the
+  point would stay RUNNING in the study for the rest of the sweep, a pending point to the
+  constant liar.)
+- The reference trials never enter the study: they are not draws from its space.
+
+The study lives in ``optuna.db`` (SQLite) in the sweep folder, so ``optuna.load_study`` and
+optuna-dashboard read it while the sweep runs. This searcher's own state (what it queued,
+what runs, which seeds of a point have ended) goes into Tune's snapshots; the OptunaSearch
+inside is rebuilt from the database after a restore. A point asked for after Tune's last
+snapshot (a ``kill -9`` in between) is still RUNNING in the database: a restored searcher
+adopts it and trains it, under the same study trial, so no point is asked twice or lost;
+its trials find their checkpoints by their config (sweep.trainable).
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from pathlib import Path
+
+from ray.tune.search import Searcher
+
+from sweep.search import seeded
+
+STUDY_FILE = "optuna.db"  # the study's SQLite storage, in the sweep folder
+OBJECTIVES = {"bits": "bits_fraction", "weights": "weights_kept_fraction",
+              "macs": "macs_kept_fraction"}  # --objective -> the reported size column
+ACCURACY = "test_accuracy"
+STATE_KEYS = ("queue", "live", "points", "asked", "max_concurrent")
+SAMPLERS = ("tpe", "gp", "random")  # the study's sampler (see make_sampler; benchmarks.searcher)
+STARTUP_TRIALS = 4  # random points before the model-based sampler takes over
+
+
+def storage_url(folder: str | Path) -> str:
+    return f"sqlite:///{Path(folder).resolve() / STUDY_FILE}"
+
+
+def make_sampler(name: str, seed: int, startup: int = STARTUP_TRIALS):
+    """The study's sampler, seeded: multivariate TPE with the constant liar (the default,
+    benchmarks.searcher), Optuna's GP sampler (log-EHVI), or random."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                          n_startup_trials=startup,
+                                          warn_independent_sampling=False)
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
+                                         warn_independent_sampling=False)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+class StudySearcher(Searcher):
+    """Reference points, then ``num_samples`` points from a two-objective Optuna study."""
+
+    def __init__(self, references: list[dict], seeds: list[int | None], num_samples: int,
+                 space: dict, objective: str, seed: int, folder: str, study_name: str,
+                 sampler: str = "tpe"):
+        super().__init__()
+        self.seeds = list(seeds)
+        self.queue = [p for point in references for p in seeded({**point, "refined": False},
+                                                                  self.seeds)]
+        self.live: dict[str, dict] = {}  # Tune trial id -> its point, proposed, not ended
+        self.points: dict[str, dict] = {}  # study point key -> seeds left and results so far
+        self.asked = 0  # points taken from the study
+        self.max_concurrent = 0  # 0: no limit of its own
+        self.num_samples, self.space, self.objective = num_samples, space, objective
+        self.seed, self.folder, self.study_name, self.sampler = seed, folder, study_name, sampler
+        self._search = None  # the OptunaSearch, built on first use (not pickled)
+
+    # --- Tune's searcher interface ---
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        self.max_concurrent = max_concurrent
+        return True
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        if self.max_concurrent and len(self.live) >= self.max_concurrent:
+            return None
+        if not self.queue and self.asked < self.num_samples:
+            self._ask()
+        if not self.queue:
+            return Searcher.FINISHED if not self.live else None
+        point = self.queue.pop(0)
+        self.live[trial_id] = point
+        return dict(point)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None,
+                          error: bool = False) -> None:
+        point = self.live.pop(trial_id, None)
+        if point is None or point.get("study_point") is None:
+            return
+        record = self.points[point["study_point"]]
+        ok = result is not None and not error and "layers" in result  # its last report
+        values = [float(result.get(k, math.nan)) for k in (ACCURACY, OBJECTIVES[
+            self.objective])] if ok else [math.nan, math.nan]
+        record["results"].append(values)
+        record["left"] -= 1
+        if record["left"] == 0:
+            self._tell(point["study_point"], record["results"])
+
+    # --- the study ---
+
+    @property
+    def study_search(self):
+        """Ray Tune's OptunaSearch over the study in the sweep folder (built once)."""
+        if self._search is None:
+            self._search = self._build()
+        return self._search
+
+    def _build(self):
+        from optuna.storages import RDBStorage
+        from ray.tune.search.optuna import OptunaSearch
+
+        from sweep.params import optuna_space
+
+        varying, _ = optuna_space(self.space)
+        return OptunaSearch(space=varying, metric=[ACCURACY, OBJECTIVES[self.objective]],
+                            mode=["max", "min"],
+                            sampler=make_sampler(self.sampler, self.seed),
+                            study_name=self.study_name,
+                            storage=RDBStorage(storage_url(self.folder)))
+
+    def _ask(self) -> None:
+        """Take the next point from the study and queue it once per training seed."""
+        key = f"point-{self.asked}"
+        params = self.study_search.suggest(key)
+        number = self.study_search._ot_trials[key].number
+        self._queue_point(key, number, params)
+
+    def _queue_point(self, key: str, number: int, params: dict) -> None:
+        from sweep.params import optuna_space
+
+        _, fixed = optuna_space(self.space)
+        values = {**fixed, **params}
+        point = {"kind": "compress", "gamma": float(values.pop("gamma")), "width": None,
+                 "full_width": None, "fixed_bits": None, "refined": False,
+                 "study_point": key, "study_trial": number}
+        if values:
+            point["params"] = dict(values)
+        self.points[key] = {"number": number, "left": len(self.seeds), "results": []}
+        self.queue += seeded(point, self.seeds)
+        self.asked += 1
+
+    def _tell(self, key: str, results: list[list[float]]) -> None:
+        """Tell the study the seeds' mean objectives, or FAIL when none is finite."""
+        from optuna.trial import TrialState
+
+        search = self.study_search
+        frozen = search._ot_study._storage.get_trial(search._ot_trials[key]._trial_id)
+        if frozen.state != TrialState.RUNNING:  # told before a kill, re-reported after it
+            return
+        good = [r for r in results if all(math.isfinite(v) for v in r)]
+        if not good:
+            search.on_trial_complete(key, result=None, error=True)  # FAIL, not a zombie
+            return
+        means = [sum(r[i] for r in good) / len(good) for i in range(2)]
+        search.on_trial_complete(key, result=dict(zip(search.metric, means, strict=True)))
+
+    def _adopt(self) -> None:
+        """After a restore: reattach the study's running points to the OptunaSearch, and
+        queue those asked for after Tune's last snapshot (unknown to it) once more."""
+        import optuna
+        from optuna.trial import TrialState
+
+        search = self.study_search
+        study = search._ot_study
+        known = {r["number"]: k for k, r in self.points.items()}
+        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            key = known.get(frozen.number)
+            if key is None:  # asked after the snapshot: train it now
+                key = f"point-{self.asked}"
+                self._queue_point(key, frozen.number, dict(frozen.params))
+            search._ot_trials[key] = optuna.trial.Trial(study, frozen._trial_id)
+
+    # --- snapshots ---
+
+    def get_state(self) -> dict:
+        return {k: getattr(self, k) for k in STATE_KEYS}
+
+    def set_state(self, state: dict) -> None:
+        for k in STATE_KEYS:
+            setattr(self, k, state[k])
+        self._search = None
+        self._adopt()
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_search": None}  # the study lives in its database
