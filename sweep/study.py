@@ -56,8 +56,7 @@ def make_sampler(name: str, seed: int, startup: int = STARTUP_TRIALS):
 
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                          n_startup_trials=startup,
-                                          warn_independent_sampling=False)
+                                          n_startup_trials=startup)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
                                          warn_independent_sampling=False)

@@ -1,0 +1,374 @@
+"""Search spaces (sweep.params) and the Optuna study searcher (sweep.study): bad spaces, the
+draws, what a trial trains, the Parquet columns, resume; and one real Ray study sweep that
+is killed with SIGKILL and resumed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sweep import config as sweep_config
+from sweep.cli import parse
+from sweep.config import SweepConfig, with_gamma_range
+from sweep.params import SWEEPABLE, check_space, draw, normalise_space
+from sweep.run import main
+from sweep.search import draw_gammas
+from sweep.space import sampled_configs, train_config, trial_key
+from sweep.store import new_record, trial_row, write
+from tests.test_sweep import SMOKE, ray_environment, read, start_sweep, sweep, wait_for
+from trainer.config import ConfigError, TrainConfig, resolve
+from trainer.results import EPOCHS_FILE, TRIALS_FILE
+
+SPACE = {"gamma": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.05},
+         "min_bits": {"values": [0, 2, 3]},
+         "lr_quant": {"distribution": "log_uniform_values", "min": 0.01, "max": 0.2},
+         "init_bits": {"distribution": "uniform", "min": 4, "max": 8},
+         "epochs": {"distribution": "int_uniform", "min": 1, "max": 3},
+         "skip_one_bit": {"values": [True, False]}}
+
+
+def configs(c: SweepConfig) -> list[dict]:
+    return sampled_configs(with_gamma_range(c, c.preset),
+                           resolve(sweep_config.base_train_config(c), has_gpu=False))
+
+
+# --- bad spaces: one line, exit 2, nothing written -----------------------------------------
+
+@pytest.mark.parametrize("args, says", [
+    (["--param", "colour=[1, 2]"], "unknown field 'colour' in the search space: sweepable "
+     "fields are gamma, epochs, width"),
+    (["--param", "device=[cpu]"], "unknown field 'device'"),
+    (["--param", "kind=[floor]"], "unknown field 'kind'"),
+    (["--param", "lr={distribution: uniform, min: 0.5, max: 0.1}"],
+     "the range [0.5, 0.1] is empty or inverted"),
+    (["--param", "lr={distribution: uniform, min: 0.1, max: 0.1}"], "empty or inverted"),
+    (["--param", "lr={distribution: log_uniform_values, min: 0, max: 0.1}"], "needs min > 0"),
+    (["--param", "min_bits=[]"], "values must be a non-empty list"),
+    (["--param", "epochs={distribution: uniform, min: 1, max: 3}"], "takes whole numbers"),
+    (["--param", "hold_range=[yes, 2]"], "hold_range is true or false"),
+    (["--param", "lr={distribution: normal, mu: 1}"], "expected {distribution: D, min: A"),
+    (["--param", "min_bits=[0, 20]"], "at min_bits 20.0 the trainer refuses: --min-bits must be"),
+    (["--param", "min_bits=[4]", "--param", "init_bits={distribution: uniform, min: 4, max: 8}"],
+     "--init-bits 4 is not above --min-bits 4"),
+    (["--param", "min_bits"], "expected NAME=SPEC"),
+    (["--param", "gamma=[0.1, 0.2]", "--gamma-max", "0.5"], "γ's range is given twice"),
+    (["--refine", "2", "--search", "optuna"], "--search optuna chooses every point itself"),
+    (["--refine", "2", "--param", "min_bits=[0, 3]"], "the space also varies min_bits"),
+    (["--objective", "weights"], "--objective is the size axis of --search optuna"),
+    (["--search", "grid"], "unknown --search 'grid'"),
+    (["--search", "optuna", "--objective", "joules"], "unknown --objective 'joules'"),
+    (["--space", "nowhere.yaml"], "--space nowhere.yaml: no such file"),
+])
+def test_a_bad_space_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, says):
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as stop:
+        main([*args, "--dataset", "synthetic", "--results-dir", str(results)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert says in err and err.startswith("scnn sweep: error:"), err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not results.exists()
+
+
+@pytest.mark.parametrize("text, says", [
+    ("parameters: [1, 2]\n", "expected a mapping with 'parameters:'"),
+    ("parameters: {lr: [0.1]}\nmethod: bayes\n", "unknown top-level key 'method'"),
+    ("parameters: {lr: [0.1\n", "not readable as YAML or JSON"),
+])
+def test_a_space_file_that_cannot_be_read_is_one_line(tmp_path, capsys, text, says):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        main(["--space", str(path), "--dataset", "synthetic", "--results-dir", str(tmp_path / "r")])
+    assert stop.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_a_yaml_or_json_file_and_params_make_one_space(tmp_path):
+    yaml_file, json_file = tmp_path / "s.yaml", tmp_path / "s.json"
+    yaml_file.write_text("parameters:\n  min_bits: {values: [0, 2, 3]}\n"
+                         "  lr_quant: {distribution: log_uniform_values, min: 1e-2, max: 0.2}\n")
+    json_file.write_text(json.dumps({"parameters": {"min_bits": {"values": [0, 2, 3]},
+                                                    "lr_quant": SPACE["lr_quant"]}}))
+    from_yaml, given = parse(["--space", str(yaml_file)])
+    from_json, _ = parse(["--space", str(json_file)])
+    assert from_yaml.space == from_json.space == {"min_bits": {"values": [0.0, 2.0, 3.0]},
+                                                  "lr_quant": SPACE["lr_quant"]}
+    assert "space" in given and "param" not in given
+    # --param adds a field or replaces one of the file's.
+    both, _ = parse(["--space", str(yaml_file), "--param", "min_bits=[3]",
+                     "--param", "size_term=bops"])
+    assert both.space["min_bits"] == {"values": [3.0]} and both.space["size_term"] == {
+        "value": "bops"}
+    assert parse([])[0].space is None
+
+
+def test_every_sweepable_field_is_a_training_field_and_the_rest_are_not():
+    fields = set(TrainConfig.__dataclass_fields__)
+    assert set(SWEEPABLE) <= fields
+    for name in ("device", "threads", "data_dir", "kind", "dataset", "seed", "preset"):
+        assert name not in SWEEPABLE
+    for name in ("gamma", "min_bits", "lr_quant", "init_bits", "dead_l1", "width", "epochs",
+                 "size_term", "skip_one_bit", "label_smoothing"):
+        assert name in SWEEPABLE
+
+
+# --- draws -------------------------------------------------------------------------------
+
+def test_a_space_draws_typed_values_in_range_gamma_as_it_always_was():
+    space = normalise_space(SPACE)
+    points = draw(space, 200, seed=3)
+    assert points == draw(space, 200, seed=3) and points != draw(space, 200, seed=4)
+    assert [p["gamma"] for p in points] == draw_gammas(200, 0.001, 0.05, 3)
+    assert {p["min_bits"] for p in points} == {0.0, 2.0, 3.0}
+    assert {p["epochs"] for p in points} == {1, 2, 3}
+    assert all(isinstance(p["epochs"], int) and isinstance(p["skip_one_bit"], bool)
+               for p in points)
+    assert all(0.01 <= p["lr_quant"] <= 0.2 and 4 <= p["init_bits"] <= 8 for p in points)
+    logs = [math.log10(p["lr_quant"]) for p in points]  # log-uniform: half below the middle
+    assert 0.35 < sum(x < (math.log10(0.01) + math.log10(0.2)) / 2 for x in logs) / 200 < 0.65
+    # A field more or less never moves the others' draws.
+    fewer = {k: v for k, v in space.items() if k != "init_bits"}
+    assert [p["lr_quant"] for p in draw(fewer, 200, 3)] == [p["lr_quant"] for p in points]
+
+
+def test_a_gamma_only_sweep_proposes_what_it_always_did():
+    c = SweepConfig(num_samples=4, dataset="synthetic", preset="smoke")
+    plain = configs(c)
+    assert all("params" not in t for t in plain)
+    assert "params" not in trial_key(plain[-1])
+    # The same γ range given as a space draws the same γs, and stores no params either.
+    lo, hi = sweep_config.gamma_range("smoke")
+    spaced = configs(c.replace(space=normalise_space(
+        {"gamma": {"distribution": "log_uniform_values", "min": lo, "max": hi}})))
+    assert spaced == plain
+
+
+def test_a_trial_trains_its_swept_values_and_is_keyed_by_them():
+    c = SweepConfig(num_samples=6, dataset="synthetic", preset="smoke", references="none",
+                    space=normalise_space({k: SPACE[k] for k in ("min_bits", "lr_quant")}))
+    trials = configs(c)
+    built = [train_config(t, "cpu", 1) for t in trials]
+    assert [(b.min_bits, b.lr_quant) for b in built] == [
+        (t["params"]["min_bits"], t["params"]["lr_quant"]) for t in trials]
+    assert len({json.dumps(trial_key(t), sort_keys=True) for t in trials}) == 6
+    # Every swept field has its own column, typed as the field.
+    records = {f"t{i}": new_record(t) for i, t in enumerate(trials)}
+    rows = [trial_row("s", t, r, ["gamma", "min_bits", "lr_quant"]) for t, r in records.items()]
+    assert [r["lr_quant"] for r in rows] == [t["params"]["lr_quant"] for t in trials]
+    assert {r["swept"] for r in rows} == {"gamma,min_bits,lr_quant"}
+
+
+def test_swept_fields_land_in_their_own_parquet_columns(tmp_path):
+    c = SweepConfig(num_samples=3, dataset="synthetic", preset="smoke", references="none",
+                    space=normalise_space({k: SPACE[k] for k in ("lr_quant", "skip_one_bit",
+                                                                 "epochs")}))
+    trials = configs(c)
+    write(tmp_path, "s", {f"t{i}": new_record(t) for i, t in enumerate(trials)},
+          ["gamma", "lr_quant", "skip_one_bit", "epochs"])
+    table = pd.read_parquet(tmp_path / TRIALS_FILE)
+    assert table["lr_quant"].tolist() == [t["params"]["lr_quant"] for t in trials]
+    assert table["skip_one_bit"].dtype == bool and table["epochs"].tolist() == [
+        t["params"]["epochs"] for t in trials]
+    assert table["min_bits"].notna().all()  # the shared value, as before
+
+
+def test_a_width_sweep_is_sized_against_the_sweeps_width():
+    from sweep.space import param_space
+
+    c = with_gamma_range(SweepConfig(num_samples=2, dataset="synthetic", preset="smoke",
+                                     space=normalise_space({"width": {"values": [0.0625,
+                                                                                 0.25]}})),
+                         "smoke")
+    train = resolve(sweep_config.base_train_config(c), has_gpu=False)
+    assert param_space(c, train)["train"]["full_width"] == train.width == 0.125
+    built = [train_config(t, "cpu", 1) for t in configs(c)[2:]]
+    assert {b.full_width for b in built} == {0.125}
+
+
+def test_corners_the_trainer_refuses_are_found_before_ray():
+    base = TrainConfig(preset="smoke", dataset="synthetic")
+    check_space(normalise_space(SPACE), base)  # fine
+    with pytest.raises(ConfigError, match="batch_size 0"):
+        check_space(normalise_space({"batch_size": {"values": [0, 64]}}), base)
+
+
+def test_sweep_json_records_the_space_and_resume_refuses_another(tmp_path, capsys):
+    c, given = parse(["--param", "min_bits=[0, 3]", "--search", "optuna", "--objective",
+                      "weights", "--dataset", "synthetic", "--preset", "smoke",
+                      "--results-dir", str(tmp_path), "--name", "s"])
+    sweep_config.save(sweep_config.prepare(c, given))
+    saved = json.loads((tmp_path / "s" / "sweep.json").read_text())
+    assert saved["space"] == {"min_bits": {"values": [0.0, 3.0]}}
+    assert (saved["search"], saved["objective"]) == ("optuna", "weights")
+    with pytest.raises(SystemExit) as stop:
+        main(["--resume", "--name", "s", "--results-dir", str(tmp_path),
+              "--param", "min_bits=[0, 4]"])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert "was started with another search space" in err
+    again = sweep_config.prepare(SweepConfig(resume=True, name="s", results_dir=str(tmp_path)))
+    assert again.space == saved["space"] and again.search == "optuna"
+    # A sweep.json of older code (no space) resumes as a γ-only random sweep.
+    old = {k: v for k, v in saved.items() if k not in ("space", "search", "objective")}
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps(old))
+    again = sweep_config.prepare(SweepConfig(resume=True, name="s", results_dir=str(tmp_path)))
+    assert (again.space, again.search, again.objective) == (None, "random", "bits")
+
+
+# --- the study searcher (no cluster) -------------------------------------------------------
+
+def study_searcher(folder: Path, seeds=(None,), num_samples=4, references=True):
+    from sweep.space import reference_points
+    from sweep.study import StudySearcher
+
+    c = with_gamma_range(SweepConfig(dataset="synthetic", preset="smoke"), "smoke")
+    space = normalise_space({"gamma": SPACE["gamma"], "min_bits": {"values": [0, 3]},
+                             "dead_l1": {"value": 0.1}})
+    refs = [{"width": None, "full_width": None, "fixed_bits": None, **p}
+            for p in reference_points(c, 0.125)] if references else []
+    return StudySearcher(refs, list(seeds), num_samples, space, "bits", 0, str(folder), "st")
+
+
+def finish(search, trial_id: str, accuracy: float, bits: float) -> None:
+    search.on_trial_complete(trial_id, {"test_accuracy": accuracy, "bits_fraction": bits,
+                                        "weights_kept_fraction": 1.0, "layers": []})
+
+
+def study_trials(folder: Path):
+    import optuna
+
+    from sweep.study import storage_url
+
+    return optuna.load_study(study_name="st", storage=storage_url(folder)).trials
+
+
+def test_references_come_first_and_stay_out_of_the_study(tmp_path):
+    search = study_searcher(tmp_path)
+    first = [search.suggest(f"r{i}") for i in range(2)]
+    assert [p["kind"] for p in first] == ["float-baseline", "floor"]
+    assert not (tmp_path / "optuna.db").exists()  # no point asked yet
+    for i in range(2):
+        finish(search, f"r{i}", 0.9, 1.0)
+    point = search.suggest("t0")
+    assert point["kind"] == "compress" and point["params"]["dead_l1"] == 0.1
+    assert point["params"]["min_bits"] in (0.0, 3.0) and point["study_trial"] == 0
+    trials = study_trials(tmp_path)
+    assert len(trials) == 1 and set(trials[0].params) == {"gamma", "min_bits"}
+
+
+def test_a_nan_or_a_failure_is_told_fail_and_a_result_complete(tmp_path):
+    from optuna.trial import TrialState
+
+    search = study_searcher(tmp_path, references=False)
+    points = [search.suggest(f"t{i}") for i in range(4)]
+    assert [p["study_trial"] for p in points] == [0, 1, 2, 3]
+    finish(search, "t0", 0.8, 0.05)
+    finish(search, "t1", float("nan"), 0.05)  # Ray would leave it RUNNING for good
+    search.on_trial_complete("t2", None, error=True)
+    search.on_trial_complete("t3", {"test_accuracy": 0.7, "layers": []})  # no size
+    states = [t.state for t in study_trials(tmp_path)]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL, TrialState.FAIL]
+    assert study_trials(tmp_path)[0].values == [0.8, 0.05]
+    from ray.tune.search import Searcher
+    assert search.suggest("t4") == Searcher.FINISHED
+
+
+def test_a_point_is_told_the_mean_of_its_seeds_once_all_have_ended(tmp_path):
+    search = study_searcher(tmp_path, seeds=(None, 1, 2), num_samples=1, references=False)
+    seeds = [search.suggest(f"t{i}") for i in range(3)]
+    assert [p["seed"] for p in seeds] == [None, 1, 2]
+    assert len({(p["gamma"], p["params"]["min_bits"]) for p in seeds}) == 1
+    finish(search, "t0", 0.8, 0.1)
+    finish(search, "t1", 0.6, 0.3)
+    assert study_trials(tmp_path)[0].values is None  # one seed still runs
+    search.on_trial_complete("t2", None, error=True)  # left out of the mean
+    assert study_trials(tmp_path)[0].values == pytest.approx([0.7, 0.2])
+
+
+def test_a_restored_searcher_adopts_points_asked_after_its_snapshot(tmp_path):
+    """A kill between asking a point and Tune's next snapshot: the restored searcher
+    trains that point under the same study trial instead of asking a new one."""
+    from optuna.trial import TrialState
+
+    search = study_searcher(tmp_path, references=False)
+    a = search.suggest("t0")
+    saved = tmp_path / "searcher.pkl"
+    search.save(str(saved))  # Tune's snapshot: t0 is live
+    b = search.suggest("t1")  # asked after the snapshot, then the sweep is killed
+    again = study_searcher(tmp_path, references=False)
+    again.restore(str(saved))
+    finish(again, "t0", 0.8, 0.1)  # Tune restarts the trial its snapshot knew
+    redo = again.suggest("u1")
+    assert redo["study_trial"] == b["study_trial"] == 1
+    assert (redo["gamma"], redo["params"]) == (b["gamma"], b["params"])
+    assert trial_key({**redo, "train": {}}) == trial_key({**b, "train": {}})  # its checkpoints
+    finish(again, "u1", 0.7, 0.05)
+    rest = [again.suggest(f"u{i}") for i in (2, 3)]
+    assert [p["study_trial"] for p in rest] == [2, 3]
+    assert a["study_trial"] == 0
+    for i in (2, 3):
+        finish(again, f"u{i}", 0.6, 0.01)
+    trials = study_trials(tmp_path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    # A trial told before a kill and re-reported after it is not told twice.
+    finish(again, "u9", 0.1, 0.1)
+    assert [t.values for t in study_trials(tmp_path)] == [t.values for t in trials]
+
+
+def test_the_study_searcher_keeps_to_max_concurrent(tmp_path):
+    search = study_searcher(tmp_path, references=False)
+    search.set_max_concurrency(2)
+    assert [search.suggest(f"t{i}") is not None for i in range(3)] == [True, True, False]
+    finish(search, "t0", 0.5, 0.1)
+    assert search.suggest("t3")["study_trial"] == 2
+
+
+# --- a real study sweep, killed and resumed --------------------------------------------------
+
+@pytest.fixture
+def ray_env(tmp_path):
+    with ray_environment(tmp_path) as env:
+        yield env
+
+
+@pytest.mark.ray
+def test_a_study_sweep_killed_with_sigkill_resumes_its_study(ray_env, tmp_path):
+    import optuna
+    from optuna.trial import TrialState
+
+    results = tmp_path / "results"
+    args = [*SMOKE, "--num-samples", "4", "--name", "o", "--results-dir", str(results),
+            "--references", "none", "--search", "optuna", "--param", "min_bits=[0, 3]",
+            "--param", "lr_quant={distribution: log_uniform_values, min: 0.01, max: 0.1}",
+            "--max-concurrent", "2"]
+    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *args)
+    try:
+        wait_for(results / "o" / TRIALS_FILE, lambda t: (t["status"] == "TERMINATED").any(),
+                 proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out = sweep(ray_env, tmp_path, "--resume", "--name", "o", "--results-dir", str(results))
+    assert "optuna-dashboard sqlite:///" in out.stdout
+    trials = read(results / "o", TRIALS_FILE)
+    assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
+    assert sorted(trials["study_trial"]) == [0, 1, 2, 3]  # none asked twice, none lost
+    assert set(trials["swept"]) == {"gamma,min_bits,lr_quant"}
+    study = optuna.load_study(study_name="o", storage=f"sqlite:///{results}/o/optuna.db")
+    assert len(study.directions) == 2
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    by_number = trials.set_index("study_trial")
+    for t in study.trials:
+        row = by_number.loc[t.number]
+        assert t.values == pytest.approx([row["test_accuracy"], row["bits_fraction"]])
+        assert (t.params["min_bits"], t.params["lr_quant"]) == (row["min_bits"],
+                                                                 row["lr_quant"])
+    epochs = read(results / "o", EPOCHS_FILE)
+    assert len(epochs) == 4 * 2 and not epochs.duplicated(["trial_id", "epoch"]).any()
