@@ -68,7 +68,7 @@ class StudySearcher(Searcher):
 
     def __init__(self, references: list[dict], seeds: list[int | None], num_samples: int,
                  space: dict, objective: str, seed: int, folder: str, study_name: str,
-                 sampler: str = "tpe"):
+                 sampler: str = "tpe", startup: int = STARTUP_TRIALS):
         super().__init__()
         self.seeds = list(seeds)
         self.queue = [p for point in references for p in seeded({**point, "refined": False},
@@ -78,7 +78,8 @@ class StudySearcher(Searcher):
         self.asked = 0  # points taken from the study
         self.max_concurrent = 0  # 0: no limit of its own
         self.num_samples, self.space, self.objective = num_samples, space, objective
-        self.seed, self.folder, self.study_name, self.sampler = seed, folder, study_name, sampler
+        self.seed, self.folder, self.study_name = seed, folder, study_name
+        self.sampler, self.startup = sampler, startup
         self._search = None  # the OptunaSearch, built on first use (not pickled)
 
     # --- Tune's searcher interface ---
@@ -130,7 +131,7 @@ class StudySearcher(Searcher):
         varying, _ = optuna_space(self.space)
         return OptunaSearch(space=varying, metric=[ACCURACY, OBJECTIVES[self.objective]],
                             mode=["max", "min"],
-                            sampler=make_sampler(self.sampler, self.seed),
+                            sampler=make_sampler(self.sampler, self.seed, self.startup),
                             study_name=self.study_name,
                             storage=RDBStorage(storage_url(self.folder)))
 
