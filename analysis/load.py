@@ -32,7 +32,7 @@ OPTIONAL_TRIAL_COLUMNS = ("sweep", "error", "seed", "width", "fixed_bits", "full
 
 FINISHED, FAILED = "TERMINATED", "ERROR"
 COMPRESS, BASELINE, FLOOR = "compress", "float-baseline", "floor"
-NARROW_FLOAT, FIXED_BITS = "narrow-float", "fixed-bits"  # reference families (DESIGN.md §3)
+NARROW_FLOAT, FIXED_BITS = "narrow-float", "fixed-bits"  # reference families (docs/method.md §5)
 KINDS = (COMPRESS, BASELINE, FLOOR, NARROW_FLOAT, FIXED_BITS)  # others: counted, not drawn
 DEFAULT_RESULTS = Path("results")
 

@@ -2,7 +2,7 @@
 points and fronts, their tables, and how far each self-compressing Pareto point sits above or
 below the best of them at the same size.
 
-Reference sizes are measured against the preset's full network (DESIGN.md §3), so they share
+Reference sizes are measured against the preset's full network (docs/method.md §5), so they share
 the compress trials' axes. ``envelope_at`` is pure (plain sequences in, a number out) so it
 can be checked by hand; the rest applies it to the trials table, one sweep at a time (another
 sweep may be another preset, with other references).

@@ -24,6 +24,7 @@ CMAP = colormaps["viridis"]
 NO_GAMMA = "#9a9a9a"  # colour of a trial whose γ is 0 or missing (no place on a log scale)
 DPI = 150
 FIGSIZE = (8.0, 5.2)  # inches: 1200 x 780 px at DPI
+PANELS_FIGSIZE = (12.5, 5.2)  # two panels side by side: 1875 x 780 px at DPI
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINE_COLOURS = ("black", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive")
 LINE_STYLES = ("-", "--", "-.", (0, (6, 2, 1, 2, 1, 2)))  # fronts; baselines are dotted
@@ -82,8 +83,9 @@ def plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
-def gamma_colourbar(fig: Figure, ax: Axes, norm: LogNorm | None) -> None:
-    """The γ colour bar beside ``ax`` (nothing when no trial has a positive γ)."""
+def gamma_colourbar(fig: Figure, ax: Axes | Sequence[Axes], norm: LogNorm | None) -> None:
+    """The γ colour bar beside ``ax`` (or beside several panels, spanning them; nothing when
+    no trial has a positive γ)."""
     if norm is not None:
         bar = fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=ax, pad=0.02)
         bar.set_label(GAMMA_LABEL)
@@ -95,6 +97,15 @@ def new_figure(size: tuple[float, float] = FIGSIZE) -> tuple[Figure, Axes]:
     ax = fig.add_subplot()
     ax.grid(True, which="major", alpha=0.3)
     return fig, ax
+
+
+def new_panels(n: int, size: tuple[float, float] = PANELS_FIGSIZE) -> tuple[Figure, list[Axes]]:
+    """A headless figure with ``n`` axes side by side, each with a light grid."""
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    axes = list(fig.subplots(1, n))
+    for ax in axes:
+        ax.grid(True, which="major", alpha=0.3)
+    return fig, axes
 
 
 def log_percent_axis(axis, values: Iterable[float]) -> None:

@@ -27,7 +27,7 @@ from trainer.config import TrainConfig
 from trainer.train import model_for as trainer_model_for
 from trainer.train import train
 
-# as measured before skip_one_bit and the floor (README figures)
+# as measured before skip_one_bit and the floor (the figures of benchmarks/README.md)
 STRONG = TrainConfig(preset="cpu", dataset="synthetic", gamma=2.0, epochs=6, batch_size=128,
                      lr_quant=0.2, init_bits=2.0, synthetic_size=2048, cut_every=5, seed=0,
                      skip_one_bit=False, min_bits=0.0)

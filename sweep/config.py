@@ -27,12 +27,12 @@ RUNTIME_FIELDS = ("address", "results_dir", "name", "resume")
 FREE_ON_RESUME = ("export",)
 # The default gamma range is the preset's: a longer run compresses more at the same gamma.
 # cpu, measured with --min-bits 3 (the default since the sweep cpu-mb3) on the CIFAR-10 copy
-# (5 epochs, seed 0, float 81.05 %; README): 0.001 gives 80.8 % at 14 % of the float bits
+# (5 epochs, seed 0, float 81.05 %; docs/results.md): 0.001 gives 80.8 % at 14 % of the float bits
 # and 93 % of the weights, 0.0056 80.0 % at 5.8 % and 42 %, 0.02 about 2 % of the weights;
 # hence 3e-4 (near the float accuracy) to 0.03 (about 1.5 % of the bits). Without the floor
 # (only skip-one-bit) the same points took 10x the gamma (3e-3 to 0.3). paper and smoke are
 # unmeasured with the floor: on one GPU the paper preset without it spanned 91-25 % of the
-# weights over gamma 0.005-0.05 (README), so 10x lower here, with a decade of margin.
+# weights over gamma 0.005-0.05 (docs/results.md), so 10x lower here, with a decade of margin.
 GAMMA_RANGES = {"cpu": (3e-4, 3e-2)}
 GAMMA_RANGE = (1e-4, 0.1)  # every other preset
 # --references: which reference trials run besides the compress trials, all at gamma 0.

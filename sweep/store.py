@@ -1,5 +1,5 @@
 """The driver's Parquet writer: a Tune callback that keeps every trial's record and rewrites
-``trials.parquet``, ``epochs.parquet`` and ``layers.parquet`` (DESIGN.md §3) as trials
+``trials.parquet``, ``epochs.parquet`` and ``layers.parquet`` (docs/method.md §5) as trials
 report and finish, each file atomically, so the analysis can read a sweep that still runs.
 
 The records travel with Tune's experiment snapshots (``get_state``/``set_state``), so after

@@ -15,7 +15,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from matplotlib.colors import to_rgba
 
+from analysis.curves import epoch_time
 from analysis.figures import size_vs_accuracy
 from analysis.load import ResultsError, load_results
 from analysis.pareto import pareto_front, pareto_table, pick_layer_trial, trade_offs
@@ -256,6 +258,36 @@ def test_reference_fronts_are_drawn_and_labelled(tmp_path):
     # References alone (every compress trial still running) still make a figure.
     refs_only = trials[trials["kind"] != "compress"]
     assert size_vs_accuracy(refs_only, "bits_fraction") is not None
+
+
+def test_epoch_time_draws_the_macs_and_weights_kept_beside_it(tmp_path):
+    build_sweep(tmp_path / "demo")  # 6 compress trials drawn (the failed one left out)
+    results = load_results([tmp_path / "demo"])
+    epochs = results.epochs.assign(
+        macs_kept_fraction=0.5 + 0.5 * results.epochs["weights_kept_fraction"])
+    fig = epoch_time(epochs, results.trials)
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    assert len(panels) == 2
+    time_lines, kept_lines = panels[0].lines, panels[1].lines
+    macs = [line for line in kept_lines if line.get_linestyle() == "-"]
+    weights = [line for line in kept_lines if line.get_linestyle() == "--"]
+    assert len(macs) == len(weights) == 6 and len(kept_lines) == 12
+    # the same colour per trial in both panels (the time panel draws the trials first)
+    colours = [to_rgba(line.get_color()) for line in time_lines[:6]]
+    assert [to_rgba(line.get_color()) for line in macs] == colours
+    assert [to_rgba(line.get_color()) for line in weights] == colours
+    first = epochs[epochs["trial_id"] == "demo_00"]  # in % of the original network
+    assert list(weights[0].get_ydata()) == pytest.approx(list(100 * first["weights_kept_fraction"]))
+    assert list(macs[0].get_ydata()) == pytest.approx(list(100 * first["macs_kept_fraction"]))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "MACs kept (compute per image)" in legend and "weights kept" in legend
+    # Older files: macs_kept_fraction null (the demo as written) or absent: weights only.
+    for old in (results.epochs, results.epochs.drop(columns="macs_kept_fraction")):
+        fig = epoch_time(old, results.trials)
+        kept = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"][1]
+        assert len(kept.lines) == 6 and {line.get_linestyle() for line in kept.lines} == {"--"}
+        assert "MACs kept (compute per image)" not in [
+            t.get_text() for t in fig.legends[0].get_texts()]
 
 
 # --- the command ---------------------------------------------------------------------------

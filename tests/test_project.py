@@ -1,8 +1,10 @@
 """Project files agree with each other, and the packages keep to their boundaries."""
 
+import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 
 import pytest
 import yaml
@@ -68,3 +70,38 @@ def test_the_gpu_scripts_parse(script):
     done = subprocess.run(["bash", "-n", f"benchmarks/{script}"], cwd=REPO,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
+
+
+def markdown_text(path) -> str:
+    """A markdown file without its fenced code blocks (whose lines are neither links nor
+    headings)."""
+    return re.sub(r"^```.*?^```", "", path.read_text(), flags=re.MULTILINE | re.DOTALL)
+
+
+def anchors(path) -> Iterator[str]:
+    """The heading anchors GitHub gives a markdown file (lower case, punctuation dropped,
+    spaces to hyphens, repeats numbered)."""
+    seen: dict[str, int] = {}
+    for heading in re.findall(r"^#+\s+(.*?)\s*$", markdown_text(path), flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        yield slug if n == 0 else f"{slug}-{n}"
+
+
+DOCS = ["README.md", "benchmarks/README.md", *sorted(str(p.relative_to(REPO))
+                                                     for p in (REPO / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("doc", DOCS)
+def test_every_relative_link_in_the_docs_resolves_inside_the_repository(doc):
+    path = REPO / doc
+    for target in re.findall(r"\]\(([^)\s]+)\)", markdown_text(path)):
+        if re.match(r"[a-z]+:", target):  # http:, https:, mailto:
+            continue
+        file, _, anchor = target.partition("#")
+        resolved = (path.parent / file).resolve() if file else path
+        assert resolved.is_relative_to(REPO), f"{doc}: {target} leaves the repository"
+        assert resolved.exists(), f"{doc}: {target} does not exist"
+        if anchor and resolved.suffix == ".md":
+            assert anchor in set(anchors(resolved)), f"{doc}: no heading #{anchor} in {file}"

@@ -56,12 +56,12 @@ class TrainConfig:
     #   factor 2^(e - round(e)) into the BatchNorm that follows: the same eval-mode network
     skip_one_bit: bool = True  # a b falling into the one-bit zone (0, 1.58), where the
     #   quantizer holds only {-1, 0}, goes to 0 at once: the channel dies (is drained and cut)
-    #   instead of crossing it as a one-sign channel (README, docs/ablation.md)
+    #   instead of crossing it as a one-sign channel (docs/method.md §2, docs/ablation.md)
     min_bits: float = 3.0  # a b falling below this goes to 0 (the channel dies): live
     #   channels keep at least 3 bits, so the size term buys cut channels rather than coarser
-    #   ones (0: only skip_one_bit's 1.58; README, docs/ablation.md)
+    #   ones (0: only skip_one_bit's 1.58; docs/method.md §2, docs/ablation.md)
     hold_range: bool = True  # learn (b, clipping range e+b-1) instead of (b, e): the size
-    #   term then drops low-order bits instead of clipping the largest weights (README)
+    #   term then drops low-order bits instead of clipping the largest weights (docs/method.md §2)
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
     momentum: float = 0.9  # SGD Nesterov momentum of the weights
     weight_decay: float = 5e-4  # L2 on weights and BatchNorm parameters (not on b, e)
@@ -85,7 +85,7 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
-# Presets fill only the fields that are None. Numbers chosen from measurement: see README.
+# Presets fill only the fields that are None. Numbers chosen from measurement: docs/train.md.
 PRESETS: dict[str, dict] = {
     # Page's DAWNBench recipe at full width; ~10 s/epoch-scale work on a modern GPU.
     "paper": dict(epochs=24, width=1.0, batch_size=512, lr=0.4, lr_quant=0.02,

@@ -27,7 +27,7 @@ present input channels (columns); O0 x I0 x k x k is its original weight shape. 
     masks     uint8             per layer: its present rows, its present columns, its live
                                 columns, as bit masks of ceil(O0 / 8), ceil(I0 / 8), ceil(I0 / 8)
                                 bytes; then the channels of the residual sums res1 and res3
-                                (the union of shortcut and branch, DESIGN.md §1), ceil(C0 / 8)
+                                (the union of shortcut and branch, docs/method.md §1), ceil(C0 / 8)
     bn        float32 (4, sum O of the convs)  BatchNorm weight, bias, running mean and
                                 running variance of each conv's rows (the head has none)
 
@@ -68,7 +68,8 @@ float bits, payload 29,615 B) and c_skip_g003 (γ 0.03, 4.77 %, 78,516 B) of doc
 format 2 880 B (2.97 %) and 1,231 B (1.57 %); format 3 as trained (float16 exponents, the
 planes zlib'd) 708 B (2.39 %) and 956 B (1.22 %); with their conv exponents made integers
 (``ConvBlock.integer_exponents``), int8 without zlib 586 B (1.98 %) and 789 B (1.00 %), and
-with it, as written, 305 B (**1.03 %**) and 369 B (**0.47 %**). README, "Integer exponents".
+with it, as written, 305 B (**1.03 %**) and 369 B (**0.47 %**). docs/export.md,
+"Integer exponents".
 
 Older formats, which ``read_weights`` also reads: format 2 (``scnn.weights/2``) stored every
 live row's e in ``exp`` (float16, or float32), had no ``exp_head`` and no ``zlib`` key, and

@@ -196,7 +196,7 @@ class QuantMixin:
         Each channel's weights then move by one factor 2^(e16 - e), under 0.3 % for |e| < 8.
         Rounding e alone would re-round the integers near their rounding ties, which cost
         0.1-0.2 points of test accuracy on cpu-refs trials against 0.0-0.06 this way
-        (README). It runs before the final test, so the reported accuracy is the stored one.
+        (docs/export.md). It runs before the final test, so the reported accuracy is the stored one.
         """
         if self.quantized:
             self.set_exponents(self.e.to(torch.float16).to(self.e.dtype), "half_exponents")

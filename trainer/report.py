@@ -1,6 +1,6 @@
 """What a run reports: per-epoch metrics, per-layer rows, and the console table.
 
-The metric names are those of DESIGN.md §1 and of the Parquet schemas in
+The metric names are those of docs/method.md §1 and of the Parquet schemas in
 ``trainer.results``; the sweep reports the same dicts to Tune.
 """
 

@@ -1,4 +1,4 @@
-"""The three Parquet result files (DESIGN.md §3): their schemas and atomic writes.
+"""The three Parquet result files (docs/method.md §5): their schemas and atomic writes.
 
 Pure pyarrow, no torch: the sweep writes these files too, and the analysis reads the
 column names from here.
