@@ -64,12 +64,16 @@ def fronts_by_sweep(trials: pd.DataFrame, size_column: str = "bits_fraction"
 
 
 def pareto_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """The Pareto-optimal trials (bits vs accuracy) of every sweep, in TABLE_COLUMNS."""
+    """The Pareto-optimal trials (bits vs accuracy) of every sweep, in TABLE_COLUMNS and the
+    sweeps' swept fields after γ (analysis.swept)."""
+    from analysis.swept import front_columns
+
+    columns = list(front_columns(trials, TABLE_COLUMNS))
     fronts = fronts_by_sweep(trials, "bits_fraction")
     if not fronts:
-        return pd.DataFrame(columns=list(TABLE_COLUMNS))
+        return pd.DataFrame(columns=columns)
     table = pd.concat(fronts.values())
-    return table.loc[:, list(TABLE_COLUMNS)].reset_index(drop=True)
+    return table.loc[:, columns].reset_index(drop=True)
 
 
 def pick_layer_trial(trials: pd.DataFrame) -> str | None:
@@ -152,6 +156,8 @@ def _cell(column: str, value: object) -> str:
         return FORMATS[column].format(100 * float(value))
     if column in FORMATS:
         return FORMATS[column].format(float(value))
+    if isinstance(value, float):  # a swept field's value
+        return f"{value:.3g}"
     return str(value)
 
 
@@ -171,7 +177,7 @@ def to_markdown(table: pd.DataFrame, columns: Sequence[str] = TABLE_COLUMNS) -> 
     """A table as GitHub Markdown (default: the Pareto table), percentages and units spelled
     out."""
     columns = list(columns)
-    lines = ["| " + " | ".join(HEADERS[c] for c in columns) + " |",
+    lines = ["| " + " | ".join(HEADERS.get(c, c) for c in columns) + " |",
              "|" + "|".join("---" if c in ("sweep", "trial_id") else "---:" for c in columns)
              + "|"]
     for row in table.itertuples(index=False):

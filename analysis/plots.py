@@ -43,6 +43,7 @@ from analysis.quality import (
 from analysis.references import references_markdown
 from analysis.speed import ExportsError, inference_figure, load_exports
 from analysis.style import save
+from analysis.swept import importance_markdown, swept_figure
 from trainer.cli import OneLineParser  # torch-free: argparse with one-line errors
 
 FORMATS = ("png", "svg", "pdf")
@@ -130,6 +131,7 @@ def write_figures(results: Results, trial: pd.Series | None, out: Path, fmt: str
         "weights_vs_accuracy": lambda: size_vs_accuracy(t, "weights_kept_fraction"),
         "epoch_time": lambda: None if e is None else epoch_time(e, t),
         "size_over_training": lambda: None if e is None else size_over_training(e, t),
+        "swept_fields": lambda: swept_figure(t, "bits_fraction"),
         "layers": lambda: None if trial is None else layers_figure(
             trial_layers(results, trial), trial, why),
     }
@@ -140,7 +142,8 @@ def write_figures(results: Results, trial: pd.Series | None, out: Path, fmt: str
     for name, draw in figures.items():
         fig = draw()
         if fig is None:
-            if name != "layers":  # layer_trial() has already said why there is no trial
+            if name not in ("layers", "swept_fields"):  # layers: layer_trial() said why;
+                #   swept_fields: a sweep over γ alone has no other field to show
                 results.notes.append(f"{name}.{fmt} skipped: no data for it yet")
             continue
         written.append(save(fig, out / f"{name}.{fmt}"))
@@ -155,10 +158,12 @@ def trial_layers(results: Results, trial: pd.Series) -> pd.DataFrame:
 
 
 def write_table(table: pd.DataFrame, best: list[str], references: str,
-                out: Path, quality: str = "", seeds: bool = False) -> list[Path]:
+                out: Path, quality: str = "", seeds: bool = False,
+                studies: str = "") -> list[Path]:
     """pareto.csv (raw fractions) and pareto.md (percentages, the trade-offs, the fronts'
     quality, then the references' section when there is one) in ``out``. ``seeds``: the
-    table is seed_table's, per γ over its seeds."""
+    table is seed_table's, per γ over its seeds. ``studies``: the fields' importance in
+    the sweeps' Optuna studies (analysis.swept)."""
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "pareto.csv", out / "pareto.md"
     table.to_csv(csv, index=False)
@@ -169,11 +174,12 @@ def write_table(table: pd.DataFrame, best: list[str], references: str,
              "accuracy, per sweep")
     md.write_text("# Pareto-optimal trials\n\n" + intro + "; failed and unfinished trials "
                   "are left out.\n\n" + (to_markdown(table, SEED_COLUMNS) if seeds else
-                                         to_markdown(table))
+                                         to_markdown(table, list(table.columns)))
                   + "\n## Best trade-offs\n\n"
                   + "".join(f"- {line}\n" for line in best or ["none yet"])
                   + (f"\n{quality}" if quality else "")
-                  + (f"\n{references}" if references else ""),
+                  + (f"\n{references}" if references else "")
+                  + (f"\n{studies}" if studies else ""),
                   encoding="utf-8")
     return [csv, md]
 
@@ -210,10 +216,13 @@ def run(config: PlotsConfig) -> list[Path]:
     best = trade_offs(results.trials)
     references = references_markdown(results.trials)
     metrics = front_metrics(results.trials)
-    written += write_table(table, best, references, out, metrics_markdown(metrics), seeds)
+    studies = importance_markdown(results.folders, results.sweeps)
+    written += write_table(table, best, references, out, metrics_markdown(metrics), seeds,
+                           studies)
     for note in results.notes:
         print(f"note: {note}")
-    shown = to_markdown(table, SEED_COLUMNS) if seeds else to_markdown(table)
+    shown = (to_markdown(table, SEED_COLUMNS) if seeds
+             else to_markdown(table, list(table.columns)))
     print("\nPareto-optimal trials:\n" + (shown if len(table) else
                                             "none yet: no compress trial has finished\n"))
     if metrics:

@@ -572,3 +572,74 @@ def test_one_seed_sweeps_say_their_front_quality_without_refine(tmp_path):
     md = (tmp_path / "demo" / "plots" / "pareto.md").read_text()
     assert "demo: front of widest gap " in md and "no --refine γs" in md
     assert "| demo | demo_01 |" in md and "min–max" not in md.split("## Best")[0]
+
+
+# --- sweeps over the recipe ----------------------------------------------------------------
+
+def recipe_sweep(folder: Path, with_study: bool) -> list[dict]:
+    """12 compress trials over γ, min_bits and lr_quant: min_bits 3 wins at every size (2
+    loses 10 points, 4 loses 20), lr_quant does nothing; with a real Optuna study of them."""
+    import optuna
+
+    rows = []
+    for i in range(12):
+        gamma, min_bits, lr_quant = 1e-3 * 1.5 ** i, (4.0, 2.0, 3.0)[i % 3], 0.01 * (1 + i % 5)
+        bits = 0.2 * 0.7 ** i
+        acc = 0.9 - 0.02 * i - {2.0: 0.1, 3.0: 0.0, 4.0: 0.2}[min_bits]
+        rows.append({**trial_row("recipe", f"r{i:02d}", "compress", gamma, acc, bits, bits * 4),
+                     "min_bits": min_bits, "lr_quant": lr_quant, "study_trial": i,
+                     "swept": "gamma,min_bits,lr_quant"})
+    rows.append({**trial_row("recipe", "base", "float-baseline", 0.0, 0.91, 1.0, 1.0),
+                 "swept": "gamma,min_bits,lr_quant"})
+    write_results(folder, rows, [], [], swept=["min_bits", "lr_quant"])
+    if with_study:
+        study = optuna.create_study(study_name="recipe", directions=["maximize", "minimize"],
+                                    storage=f"sqlite:///{folder / 'optuna.db'}")
+        dists = {"gamma": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True),
+                 "min_bits": optuna.distributions.CategoricalDistribution([2.0, 3.0, 4.0]),
+                 "lr_quant": optuna.distributions.FloatDistribution(0.01, 0.05)}
+        for row in rows[:12]:
+            study.add_trial(optuna.trial.create_trial(
+                params={k: row[k] for k in dists}, distributions=dists,
+                values=[row["test_accuracy"], row["bits_fraction"]]))
+    return rows
+
+
+def test_a_recipe_sweep_shows_its_fields_front_values_and_importances(tmp_path, capsys):
+    rows = recipe_sweep(tmp_path / "recipe", with_study=True)
+    main(["--results", str(tmp_path / "recipe"), "--out", str(tmp_path / "out")])
+    check_png(tmp_path / "out" / "swept_fields.png")
+    table = pd.read_csv(tmp_path / "out" / "pareto.csv")
+    assert list(table.columns[:5]) == ["sweep", "trial_id", "gamma", "min_bits", "lr_quant"]
+    assert set(table["min_bits"]) == {3.0}  # the winner is on the front, alone
+    md = (tmp_path / "out" / "pareto.md").read_text()
+    assert "| sweep | trial | γ | min_bits | lr_quant | accuracy |" in md
+    front = md.split("## What each field mattered")[1]
+    scores = {line.split("|")[1].strip(): line.split("|")[2].strip()
+              for line in front.splitlines() if line.startswith("| ") and "field" not in line}
+    # accuracy: min_bits matters more than lr_quant, which does nothing here
+    assert set(scores) == {"gamma", "min_bits", "lr_quant"}
+    assert float(scores["min_bits"]) > float(scores["lr_quant"])
+    assert len(rows) == 13
+
+
+def test_the_swept_panels_colour_each_point_by_its_value(tmp_path):
+    from analysis.swept import swept_figure
+
+    recipe_sweep(tmp_path, with_study=False)
+    trials = load_results([tmp_path]).trials
+    fig = swept_figure(trials)
+    axes = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title() for ax in axes] == ["gamma", "min_bits", "lr_quant"]
+    legend = axes[1].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == ["2", "3", "4"]
+    points = axes[1].collections[0]
+    colours = {tuple(c) for c in points.get_facecolors()}
+    assert len(colours) == 3 and len(points.get_offsets()) == 12
+    # A γ-only sweep draws no such figure, and pareto.md is as before.
+    build_sweep(tmp_path / "plain", "plain")
+    plain = load_results([tmp_path / "plain"]).trials
+    assert swept_figure(plain) is None
+    assert list(pareto_table(plain).columns) == ["sweep", "trial_id", "gamma", "test_accuracy",
+                                                 "bits_fraction", "weights_kept_fraction",
+                                                 "mean_bits", "train_time_s"]
