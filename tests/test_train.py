@@ -122,3 +122,25 @@ def test_gamma_ramps_up_linearly_over_its_fraction_of_training():
     config = TrainConfig(gamma=0.4, gamma_ramp=0.5)
     assert [gamma_at(s, 100, config) for s in (0, 25, 50, 99)] == [0.0, 0.2, 0.4, 0.4]
     assert gamma_at(0, 100, config.replace(gamma_ramp=0.0)) == 0.4
+
+
+def test_a_main_path_layer_keeps_a_channel_and_the_guard_is_idle_until_then(monkeypatch):
+    """γ 20 would cut every channel of a main-path layer (the network then answers a
+    constant); each keeps at least one. Where no layer is near that, the guard changes
+    nothing: a run without it gives the same history, bit for bit."""
+    import trainer.train as T
+
+    brutal = STRONG.replace(gamma=20.0, epochs=3, skip_one_bit=True, min_bits=3.0,
+                            init_bits=4.0)
+    result = train(brutal, verbose=False)
+    kept = {row["layer"]: row["out_channels_final"] for row in result["layers"]}
+    assert min(kept[name] for name in ("prep", "layer1", "layer2", "layer3")) >= 1
+    off = STRONG.replace(epochs=2)
+    with_guard = train(off, verbose=False)["history"]
+    monkeypatch.setattr(T, "keep_one_channel", lambda layers: None)
+    without = train(off, verbose=False)["history"]
+    strip = [{k: v for k, v in h.items() if "time" not in k} for h in with_guard]
+    assert strip == [{k: v for k, v in h.items() if "time" not in k} for h in without]
+    guardless = train(brutal, verbose=False)
+    dead = {row["layer"]: row["out_channels_final"] for row in guardless["layers"]}
+    assert min(dead[name] for name in ("prep", "layer1", "layer2", "layer3")) == 0

@@ -237,6 +237,11 @@ class ResNet9(nn.Module):
                 yield f"{name}.conv1", m.conv1
                 yield f"{name}.conv2", m.conv2
 
+    def main_path(self) -> list[ConvBlock]:
+        """The conv blocks every image passes through (prep, layer1, layer2, layer3): the
+        network is a constant without any one of them, unlike a residual branch."""
+        return [self.prep, self.layer1, self.layer2, self.layer3]
+
     def quant_layers(self) -> Iterator[tuple[str, QConv2d | QLinear]]:
         """Every weight layer still present (convs, then the head)."""
         for name, block in self.blocks():

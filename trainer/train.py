@@ -25,6 +25,7 @@ from trainer.config import QUANTIZED_KINDS, ConfigError, TrainConfig, resolve, w
 from trainer.graphs import GraphedStep, sgd_step
 from trainer.heap import keep_freed_memory
 from trainer.model import ResNet9, build_model
+from trainer.quant import ONE_BIT_TOP
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
 
@@ -166,6 +167,22 @@ def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> 
             torch._foreach_sub_([layer.e for layer in layers if layer.hold_range],
                                 torch._foreach_sub(held, b_before))
         skip_zones([layer for layer in layers if layer.dead_below() > 0])
+        keep_one_channel([block.conv for block in model.main_path()
+                          if block.conv.quantized and block.conv.b.requires_grad])
+
+
+@torch.no_grad()
+def keep_one_channel(layers: list) -> None:
+    """A main-path conv never loses its last channel: when its largest b has reached 0
+    (after ``skip_zones``), that channel is put back at the smallest bit depth a live
+    channel may have (its floor, at least the one-bit zone's top), so a strong γ leaves a
+    thin network, never a constant. A no-op while the layer has a live channel; residual
+    branches may still vanish whole, as the method intends."""
+    for layer in layers:
+        top = layer.b.argmax().view(1)  # on the device: no host read
+        b_top = layer.b.gather(0, top)
+        floor = max(layer.dead_below(), ONE_BIT_TOP)
+        layer.b.scatter_(0, top, torch.where(b_top > 0, b_top, torch.full_like(b_top, floor)))
 
 
 @torch.no_grad()
