@@ -13,6 +13,7 @@ from sweep.config import (
     NARROW_FRACTIONS,
     OBJECTIVES,
     REFERENCES,
+    SAMPLERS,
     SEARCHES,
     SweepConfig,
 )
@@ -103,6 +104,13 @@ def parser() -> argparse.ArgumentParser:
     search.add_argument("--objective", metavar="{" + ",".join(OBJECTIVES) + "}",
                         help="the size --search optuna minimises: bits (storage), weights "
                         f"(weights kept) or macs (compute) (default {d.objective})")
+    search.add_argument("--sampler", metavar="{" + ",".join(SAMPLERS) + "}",
+                        help="--search optuna's sampler: tpe (multivariate TPE with the "
+                        "constant liar), gp (Optuna's Gaussian process, log-EHVI; about 1.5 s "
+                        "a point) or random (default tpe; benchmarks.searcher compares them)")
+    search.add_argument("--startup-trials", type=int, metavar="N",
+                        help="--search optuna: points drawn at random before the sampler "
+                        f"models the others (default {d.startup_trials})")
     refs = search.add_mutually_exclusive_group()
     refs.add_argument("--references", metavar="{" + ",".join(REFERENCES) + "}",
                       help="reference trials, trained at gamma 0 with the same recipe. "

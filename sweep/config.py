@@ -47,6 +47,7 @@ FIXED_BITS = (2, 3, 4, 6, 8)  # bit depths of the fixed-bits trials (at the swee
 EXPORTS = ("none", "front")
 EXPORTS_DIR = "exports"  # in the sweep folder: exports/<trial_id>/
 SEARCHES = ("random", "optuna")  # --search
+SAMPLERS = ("tpe", "gp", "random")  # --sampler of --search optuna (sweep.study.make_sampler)
 OBJECTIVES = ("bits", "weights", "macs")  # --objective: the size axis of --search optuna
 
 
@@ -64,6 +65,8 @@ class SweepConfig:
     #   (sweep.params: field -> {distribution, min, max} | {values} | {value}); None: γ only
     search: str = "random"  # random: seeded draws | optuna: a two-objective study (sweep.study)
     objective: str = "bits"  # --search optuna's size axis: bits | weights | macs
+    sampler: str = "tpe"  # --search optuna's sampler: tpe | gp | random (sweep.study)
+    startup_trials: int = 10  # --search optuna: random points before the sampler's model
     # --- passed through to every trial's TrainConfig (None: the preset decides) ---
     preset: str = "auto"  # paper | cpu | smoke | auto (paper when the cluster has GPUs, else cpu)
     epochs: int | None = None  # passes over the training set per trial
@@ -158,6 +161,9 @@ def validate(c: SweepConfig) -> None:
          "or optuna (a study that aims at the accuracy-size front)")
     need(c.objective in OBJECTIVES, f"unknown --objective {c.objective!r}: choose bits, "
          "weights or macs (the size axis --search optuna minimises)")
+    need(c.sampler in SAMPLERS, f"unknown --sampler {c.sampler!r}: choose tpe (multivariate "
+         "TPE with the constant liar), gp (Gaussian process, log-EHVI) or random")
+    need(c.startup_trials >= 0, f"--startup-trials must be >= 0, got {c.startup_trials}")
     check_combinations(c)
     resolve(base_train_config(c), has_gpu=False)  # preset, dataset, epochs, width
 
@@ -242,9 +248,11 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
             raise ConfigError(f"a sweep named {c.name!r} already exists in {c.results_dir}: "
                               "add --resume to continue it, or pick another --name")
         c = with_mlflow_uri(c, c.folder)
-    if "objective" in given and c.search != "optuna":
-        raise ConfigError("--objective is the size axis of --search optuna's study; the "
-                          "random search has none: drop --objective or add --search optuna")
+    for flag in ("objective", "sampler", "startup_trials"):
+        if flag in given and c.search != "optuna":
+            name = "--" + flag.replace("_", "-")
+            raise ConfigError(f"{name} sets up --search optuna's study; the random search has "
+                              f"none: drop {name} or add --search optuna")
     if c.preset != "auto":  # else settled once the cluster says whether trials get GPUs
         c = with_gamma_range(c, c.preset)
     check_space(c)
@@ -323,6 +331,8 @@ def load_saved(folder: Path) -> dict:
     saved.setdefault("mlflow", None)  # older code: no MLflow (its pickled callbacks have none)
     # Older code swept γ alone, at random.
     saved = {"space": None, "search": "random", "objective": "bits", **saved}
+    # Studies started before --sampler: TPE after 4 random points.
+    saved = {"sampler": "tpe", "startup_trials": 4, **saved}
     # Older code trained one seed and refined nothing: a resume cannot add either.
     return {"seeds": 1, "refine": 0, **saved}
 

@@ -146,8 +146,8 @@ def describe_points(c: SweepConfig) -> str:
 
     if c.space is None and c.search == "random":
         return f"{c.num_samples} gammas in [{c.gamma_min:g}, {c.gamma_max:g}] (seed {c.seed})"
-    how = (f"optuna study, accuracy against {c.objective}" if c.search == "optuna"
-           else "random")
+    how = (f"optuna study, accuracy against {c.objective}, {c.sampler} after "
+           f"{c.startup_trials} random points" if c.search == "optuna" else "random")
     return f"{c.num_samples} points of {describe(c.full_space)} ({how}, seed {c.seed})"
 
 

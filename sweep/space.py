@@ -81,7 +81,8 @@ def searcher(c: SweepConfig, train: TrainConfig, record: bool = True):
         from sweep.study import StudySearcher
 
         search = StudySearcher(points, training_seeds(c), c.num_samples, c.full_space,
-                               c.objective, c.seed, str(c.folder), str(c.name))
+                               c.objective, c.seed, str(c.folder), str(c.name), c.sampler,
+                               c.startup_trials)
     else:
         search = GammaSearcher(points + sample_points(c), training_seeds(c), c.refine,
                                folder=str(c.folder) if record else None)

@@ -42,7 +42,8 @@ OBJECTIVES = {"bits": "bits_fraction", "weights": "weights_kept_fraction",
 ACCURACY = "test_accuracy"
 STATE_KEYS = ("queue", "live", "points", "asked", "max_concurrent")
 SAMPLERS = ("tpe", "gp", "random")  # the study's sampler (see make_sampler; benchmarks.searcher)
-STARTUP_TRIALS = 4  # random points before the model-based sampler takes over
+STARTUP_TRIALS = 10  # random points before the sampler's model takes over (Optuna's default;
+#   SweepConfig.startup_trials sets a sweep's)
 
 
 def storage_url(folder: str | Path) -> str:

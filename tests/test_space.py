@@ -60,10 +60,13 @@ def configs(c: SweepConfig) -> list[dict]:
     (["--param", "gamma=[0.1, 0.2]", "--gamma-max", "0.5"], "γ's range is given twice"),
     (["--refine", "2", "--search", "optuna"], "--search optuna chooses every point itself"),
     (["--refine", "2", "--param", "min_bits=[0, 3]"], "the space also varies min_bits"),
-    (["--objective", "weights"], "--objective is the size axis of --search optuna"),
+    (["--objective", "weights"], "--objective sets up --search optuna's study"),
     (["--search", "grid"], "unknown --search 'grid'"),
     (["--search", "optuna", "--objective", "joules"], "unknown --objective 'joules'"),
     (["--space", "nowhere.yaml"], "--space nowhere.yaml: no such file"),
+    (["--sampler", "gp"], "--sampler sets up --search optuna's study"),
+    (["--search", "optuna", "--sampler", "cmaes"], "unknown --sampler 'cmaes'"),
+    (["--search", "optuna", "--startup-trials", "-1"], "--startup-trials must be >= 0"),
 ])
 def test_a_bad_space_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, args, says):
     results = tmp_path / "results"
@@ -207,6 +210,7 @@ def test_sweep_json_records_the_space_and_resume_refuses_another(tmp_path, capsy
     saved = json.loads((tmp_path / "s" / "sweep.json").read_text())
     assert saved["space"] == {"min_bits": {"values": [0.0, 3.0]}}
     assert (saved["search"], saved["objective"]) == ("optuna", "weights")
+    assert (saved["sampler"], saved["startup_trials"]) == ("tpe", 10)
     with pytest.raises(SystemExit) as stop:
         main(["--resume", "--name", "s", "--results-dir", str(tmp_path),
               "--param", "min_bits=[0, 4]"])
@@ -216,7 +220,11 @@ def test_sweep_json_records_the_space_and_resume_refuses_another(tmp_path, capsy
     again = sweep_config.prepare(SweepConfig(resume=True, name="s", results_dir=str(tmp_path)))
     assert again.space == saved["space"] and again.search == "optuna"
     # A sweep.json of older code (no space) resumes as a γ-only random sweep.
-    old = {k: v for k, v in saved.items() if k not in ("space", "search", "objective")}
+    older = {k: v for k, v in saved.items() if k not in ("sampler", "startup_trials")}
+    (tmp_path / "s" / "sweep.json").write_text(json.dumps(older))  # a study before --sampler
+    again = sweep_config.prepare(SweepConfig(resume=True, name="s", results_dir=str(tmp_path)))
+    assert (again.search, again.sampler, again.startup_trials) == ("optuna", "tpe", 4)
+    old = {k: v for k, v in older.items() if k not in ("space", "search", "objective")}
     (tmp_path / "s" / "sweep.json").write_text(json.dumps(old))
     again = sweep_config.prepare(SweepConfig(resume=True, name="s", results_dir=str(tmp_path)))
     assert (again.space, again.search, again.objective) == (None, "random", "bits")
