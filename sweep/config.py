@@ -17,7 +17,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import ConfigError, TrainConfig, resolve
+from trainer.config import ConfigError, TrainConfig, check_writable_folder, resolve
 
 SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
 MLFLOW_DB = "mlflow.db"  # the default MLflow store of --mlflow without a URI, in the sweep folder
@@ -235,6 +235,7 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
     Raises ConfigError or trainer.data.DataError with a message that says what to do.
     """
     c = c.replace(results_dir=str(Path(c.results_dir).expanduser().resolve()))
+    check_writable_folder(c.results_dir, "--results-dir")
     if c.data_dir:
         c = c.replace(data_dir=str(Path(c.data_dir).expanduser().resolve()))
     validate(c)

@@ -80,6 +80,15 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
     assert not results.exists()
 
 
+def test_a_results_dir_that_cannot_be_made_exits_2(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as stop:
+        main(["--dataset", "synthetic", "--results-dir", str(tmp_path / "file" / "results")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert "--results-dir" in err and "is a file, not a folder" in err
+
+
 def test_a_data_dir_without_cifar10_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--data-dir", str(tmp_path), "--results-dir", str(tmp_path / "results")])

@@ -24,14 +24,64 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--min-bits", "-1"], "--min-bits must be in [0, 16]"),
     (["--cut-align", "0"], "--cut-align must be at least 1"),
     (["--init-bits", "2"], "--init-bits 2 is not above --min-bits 3"),
+    (["--gamma", "nan"], "--gamma must be a number >= 0, got nan"),
+    (["--width", "inf"], "--width must be > 0, got inf"),
+    (["--threads", "-1"], "--threads must be >= 0"),
 ])
-def test_bad_input_exits_2_with_one_line(args, says, tmp_path):
-    out = run_cli(*args, "--out", str(tmp_path / "out"))
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
-    assert says in lines[0] and "Traceback" not in out.stderr
+def test_bad_input_exits_2_with_one_line(args, says, tmp_path, capsys):
+    """In-process: the parser and the checks are what a subprocess would run."""
+    from trainer.cli import run
+
+    with pytest.raises(SystemExit) as stop:
+        run([*args, "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert says in lines[0] and "Traceback" not in err
     assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize("make, says", [
+    (lambda t: (t / "file").write_text("x") and t / "file" / "out", "is a file, not a folder"),
+    (lambda t: (t / "file").write_text("x") and t / "file", "is a file: give a folder"),
+])
+def test_an_out_that_cannot_be_written_is_refused_before_training(tmp_path, capsys, make,
+                                                                  says):
+    from trainer.cli import run
+
+    out = make(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        run(["--preset", "smoke", "--dataset", "synthetic", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and says in err and err.count("\n") == 1
+    assert "epoch" not in capsys.readouterr().out  # no training started
+
+
+def test_a_network_whose_out_fails_at_the_end_is_saved_beside(tmp_path, capsys, monkeypatch):
+    """The folder vanishes (or fills up) while it trains: the network is not lost."""
+    import trainer.cli as cli
+
+    monkeypatch.chdir(tmp_path)
+    real = cli.write_outputs
+    calls = []
+
+    def flaky(out, *rest):
+        calls.append(out)
+        if len(calls) == 1:
+            raise PermissionError(13, "Permission denied")
+        real(out, *rest)
+
+    monkeypatch.setattr(cli, "write_outputs", flaky)
+    with pytest.raises(SystemExit) as stop:
+        cli.run(["--preset", "smoke", "--dataset", "synthetic", "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "gone")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 1
+    assert f"cannot write to {tmp_path / 'gone'} (Permission denied)" in err
+    rescued = calls[1]
+    assert rescued.parent == tmp_path and str(rescued) in err
+    assert (rescued / "model.pt").is_file() and (rescued / "trials.parquet").is_file()
 
 
 def test_a_data_dir_without_cifar10_is_rejected_even_when_it_exists(tmp_path):

@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
 
-from trainer.config import DATASETS, KINDS, PRESET_NAMES, PRESETS, ConfigError, TrainConfig
+from trainer.config import (
+    DATASETS,
+    KINDS,
+    PRESET_NAMES,
+    PRESETS,
+    ConfigError,
+    TrainConfig,
+    check_writable_folder,
+)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -148,8 +157,8 @@ def run(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         config = resolve(config_from_args(args))
-        if args.out is not None and args.out.exists() and not args.out.is_dir():
-            raise ConfigError(f"--out {args.out} is a file: give a folder")
+        if args.out is not None:
+            check_writable_folder(args.out, "--out")
         if config.dataset == "cifar10" and config.data_dir:
             from trainer.data import find_batches
 
@@ -170,7 +179,7 @@ def run(argv: list[str] | None = None) -> None:
 
 
 def _train(config: TrainConfig, args: argparse.Namespace) -> dict:
-    from trainer.train import save_model, train
+    from trainer.train import train
 
     final_state = {}
 
@@ -180,10 +189,28 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> dict:
     result = train(config, on_epoch=keep_state, verbose=not args.quiet)
     if args.out is not None:
         trial_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}"
-        write_run(args.out, trial_id, result)
-        save_model(args.out / "model.pt", final_state["state"])
-        print(f"scnn: wrote {args.out}/trials.parquet, epochs.parquet, layers.parquet, model.pt")
+        out = args.out
+        try:
+            write_outputs(out, trial_id, result, final_state["state"])
+        except OSError as err:  # the folder went away or filled up while it trained
+            import tempfile
+
+            out = Path(tempfile.mkdtemp(prefix=f"scnn-{trial_id}-", dir=Path.cwd()
+                                        if os.access(Path.cwd(), os.W_OK) else None))
+            print(f"scnn: error: cannot write to {args.out} ({err.strerror or err}); the "
+                  f"trained network is saved in {out} instead", file=sys.stderr)
+            write_outputs(out, trial_id, result, final_state["state"])
+            raise SystemExit(1) from None
+        print(f"scnn: wrote {out}/trials.parquet, epochs.parquet, layers.parquet, model.pt")
     return result
+
+
+def write_outputs(out: Path, trial_id: str, result: dict, state) -> None:
+    """--out's files: the three Parquet files and model.pt."""
+    from trainer.train import save_model
+
+    write_run(out, trial_id, result)
+    save_model(out / "model.pt", state)
 
 
 def write_run(out: Path, trial_id: str, result: dict, sweep: str = "") -> None:

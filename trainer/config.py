@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 # compress: the method. The others are references, trained with the same recipe:
 # float-baseline: no quantization; narrow-float: the same at a narrower width (sizes against
@@ -167,9 +169,29 @@ def validate(c: TrainConfig) -> None:
          f"warmup_fraction must be in [0, 1), got {c.warmup_fraction}")
     need(c.cut_every >= 1, f"--cut-every must be at least 1, got {c.cut_every}")
     need(c.cut_align >= 1, f"--cut-align must be at least 1, got {c.cut_align}: e.g. 8 on a GPU")
+    need(c.threads >= 0, f"--threads must be >= 0 (0: torch's choice), got {c.threads}")
     need(c.synthetic_size >= 16, f"--synthetic-size must be at least 16, got {c.synthetic_size}")
     need((c.train_subset or 0) >= 0 and (c.test_subset or 0) >= 0,
          "--train-subset / --test-subset must be >= 0 (0 = all)")
+
+
+def check_writable_folder(path: str | Path, flag: str) -> None:
+    """ConfigError unless ``path`` is a folder that exists and can be written, or one that
+    can be made: its nearest existing parent is a writable folder. Creates nothing."""
+    path = Path(path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{flag} {path} is a file: give a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{flag} {path} cannot be written: give a folder you can write")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{flag} {path} cannot be made: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path} cannot be made: {parent} cannot be written")
 
 
 def widths(width: float, kind: str = "compress") -> tuple[int, int, int, int]:
