@@ -25,7 +25,7 @@ from ray._private.dict import flatten_dict
 from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from sweep.space import overrides
+from sweep.space import overrides, swept_values
 from sweep.store import ParquetCallback, write
 from trainer.results import EPOCH_METRICS
 
@@ -41,12 +41,15 @@ def epoch_metrics(result: dict) -> dict | None:
 
 
 def hparams(config: dict) -> dict:
-    """A trial's TensorBoard hyper-parameters, from its Tune config (none of them None)."""
-    train = {**config.get("train", {}), **overrides(config)}
+    """A trial's TensorBoard hyper-parameters, from its Tune config (none of them None):
+    HPARAMS, then the fields its sweep's space varies (sweep.params)."""
+    params = swept_values(config)
+    train = {**config.get("train", {}), **params, **overrides(config)}
     values = {"gamma": config.get("gamma"), "kind": config.get("kind"),
               "seed": train.get("seed"), "width": train.get("width"),
               "fixed_bits": train.get("fixed_bits")}
-    return {k: v for k in HPARAMS if (v := values[k]) is not None}
+    chosen = {k: v for k in HPARAMS if (v := values[k]) is not None}
+    return {**chosen, **{k: v for k, v in params.items() if k not in chosen}}
 
 
 class TensorBoardCallback(TBXLoggerCallback):

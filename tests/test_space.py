@@ -355,7 +355,7 @@ def test_a_study_sweep_killed_with_sigkill_resumes_its_study(ray_env, tmp_path):
     args = [*SMOKE, "--num-samples", "4", "--name", "o", "--results-dir", str(results),
             "--references", "none", "--search", "optuna", "--param", "min_bits=[0, 3]",
             "--param", "lr_quant={distribution: log_uniform_values, min: 0.01, max: 0.1}",
-            "--max-concurrent", "2"]
+            "--max-concurrent", "2", "--export", "front", "--mlflow"]
     proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *args)
     try:
         wait_for(results / "o" / TRIALS_FILE, lambda t: (t["status"] == "TERMINATED").any(),
@@ -380,3 +380,28 @@ def test_a_study_sweep_killed_with_sigkill_resumes_its_study(ray_env, tmp_path):
                                                                  row["lr_quant"])
     epochs = read(results / "o", EPOCHS_FILE)
     assert len(epochs) == 4 * 2 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    # --export front and MLflow work with a space: the front exported, a run per trial
+    # with its swept values as parameters.
+    from mlflow.tracking import MlflowClient
+
+    from analysis.pareto import front_of
+
+    front = set(front_of(trials)["trial_id"])
+    exported = {p.parent.name for p in (results / "o" / "exports").glob("*/export.json")}
+    assert front and exported == front
+    client = MlflowClient(f"sqlite:///{results / 'o' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("o").experiment_id])
+    assert len(runs) == 4
+    for run in runs:
+        row = trials.set_index("trial_id").loc[run.data.tags["trial_name"].removeprefix(
+            "run_trial_")]
+        assert float(run.data.params["params/min_bits"]) == row["min_bits"]
+
+
+def test_tensorboard_hparams_carry_the_swept_values():
+    from sweep.loggers import hparams
+
+    config = {"kind": "compress", "gamma": 0.01, "train": {"seed": 0, "width": 0.25},
+              "params": {"min_bits": 2.0, "skip_one_bit": False, "width": 0.5}}
+    assert hparams(config) == {"gamma": 0.01, "kind": "compress", "seed": 0, "width": 0.5,
+                               "min_bits": 2.0, "skip_one_bit": False}
