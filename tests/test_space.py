@@ -405,3 +405,19 @@ def test_tensorboard_hparams_carry_the_swept_values():
               "params": {"min_bits": 2.0, "skip_one_bit": False, "width": 0.5}}
     assert hparams(config) == {"gamma": 0.01, "kind": "compress", "seed": 0, "width": 0.5,
                                "min_bits": 2.0, "skip_one_bit": False}
+
+
+@pytest.mark.parametrize("name", ["cpu-mb3", "cpu-refs", "cpu-12", "cpu-skip"])
+def test_the_sweeps_in_docs_still_draw_their_gammas(name):
+    """Each committed sweep's saved settings, resolved by today's code, propose exactly the
+    γs its trials.parquet holds (the data folder swapped for synthetic data: not read)."""
+    folder = Path(__file__).resolve().parents[1] / "docs" / name
+    saved = sweep_config.load_saved(folder)
+    c = SweepConfig(**{k: v for k, v in saved.items() if k in SweepConfig.__dataclass_fields__})
+    c = c.replace(dataset="synthetic", data_dir=None)
+    trials = pd.read_parquet(folder / TRIALS_FILE)
+    drawn = [t["gamma"] for t in configs(c) if t["kind"] == "compress" and not t["refined"]]
+    refined = (trials["refined"].fillna(False).astype(bool) if "refined" in trials.columns
+               else False)
+    have = trials[(trials["kind"] == "compress") & ~refined]
+    assert sorted(drawn) == sorted(have["gamma"]) and len(drawn) == c.num_samples * c.seeds
