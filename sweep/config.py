@@ -179,6 +179,12 @@ def check_combinations(c: SweepConfig) -> None:
         raise ConfigError(f"--refine chooses γs alone, but the space also varies "
                           f"{', '.join(n for n in swept(c.space) if n != 'gamma')}: drop "
                           "--refine, or use --search optuna")
+    flags = {"epochs": c.epochs, "width": c.width, "min_bits": c.min_bits,
+             "size_term": None if c.size_term == "bits" else c.size_term}
+    for name, value in flags.items():
+        if c.space and name in c.space and value is not None:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{name} is given twice, by {flag} and in the space: keep one")
     if c.space and "gamma" in c.space and (c.gamma_min is not None or c.gamma_max is not None):
         raise ConfigError("γ's range is given twice, in the space and by --gamma-min/--gamma-"
                           "max: keep one")

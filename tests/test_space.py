@@ -58,6 +58,8 @@ def configs(c: SweepConfig) -> list[dict]:
      "--init-bits 4 is not above --min-bits 4"),
     (["--param", "min_bits"], "expected NAME=SPEC"),
     (["--param", "gamma=[0.1, 0.2]", "--gamma-max", "0.5"], "γ's range is given twice"),
+    (["--param", "min_bits=[0, 3]", "--min-bits", "2"], "min_bits is given twice"),
+    (["--param", "epochs=[1, 2]", "--epochs", "3"], "epochs is given twice, by --epochs"),
     (["--refine", "2", "--search", "optuna"], "--search optuna chooses every point itself"),
     (["--refine", "2", "--param", "min_bits=[0, 3]"], "the space also varies min_bits"),
     (["--objective", "weights"], "--objective sets up --search optuna's study"),
