@@ -180,13 +180,16 @@ class StudySearcher(Searcher):
 
         search = self.study_search
         study = search._ot_study
-        known = {r["number"]: k for k, r in self.points.items()}
-        for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            key = known.get(frozen.number)
-            if key is None:  # asked after the snapshot: train it now
-                key = f"point-{self.asked}"
-                self._queue_point(key, frozen.number, dict(frozen.params))
-            search._ot_trials[key] = optuna.trial.Trial(study, frozen._trial_id)
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for key, record in self.points.items():  # told or not: _tell looks at its state
+            search._ot_trials[key] = optuna.trial.Trial(study,
+                                                        by_number[record["number"]]._trial_id)
+        known = {r["number"] for r in self.points.values()}
+        for number, frozen in sorted(by_number.items()):
+            if number not in known and frozen.state == TrialState.RUNNING:
+                key = f"point-{self.asked}"  # asked after the snapshot: train it now
+                self._queue_point(key, number, dict(frozen.params))
+                search._ot_trials[key] = optuna.trial.Trial(study, frozen._trial_id)
 
     # --- snapshots ---
 

@@ -322,14 +322,25 @@ def test_a_restored_searcher_adopts_points_asked_after_its_snapshot(tmp_path):
     finish(again, "u1", 0.7, 0.05)
     rest = [again.suggest(f"u{i}") for i in (2, 3)]
     assert [p["study_trial"] for p in rest] == [2, 3]
-    assert a["study_trial"] == 0
     for i in (2, 3):
         finish(again, f"u{i}", 0.6, 0.01)
     trials = study_trials(tmp_path)
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
-    # A trial told before a kill and re-reported after it is not told twice.
-    finish(again, "u9", 0.1, 0.1)
-    assert [t.values for t in study_trials(tmp_path)] == [t.values for t in trials]
+    assert a["study_trial"] == 0 and [t.values for t in trials][0] == [0.8, 0.1]
+
+
+def test_a_point_told_before_a_kill_and_reported_again_after_it_is_told_once(tmp_path):
+    search = study_searcher(tmp_path, references=False)
+    search.suggest("t0")
+    saved = tmp_path / "searcher.pkl"
+    search.save(str(saved))  # Tune's snapshot: t0 runs
+    finish(search, "t0", 0.8, 0.1)  # told; then killed before the next snapshot
+    again = study_searcher(tmp_path, references=False)
+    again.restore(str(saved))
+    finish(again, "t0", 0.8, 0.1)  # Tune runs t0 again: it finds itself complete, reports
+    trials = study_trials(tmp_path)
+    assert len(trials) == 1 and trials[0].values == [0.8, 0.1]
+    assert again.suggest("t1")["study_trial"] == 1
 
 
 def test_the_study_searcher_keeps_to_max_concurrent(tmp_path):
