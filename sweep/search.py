@@ -44,8 +44,39 @@ def seeded(point: dict, seeds: list[int | None]) -> list[dict]:
     return [{**point, "seed": s} for s in seeds]
 
 
-class GammaSearcher(Searcher):
+class PointSearcher(Searcher):
+    """What the sweep's searchers share: they count their own live trials against the
+    ConcurrencyLimiter's limit, and their state (the attributes named in ``STATE_KEYS``)
+    goes into Tune's snapshots as a pickle."""
+
+    STATE_KEYS: tuple[str, ...] = ()
+    max_concurrent = 0  # 0: no limit of its own
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """The ConcurrencyLimiter's limit: this searcher counts its live trials itself."""
+        self.max_concurrent = max_concurrent
+        return True
+
+    def get_state(self) -> dict:
+        return {k: getattr(self, k) for k in self.STATE_KEYS}
+
+    def set_state(self, state: dict) -> None:
+        for k in self.STATE_KEYS:
+            setattr(self, k, state[k])
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.get_state(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.set_state(pickle.load(f))
+
+
+class GammaSearcher(PointSearcher):
     """Proposes the sweep's points (see the module's docstring); driven by ended trials."""
+
+    STATE_KEYS = STATE_KEYS
 
     def __init__(self, points: list[dict], seeds: list[int | None], refine: int,
                  max_concurrent: int = 0, folder: str | None = None):
@@ -59,11 +90,6 @@ class GammaSearcher(Searcher):
         self.refine_gammas: list[float] = []
         self.max_concurrent = max_concurrent  # 0: no limit of its own
         self.folder = folder  # where refine.txt goes; None: nowhere (sampled_configs)
-
-    def set_max_concurrency(self, max_concurrent: int) -> bool:
-        """The ConcurrencyLimiter's limit: this searcher counts its live trials itself."""
-        self.max_concurrent = max_concurrent
-        return True
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.max_concurrent and len(self.live) >= self.max_concurrent:
@@ -119,18 +145,3 @@ class GammaSearcher(Searcher):
         tmp = path.with_name(f".{REFINE_FILE}.tmp")
         tmp.write_text("".join(f"{g!r}\n" for g in self.refine_gammas))  # repr: exact
         tmp.replace(path)
-
-    def get_state(self) -> dict:
-        return {k: getattr(self, k) for k in STATE_KEYS}
-
-    def set_state(self, state: dict) -> None:
-        for k in STATE_KEYS:
-            setattr(self, k, state[k])
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))

@@ -29,12 +29,11 @@ its trials find their checkpoints by their config (sweep.trainable).
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 
 from ray.tune.search import Searcher
 
-from sweep.search import seeded
+from sweep.search import PointSearcher, seeded
 
 STUDY_FILE = "optuna.db"  # the study's SQLite storage, in the sweep folder
 OBJECTIVES = {"bits": "bits_fraction", "weights": "weights_kept_fraction",
@@ -64,8 +63,10 @@ def make_sampler(name: str, seed: int, startup: int = STARTUP_TRIALS):
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-class StudySearcher(Searcher):
+class StudySearcher(PointSearcher):
     """Reference points, then ``num_samples`` points from a two-objective Optuna study."""
+
+    STATE_KEYS = STATE_KEYS
 
     def __init__(self, references: list[dict], seeds: list[int | None], num_samples: int,
                  space: dict, objective: str, seed: int, folder: str, study_name: str,
@@ -84,10 +85,6 @@ class StudySearcher(Searcher):
         self._search = None  # the OptunaSearch, built on first use (not pickled)
 
     # --- Tune's searcher interface ---
-
-    def set_max_concurrency(self, max_concurrent: int) -> bool:
-        self.max_concurrent = max_concurrent
-        return True
 
     def suggest(self, trial_id: str) -> dict | str | None:
         if self.max_concurrent and len(self.live) >= self.max_concurrent:
@@ -193,22 +190,10 @@ class StudySearcher(Searcher):
 
     # --- snapshots ---
 
-    def get_state(self) -> dict:
-        return {k: getattr(self, k) for k in STATE_KEYS}
-
     def set_state(self, state: dict) -> None:
-        for k in STATE_KEYS:
-            setattr(self, k, state[k])
+        super().set_state(state)
         self._search = None
         self._adopt()
-
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.get_state(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.set_state(pickle.load(f))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_search": None}  # the study lives in its database
