@@ -1,5 +1,6 @@
 """Project files agree with each other, and the packages keep to their boundaries."""
 
+import importlib
 import re
 import subprocess
 import sys
@@ -32,8 +33,11 @@ def test_trainer_does_not_import_ray():
 def test_ci_runs_the_readme_setup_and_test_commands():
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()
-    for command in ("pip install -e '.[dev]'", "python -m pytest -q"):
+    for command in ("python3 -m venv .venv", "source .venv/bin/activate",
+                    "pip install -e '.[dev]'", "python -m pytest -q"):
         assert command in readme, f"README lost {command!r}"
+    # a fresh virtual environment, as a newcomer makes, not the interpreter CI starts with
+    assert "python3 -m venv .venv" in ci and "source .venv/bin/activate" in ci
     assert "pip install" in ci and "-e '.[dev]'" in ci and "python -m pytest -q" in ci
 
 
@@ -54,13 +58,17 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                   ["align", "--reps", "0"], ["host", "--steps", "0"],
                                   ["tta", "nowhere/model.pt", "--data-dir", "data"],
                                   ["tta", "pyproject.toml", "--data-dir", "data"]])
-def test_benchmarks_reject_bad_input_on_one_line(argv):
-    done = subprocess.run([sys.executable, "-m", f"benchmarks.{argv[0]}", *argv[1:]], cwd=REPO,
-                          capture_output=True, text=True)
-    assert done.returncode == 2
-    assert done.stdout == ""
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"benchmarks.{argv[0]}: error: "), done.stderr
+def test_benchmarks_reject_bad_input_on_one_line(argv, monkeypatch, capsys):
+    """In-process: ``python -m benchmarks.NAME`` runs exactly ``main()`` with this argv."""
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", [f"benchmarks/{argv[0]}.py", *argv[1:]])
+    with pytest.raises(SystemExit) as stop:
+        importlib.import_module(f"benchmarks.{argv[0]}").main()
+    out, err = capsys.readouterr()
+    assert stop.value.code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"benchmarks.{argv[0]}: error: "), err
     assert argv[1] in lines[0]
 
 

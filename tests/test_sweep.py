@@ -781,7 +781,7 @@ def start_sweep(env: dict, cwd: Path, log: Path, *args: str) -> subprocess.Popen
 @pytest.mark.ray
 def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, tmp_path):
     results = tmp_path / "results"
-    args = [*SMOKE, "--epochs", "3", "--num-samples", "4", "--name", "k",
+    args = [*SMOKE, "--epochs", "3", "--num-samples", "2", "--name", "k",
             "--results-dir", str(results), "--export", "front", "--mlflow"]
     proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *args)
     try:
@@ -792,7 +792,7 @@ def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, t
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole embedded cluster
         proc.wait()
     out = sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
-    trials = assert_complete(results / "k", 6, 3)
+    trials = assert_complete(results / "k", 4, 3)
     # --export front was saved with the sweep: the resumed sweep exports its front.
     front = set(pareto_front_ids(trials))
     exported = {p.parent.name for p in (results / "k" / "exports").glob("*/export.json")}
@@ -801,7 +801,7 @@ def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, t
         report = json.loads((results / "k" / "exports" / trial_id / "export.json").read_text())
         assert report["status"] == "ok" and report["inference"]["images_per_s"]["1"] > 0
         assert f"scnn sweep: exported {trial_id} (ok)" in out.stdout
-    expected = sampled(SweepConfig(num_samples=4, dataset="synthetic", preset="smoke"))
+    expected = sampled(SweepConfig(num_samples=2, dataset="synthetic", preset="smoke"))
     assert sorted(zip(trials["kind"], trials["gamma"], strict=True)) == sorted(expected)
     done = before[before["status"] == "TERMINATED"]["trial_id"]
     after = trials.set_index("trial_id")
@@ -863,21 +863,8 @@ def assert_refined(folder: Path, refine: int) -> pd.DataFrame:
 
 
 @pytest.mark.ray
-def test_a_refine_sweep_with_two_seeds_runs_every_gamma_twice_and_is_drawn(ray_env, tmp_path):
-    out = sweep(ray_env, tmp_path, *REFINE, "--refine", "1", "--name", "r",
-                "--results-dir", "results")
-    folder = tmp_path / "results" / "r"
-    assert_refined(folder, 1)
-    assert "scnn sweep: refine 1: γ " in out.stdout and "before --refine widest gap" in out.stdout
-    plots = subprocess.run([sys.executable, "-m", "analysis.plots", "--results", str(folder)],
-                           cwd=tmp_path, env=ray_env, capture_output=True, text=True, timeout=300)
-    assert plots.returncode == 0, plots.stderr
-    md = (folder / "plots" / "pareto.md").read_text()
-    assert "## Front quality" in md and "hypervolume" in md and "| seeds |" in md
-
-
-@pytest.mark.ray
-def test_a_killed_refine_sweep_resumes_with_the_gamma_it_had_chosen(ray_env, tmp_path):
+def test_a_killed_refine_sweep_with_two_seeds_resumes_with_its_gamma_and_is_drawn(ray_env,
+                                                                                 tmp_path):
     results = tmp_path / "results"
     proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *REFINE, "--refine", "2",
                        "--name", "k", "--results-dir", str(results))
@@ -887,9 +874,17 @@ def test_a_killed_refine_sweep_resumes_with_the_gamma_it_had_chosen(ray_env, tmp
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole embedded cluster
         proc.wait()
     first = set(before.loc[before["refined"], "gamma"])
-    sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
-    trials = assert_refined(results / "k", 2)
+    assert "scnn sweep: refine 1: γ " in (tmp_path / "killed.log").read_text()
+    out = sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
+    folder = results / "k"
+    trials = assert_refined(folder, 2)
     assert first < set(trials.loc[trials["refined"], "gamma"])  # and one chosen after resuming
+    assert "scnn sweep: refine 2: γ " in out.stdout and "before --refine widest gap" in out.stdout
+    from analysis.plots import main as plots
+
+    plots(["--results", str(folder)])
+    md = (folder / "plots" / "pareto.md").read_text()
+    assert "## Front quality" in md and "hypervolume" in md and "| seeds |" in md
 
 
 def start_head(env: dict, port: int, dashboard: int = 0) -> subprocess.Popen:
@@ -923,11 +918,8 @@ def stop_head(head: subprocess.Popen, env: dict) -> None:
 
 
 @pytest.mark.ray
-@pytest.mark.parametrize("auth", ["token", "disabled"])
-def test_attaches_to_a_cluster_started_with_ray_start(ray_env, tmp_path, auth):
-    if auth == "token":  # `ray start` turns token auth on when a token exists
-        subprocess.run([RAY, "get-auth-token", "--generate"], env=ray_env, check=True,
-                       capture_output=True)
+def test_attaches_to_a_cluster_started_with_ray_start_without_authentication(ray_env,
+                                                                             tmp_path):
     port = free_port()
     head = start_head(ray_env, port)
     try:
@@ -937,17 +929,19 @@ def test_attaches_to_a_cluster_started_with_ray_start(ray_env, tmp_path, auth):
     finally:
         stop_head(head, ray_env)
     assert_complete(tmp_path / "results" / "a", 1, 1)
-    said = "token authentication on" if auth == "token" else "no authentication"
-    assert f"the running Ray cluster ({said})" in out.stdout
+    assert "the running Ray cluster (no authentication)" in out.stdout
 
 
 @pytest.mark.ray
 @pytest.mark.job
-def test_ray_job_submit_runs_the_sweep_on_a_token_cluster(ray_env, tmp_path):
+def test_attaches_to_a_token_cluster_and_ray_job_submit_runs_the_sweep_there(ray_env,
+                                                                            tmp_path):
+    """One `ray start` head with token authentication: ``sweep.run --address`` attaches,
+    then ``ray job submit`` runs a sweep on it."""
     subprocess.run([RAY, "get-auth-token", "--generate"], env=ray_env, check=True,
                    capture_output=True)  # so `ray start` turns token authentication on
-    dashboard = free_port()
-    head = start_head(ray_env, free_port(), dashboard=dashboard)
+    dashboard, port = free_port(), free_port()
+    head = start_head(ray_env, port, dashboard=dashboard)
     # The job CLI sends the token when RAY_AUTH_MODE says so (it reads ~/.ray/auth_token).
     env = {**ray_env, "RAY_ADDRESS": f"http://127.0.0.1:{dashboard}", "RAY_AUTH_MODE": "token"}
     results = tmp_path / "results"  # absolute: the job runs in an uploaded copy of the repo
@@ -957,6 +951,9 @@ def test_ray_job_submit_runs_the_sweep_on_a_token_cluster(ray_env, tmp_path):
                               text=True, timeout=timeout)
 
     try:
+        attached = sweep(ray_env, tmp_path, *SMOKE, "--epochs", "1", "--num-samples", "1",
+                         "--no-references", "--name", "a", "--results-dir", str(results),
+                         "--address", f"127.0.0.1:{port}")
         submit = job("submit", "--working-dir", ".", "--submission-id", "scnn-smoke", "--",
                      sys.executable, "-m", "sweep.run", *SMOKE, "--epochs", "1",
                      "--num-samples", "2", "--no-references", "--name", "job",
@@ -964,6 +961,8 @@ def test_ray_job_submit_runs_the_sweep_on_a_token_cluster(ray_env, tmp_path):
         status, logs, listed = job("status", "scnn-smoke"), job("logs", "scnn-smoke"), job("list")
     finally:
         stop_head(head, ray_env)
+    assert_complete(results / "a", 1, 1)
+    assert "the running Ray cluster (token authentication on)" in attached.stdout
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     assert "Job 'scnn-smoke' succeeded" in status.stdout, status.stdout + status.stderr
     assert_complete(results / "job", 2, 1)

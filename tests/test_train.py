@@ -144,3 +144,14 @@ def test_a_main_path_layer_keeps_a_channel_and_the_guard_is_idle_until_then(monk
     guardless = train(brutal, verbose=False)
     dead = {row["layer"]: row["out_channels_final"] for row in guardless["layers"]}
     assert min(dead[name] for name in ("prep", "layer1", "layer2", "layer3")) == 0
+
+
+def test_the_demo_presets_gamma_range_spans_the_trade_off():
+    """The first look (README): at the two ends of the demo preset's default γ range, on the
+    synthetic set, accuracy differs by at least 10 points and size by at least a decade."""
+    from sweep.config import gamma_range
+
+    low, high = (train(TrainConfig(preset="demo", dataset="synthetic", gamma=g, threads=1),
+                       verbose=False) for g in gamma_range("demo"))
+    assert low["test_accuracy"] - high["test_accuracy"] >= 0.10
+    assert low["bits_fraction"] >= 10 * high["bits_fraction"]
