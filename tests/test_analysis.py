@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -129,8 +131,18 @@ def add_references(folder: Path, sweep: str = "demo", extra: Sequence[dict] = ()
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis.plots", *args], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300)
+    """``python -m analysis.plots ARGS`` run in this process (the module is its ``main``):
+    its exit status and what it printed."""
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            contextlib.chdir(ROOT):
+        try:
+            main(list(args))
+        except SystemExit as stop:
+            code = stop.code or 0
+    return subprocess.CompletedProcess(["analysis.plots", *args], code, out.getvalue(),
+                                       err.getvalue())
 
 
 def check_png(path: Path) -> None:

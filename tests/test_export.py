@@ -32,6 +32,7 @@ from trainer.packed import (
 from trainer.results import write_results
 from trainer.surgery import cut_dead_channels
 from trainer.train import load_model, model_for, model_from, save_model, train
+pytestmark = pytest.mark.xdist_group("export")  # one process builds the module fixture
 
 # Compresses in about 3 s: channels cut in res3, others dead but not yet cut (their BatchNorm
 # still emits a constant), and res3's sum on a union that is neither side's channels. The

@@ -643,6 +643,7 @@ def smoke(tmp_path_factory):
 
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("smoke-sweep")  # one process builds the fixture
 def test_smoke_sweep_writes_parquet_with_the_right_rows(smoke):
     folder, stdout, _ = smoke
     trials = assert_complete(folder, 4, 2)
@@ -663,6 +664,7 @@ def trial_folder(folder: Path, trial_id: str) -> Path:
 
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("smoke-sweep")  # one process builds the fixture
 def test_tensorboard_has_every_epoch_of_every_trial_with_gamma_and_kind_as_hparams(smoke):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
@@ -689,6 +691,7 @@ def test_tensorboard_has_every_epoch_of_every_trial_with_gamma_and_kind_as_hpara
 
 
 @pytest.mark.ray
+@pytest.mark.xdist_group("smoke-sweep")  # one process builds the fixture
 def test_mlflow_has_a_run_per_trial_with_params_epochs_and_parquet_rows(smoke, tmp_path):
     from mlflow.tracking import MlflowClient
 

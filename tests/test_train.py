@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from trainer.config import TrainConfig
@@ -16,10 +17,22 @@ STRONG = TrainConfig(preset="smoke", dataset="synthetic", gamma=2.0, epochs=6, b
                      skip_one_bit=False, min_bits=0.0)
 
 
-def test_a_strong_gamma_shrinks_the_network_and_its_work(tmp_path):
-    states = []
-    result = train(STRONG, on_epoch=lambda m, s: states.append(copy.deepcopy(s.state_dict())),
-                   verbose=False)
+@pytest.fixture(scope="module")
+def strong():
+    """One STRONG run, shared: ``(result, each epoch's state_dict, the last TrainState)``."""
+    states, last = [], {}
+
+    def keep(metrics, state):
+        states.append(copy.deepcopy(state.state_dict()))
+        last["state"] = state
+
+    result = train(STRONG, on_epoch=keep, verbose=False)
+    return result, states, last["state"]
+
+
+@pytest.mark.xdist_group("strong")  # one process builds the fixture
+def test_a_strong_gamma_shrinks_the_network_and_its_work(tmp_path, strong):
+    result, states, _ = strong
     hist = result["history"]
     assert [h["epoch"] for h in hist] == list(range(1, 7))
     assert result["weights_kept_fraction"] < 0.5
@@ -39,11 +52,9 @@ def load_model_from(state: dict, tmp_path):
     return load_model(path)
 
 
-def test_a_saved_shrunken_network_reloads_with_the_same_outputs(tmp_path):
-    captured = {}
-    train(STRONG.replace(epochs=3), on_epoch=lambda m, s: captured.update(state=s),
-          verbose=False)
-    state = captured["state"]
+@pytest.mark.xdist_group("strong")  # one process builds the fixture
+def test_a_saved_shrunken_network_reloads_with_the_same_outputs(tmp_path, strong):
+    _, _, state = strong
     physical = sum(layer.weight.numel() for _, layer in state.model.quant_layers())
     assert physical < state.model.n0  # channels were cut before saving
     save_model(tmp_path / "model.pt", state)
@@ -131,11 +142,11 @@ def test_a_main_path_layer_keeps_a_channel_and_the_guard_is_idle_until_then(monk
     import trainer.train as T
 
     brutal = STRONG.replace(gamma=20.0, epochs=3, skip_one_bit=True, min_bits=3.0,
-                            init_bits=4.0)
+                            init_bits=4.0, synthetic_size=512)
     result = train(brutal, verbose=False)
     kept = {row["layer"]: row["out_channels_final"] for row in result["layers"]}
     assert min(kept[name] for name in ("prep", "layer1", "layer2", "layer3")) >= 1
-    off = STRONG.replace(epochs=2)
+    off = STRONG.replace(epochs=2, synthetic_size=512)
     with_guard = train(off, verbose=False)["history"]
     monkeypatch.setattr(T, "keep_one_channel", lambda layers: None)
     without = train(off, verbose=False)["history"]

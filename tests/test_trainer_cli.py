@@ -84,20 +84,29 @@ def test_a_network_whose_out_fails_at_the_end_is_saved_beside(tmp_path, capsys, 
     assert (rescued / "model.pt").is_file() and (rescued / "trials.parquet").is_file()
 
 
-def test_a_data_dir_without_cifar10_is_rejected_even_when_it_exists(tmp_path):
+def test_a_data_dir_without_cifar10_is_rejected_even_when_it_exists(tmp_path, capsys):
+    from trainer.cli import run
+
     (tmp_path / "cifar-10-batches-py").mkdir()
-    out = run_cli("--data-dir", str(tmp_path))
-    assert out.returncode == 2 and "does not hold CIFAR-10" in out.stderr
+    with pytest.raises(SystemExit) as stop:
+        run(["--data-dir", str(tmp_path)])
+    assert stop.value.code == 2 and "does not hold CIFAR-10" in capsys.readouterr().err
 
 
-def test_help_explains_the_method_and_the_presets():
-    out = run_cli("--help")
-    assert out.returncode == 0
-    for needle in ("gamma", "--preset", "smoke", "--data-dir", "--float-baseline", "examples"):
-        assert needle in out.stdout
+def test_help_explains_the_method_and_the_presets(capsys):
+    from trainer.cli import run
+
+    with pytest.raises(SystemExit) as stop:
+        run(["--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0
+    for needle in ("gamma", "--preset", "smoke", "demo", "--data-dir", "--float-baseline",
+                   "examples"):
+        assert needle in out
 
 
 def test_a_smoke_run_writes_the_three_parquet_files_and_a_model(tmp_path):
+    """A subprocess: ``python -m trainer.train`` as a user types it."""
     out = run_cli("--preset", "smoke", "--dataset", "synthetic", "--epochs", "2",
                   "--out", str(tmp_path))
     assert out.returncode == 0, out.stderr
