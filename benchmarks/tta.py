@@ -34,7 +34,7 @@ from torch import Tensor
 from benchmarks.common import emit, load_trained, parser
 from trainer import data as D
 from trainer.cli import fail
-from trainer.export import batches, test_set
+from trainer.data import batches, test_set
 from trainer.model import ResNet9
 
 VIEWS = ("plain", "flip", "flip_translate")

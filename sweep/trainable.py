@@ -18,9 +18,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from sweep.checkpoints import META_FILE, STATE_FILE
 from sweep.space import train_config, trial_key
 
-STATE_FILE, META_FILE = "state.pt", "meta.json"
 # Ray's live table shows the first four scalar metrics of a report, so these come first
 # (its `iter` column is the epoch; gamma is not a Tune domain, the searcher sets it).
 KEY_METRICS = ("gamma", "test_accuracy", "bits_fraction", "weights_kept_fraction")

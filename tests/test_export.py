@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from sweep.checkpoints import export_front
 from trainer.cli import write_run
 from trainer.config import TrainConfig, resolve
-from trainer.dense import build_dense, export_onnx, onnx_logits
-from trainer.export import export_front, main, read_weights
-from trainer.packed import (
+from trainer.export import main, read_weights
+from trainer.export.dense import build_dense, export_onnx, onnx_logits
+from trainer.export.packed import (
     FORMAT,
     FORMATS,
     deflate,
@@ -276,7 +277,7 @@ def test_half_exponents_keeps_every_integer_and_moves_e_by_a_float16_rounding():
 
 def test_the_uncompressed_reference_builds_the_same_dense_network(tmp_path):
     """float_exported (benchmarks.inference's reference): a float network's dense logits."""
-    from trainer.dense import float_exported
+    from trainer.export.dense import float_exported
 
     torch.manual_seed(0)
     model = model_for(resolve(TrainConfig(preset="smoke", kind="float-baseline", width=0.0625)))
