@@ -17,9 +17,10 @@ import trainer
 from trainer.cli import OneLineParser, fail
 from trainer.config import TrainConfig, resolve
 from trainer.model import SPATIAL, ResNet9
+from trainer.network import load_model
+from trainer.network import model_for as trainer_model
 from trainer.results import code_version
-from trainer.train import load_model, make_optimizers, step_optimizers
-from trainer.train import model_for as trainer_model
+from trainer.train import make_optimizers, step_optimizers
 
 
 def parser(name: str, doc: str) -> OneLineParser:

@@ -67,7 +67,7 @@ def reference(sweeps: list[Path], exports: list[Path], folder: Path) -> tuple[Pa
     from trainer.config import TrainConfig, resolve
     from trainer.export.dense import build_dense, export_onnx, float_exported
     from trainer.export.sources import ExportError, load_saved, read_trials
-    from trainer.train import model_for, model_from
+    from trainer.network import model_for, model_from
 
     for sweep in sweeps:
         rows = [r for r in read_trials(sweep) if r["kind"] == "float-baseline"

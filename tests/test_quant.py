@@ -180,7 +180,8 @@ def test_step_optimizers_moves_every_hold_range_exponent_as_follow_bits_does():
     import copy
 
     from trainer.config import TrainConfig, resolve
-    from trainer.train import make_optimizers, model_for, step_optimizers
+    from trainer.network import model_for
+    from trainer.train import make_optimizers, step_optimizers
 
     config = resolve(TrainConfig(preset="smoke", skip_one_bit=False, min_bits=0.0), has_gpu=False)
     torch.manual_seed(0)

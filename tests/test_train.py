@@ -5,7 +5,8 @@ import copy
 import torch
 
 from trainer.config import TrainConfig
-from trainer.train import load_model, save_model, train
+from trainer.network import load_model, save_model
+from trainer.train import train
 
 # A network that compresses within seconds: 2-bit start, fast bit-depth learning rate (with
 # hold-range, the default, b falls more slowly than with plain (b, e): gamma 2, lr_quant 0.2).
@@ -108,7 +109,7 @@ def test_fixed_bits_hold_their_bit_depth_while_exponents_learn():
     assert all(torch.equal(layer.e, torch.round(layer.e)) for layer in layers[:-1])
     fresh = TrainConfig(preset="smoke", dataset="synthetic", kind="fixed-bits", fixed_bits=2.0)
     from trainer.config import resolve
-    from trainer.train import model_for
+    from trainer.network import model_for
 
     torch.manual_seed(0)
     start = model_for(resolve(fresh))
@@ -128,7 +129,7 @@ def test_a_main_path_layer_keeps_a_channel_and_the_guard_is_idle_until_then(monk
     """γ 20 would cut every channel of a main-path layer (the network then answers a
     constant); each keeps at least one. Where no layer is near that, the guard changes
     nothing: a run without it gives the same history, bit for bit."""
-    import trainer.train as T
+    import trainer.quant as T
 
     brutal = STRONG.replace(gamma=20.0, epochs=3, skip_one_bit=True, min_bits=3.0,
                             init_bits=4.0)

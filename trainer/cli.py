@@ -207,7 +207,7 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> dict:
 
 def write_outputs(out: Path, trial_id: str, result: dict, state) -> None:
     """--out's files: the three Parquet files and model.pt."""
-    from trainer.train import save_model
+    from trainer.network import save_model
 
     write_run(out, trial_id, result)
     save_model(out / "model.pt", state)

@@ -81,7 +81,7 @@ def find_sources(path: Path, trial: str | None, front: bool,
 
 def load_source(src: Source):
     """(network, saved dict) of a Source; ExportError when the file is not an scnn network."""
-    from trainer.train import model_from
+    from trainer.network import model_from
 
     saved = load_saved(src.weights)
     try:
