@@ -271,7 +271,9 @@ class Step:
     """One training step on a batch: forward, loss (CE + gamma * Q + L1 on dead channels'
     constant outputs), backward, optimizer steps; the batch's CE added to ``loss_sum``.
     It reads nothing back to the host, so ``graphs.GraphedStep`` can capture it; gamma is
-    the tensor ``self.gamma``, filled before each step."""
+    the tensor ``self.gamma``, filled before each step. ``__call__`` runs the phases
+    ``forward``, ``loss``, ``backward`` and ``optimize``, which a benchmark may time one
+    by one (``benchmarks.host``)."""
 
     def __init__(self, model: ResNet9, opts: list[torch.optim.Optimizer], config: TrainConfig,
                  autocast: Callable, loss_sum: torch.Tensor):
@@ -284,17 +286,32 @@ class Step:
             opt.zero_grad(set_to_none=True)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        c, model = self.config, self.model
+        loss, ce = self.loss(self.forward(x), y)
+        self.backward(loss)
+        self.optimize()
+        self.loss_sum += ce.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits (B, classes), under the step's autocast."""
         with self.autocast():
-            logits = model(x)
+            return self.model(x)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to descend, the batch's mean CE)."""
+        c, model = self.config, self.model
         ce = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
         loss = ce
         if c.kind == "compress":
             loss = (ce + self.gamma * model.loss_size(c.size_term)
                     + c.dead_l1 * model.dead_penalty())
+        return loss, ce
+
+    def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
-        step_optimizers(model, self.opts)
-        self.loss_sum += ce.detach()
+
+    def optimize(self) -> None:
+        """The optimizers' step and the quantizer's rules after it (``step_optimizers``)."""
+        step_optimizers(self.model, self.opts)
 
 
 def summarize(state: TrainState, data: D.DeviceData) -> dict:
