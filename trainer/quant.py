@@ -25,20 +25,6 @@ def round_ste(x: Tensor) -> Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def quantize(w: Tensor, b: Tensor, e: Tensor) -> Tensor:
-    """Quantize ``w`` (O, ...) with per-output-channel bit depth ``b`` (O,) and exponent ``e`` (O,).
-
-    With b <= 0 the clamp range is [-0.5, -0.5], which rounds to 0: the channel is exactly
-    zero, and relu passes no gradient back to b, so a dead channel stays dead.
-
-    This is the reference form, built from autograd's operations; the layers train with
-    ``quantize_fused``, the same forward values and the same gradients in far fewer
-    operations (tests/test_quant.py compares the two).
-    """
-    scale, x = _scaled(w, b, e)
-    return scale * round_ste(x)
-
-
 class _FusedQuantize(torch.autograd.Function):
     """``quantize`` with a hand-written backward: about 30 tensor operations per layer and
     step instead of about 70, which is what a GPU step of a compress trial waits on (each
@@ -227,17 +213,6 @@ class QuantMixin:
         instead of crossing. ``min_bits`` raises that floor: live channels keep that many."""
         zone = (self.b > 0) & (self.b < self.dead_below())
         self.b.masked_fill_(zone, 0.0)
-
-    @torch.no_grad()
-    def follow_bits(self, b_before: Tensor) -> None:
-        """``hold_range``: after an optimizer step, move e against b's change, keeping the range.
-
-        Together with ``qweight``'s gradient this is exactly gradient descent on (b, r),
-        r = e + b - 1, while e and b stay the stored parameters. The trainer's
-        ``step_optimizers`` does this for every layer at once in multi-tensor operations
-        (tested equal to this form).
-        """
-        self.e -= self.b - b_before
 
     def live_out(self) -> Tensor:
         """Bool mask (O,) of output channels with b+ > 0 (all True when not quantized)."""

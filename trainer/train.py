@@ -90,7 +90,7 @@ def make_optimizers(model: ResNet9, config: TrainConfig) -> list[torch.optim.Opt
     # fused: each optimizer's whole update in one kernel (the foreach form issued a dozen
     # multi-tensor operations and 36 step-count reads for Adam, a single-tensor loop ~220;
     # a compress step's optimizer phase takes 0.56 ms of host against 0.89 ms foreach:
-    # benchmarks.host, benchmarks/README.md "Every layer's quantizer in one pass")
+    # benchmarks.host; docs/benchmarks-history.md "Every layer's quantizer in one pass")
     # cuda_graphs: every group's learning rate a tensor of its own, which set_lr fills and a
     # captured step reads; Adam then keeps its step counts on the GPU (capturable), and the
     # weights step with graphs.sgd_step (both multi-tensor, foreach)
@@ -176,7 +176,7 @@ def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.Devic
     if device.type == "cpu":
         # As the lr decays, tiny updates leave denormal floats that slowed a CPU epoch 3x.
         torch.set_flush_denormal(True)
-        # Large activations from the heap, not fresh pages each step (benchmarks.heap)
+        # Large activations from the heap, not fresh pages each step (docs/benchmarks-history.md)
         keep_freed_memory()
     torch.manual_seed(config.seed)
     data = load_data(config, device)
