@@ -145,3 +145,27 @@ def test_a_main_path_layer_keeps_a_channel_and_the_guard_is_idle_until_then(monk
     guardless = train(brutal, verbose=False)
     dead = {row["layer"]: row["out_channels_final"] for row in guardless["layers"]}
     assert min(dead[name] for name in ("prep", "layer1", "layer2", "layer3")) == 0
+
+
+def test_the_same_seed_gives_the_same_trial_bit_for_bit():
+    """A short strong-γ trial (both quantizer rules, the cut checks, the last step's
+    rewrites), twice: the same weights and layout to the last bit, the same metrics but for
+    the clocks (what a refactoring of the trainer must keep; the comparison with the tree
+    before one: docs/method.md, "Tests")."""
+    short = STRONG.replace(epochs=2, synthetic_size=512)  # 4 steps an epoch
+    def run() -> tuple[dict, dict]:
+        final = {}
+        result = train(short, on_epoch=lambda m, s: final.update(
+            state=copy.deepcopy(s.state_dict())), verbose=False)
+        return result, final["state"]
+
+    (a, state_a), (b, state_b) = run(), run()
+    assert state_a["layout"] == state_b["layout"]
+    assert state_a["model"].keys() == state_b["model"].keys()
+    for name, tensor in state_a["model"].items():
+        assert torch.equal(tensor, state_b["model"][name]), name
+    clock = ("train_time_s", "epoch_time_s", "time_total_s")
+    def drop(r):
+        return {k: v for k, v in r.items() if k not in clock and k != "history"}
+    assert drop(a) == drop(b)
+    assert [drop(h) for h in a["history"]] == [drop(h) for h in b["history"]]
