@@ -9,17 +9,18 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 import trainer
 from trainer.cli import OneLineParser, fail
 from trainer.config import TrainConfig, resolve
 from trainer.model import SPATIAL, ResNet9
+from trainer.network import load_model
+from trainer.network import model_for as trainer_model
 from trainer.results import code_version
-from trainer.train import load_model, make_optimizers, step_optimizers
-from trainer.train import model_for as trainer_model
+from trainer.train import Step, make_optimizers
 
 
 def parser(name: str, doc: str) -> OneLineParser:
@@ -83,21 +84,20 @@ def model_for(preset: str, kind: str = "compress", seed: int = 0, **overrides) -
 
 def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float = 0.01,
                   config: TrainConfig | None = None) -> Callable[[], None]:
-    """One full training step (forward, loss with the size term, backward, both optimizers)."""
-    config = config or resolve(TrainConfig(preset="cpu"), has_gpu=False)
-    opts = make_optimizers(model, config)
+    """One full training step, the trainer's own ``Step`` (zero_grad, forward, loss with the
+    size term for a quantized network, backward, both optimizers); ``config``: the `cpu`
+    preset's recipe by default, of the network's kind."""
+    kind = "compress" if model.quantized else "float-baseline"
+    config = config or resolve(TrainConfig(preset="cpu", kind=kind), has_gpu=False)
+    step = Step(model, make_optimizers(model, config), config, nullcontext, torch.zeros(()))
+    step.gamma.fill_(gamma)
     model.train()
     x = x.contiguous(memory_format=torch.channels_last)  # as trainer.data hands batches over
 
-    def step() -> None:  # as trainer.train's loop runs it
-        loss = F.cross_entropy(model(x), y, label_smoothing=0.2)
-        if model.quantized:
-            loss = loss + gamma * model.loss_size() + config.dead_l1 * model.dead_penalty()
-        for o in opts:
-            o.zero_grad(set_to_none=True)
-        loss.backward()
-        step_optimizers(model, opts)
-    return step
+    def run() -> None:  # as trainer.train's loop runs it on a CPU (no autocast)
+        step.zero_grad()
+        step(x, y)
+    return run
 
 
 def machine() -> dict:

@@ -18,7 +18,7 @@ import torch
 from benchmarks.common import parser
 from benchmarks.tta import tta_accuracy
 from trainer.config import KINDS, ConfigError, TrainConfig, resolve
-from trainer.export import test_set
+from trainer.data import test_set
 from trainer.train import autocast_for, train
 
 

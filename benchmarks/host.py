@@ -6,19 +6,15 @@ one step of a network so thin (width 0.03: 2-4-8-15 channels) at batch 1 on one 
 that the arithmetic is next to nothing, float and compress interleaved, as the trainer's
 ``Step`` runs it (``host_ms_*``, best of ``--reps`` rounds of ``--steps`` steps) and phase by
 phase (zero_grad, forward, loss, backward, optimizers; median milliseconds of the steps;
-the phases are a copy of ``Step``'s body, timed between its lines). ``opt_ms_fused`` and
+``Step``'s own phase methods, timed one by one). ``opt_ms_fused`` and
 ``opt_ms_foreach``: the compress step's optimizer phase with the trainer's fused
 optimizers and with the foreach form they replaced, interleaved.
 
 ``ratio`` = host_ms_compress / host_ms_float: how much more host a compress step needs.
 
-Run from a folder holding another ``trainer/`` (python -m puts the working directory first
-on the path), it times that trainer: two trainers side by side in alternating processes
-(the JSON's ``trainer`` says which ran; the figures of benchmarks/README.md):
-
     python -m benchmarks.host [--reps 5] [--steps 50]
-    mkdir -p local/before && git archive 0432bd1 trainer | tar -x -C local/before
-    (cd local/before && PYTHONPATH=$OLDPWD python -m benchmarks.host)
+
+(Its comparison with commit 0432bd1's trainer: docs/benchmarks-history.md.)
 """
 
 from __future__ import annotations
@@ -29,27 +25,27 @@ from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
-import torch.nn.functional as F
 
 from benchmarks.common import count, emit, model_for, parser
 from trainer.config import TrainConfig, resolve
 from trainer.heap import keep_freed_memory
-from trainer.train import Step, make_optimizers, step_optimizers
+from trainer.train import Step, make_optimizers
 
 PHASES = ("zero", "forward", "loss", "backward", "optimizers")
 
 
-def build(kind: str, width: float) -> tuple[TrainConfig, torch.nn.Module, list]:
+def build(kind: str, width: float) -> Step:
+    """The trainer's ``Step`` of a seeded smoke network (no autocast on a CPU)."""
     config = resolve(TrainConfig(preset="smoke", kind=kind, width=width), has_gpu=False)
     model = model_for("smoke", kind=kind, width=width)  # seeded, channels_last
-    return config, model, make_optimizers(model, config)
+    step = Step(model, make_optimizers(model, config), config, nullcontext, torch.zeros(()))
+    step.gamma.fill_(config.gamma)
+    return step
 
 
 def whole_step(kind: str, width: float, x, y) -> Callable[[], None]:
     """The trainer's own ``Step`` (zero_grad, then the step)."""
-    config, model, opts = build(kind, width)
-    step = Step(model, opts, config, nullcontext, torch.zeros(()))  # no autocast on a CPU
-    step.gamma.fill_(config.gamma)
+    step = build(kind, width)
 
     def run() -> None:
         step.zero_grad()
@@ -59,28 +55,24 @@ def whole_step(kind: str, width: float, x, y) -> Callable[[], None]:
 
 def phased_step(kind: str, width: float, x, y, times: dict[str, list[float]],
                 foreach: bool = False) -> Callable[[], None]:
-    """``Step``'s body with a clock between its phases (``foreach``: the optimizers in the
-    foreach form instead of fused)."""
-    config, model, opts = build(kind, width)
+    """``Step``'s phases, one by one, with a clock between them (``foreach``: the
+    optimizers in the foreach form instead of fused)."""
+    step = build(kind, width)
     if foreach:
-        for group in (g for o in opts for g in o.param_groups):
+        for group in (g for o in step.opts for g in o.param_groups):
             group["fused"], group["foreach"] = False, True
 
     def run() -> None:
         t = [time.perf_counter()]
-        for o in opts:
-            o.zero_grad(set_to_none=True)
+        step.zero_grad()
         t.append(time.perf_counter())
-        logits = model(x)
+        logits = step.forward(x)
         t.append(time.perf_counter())
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-        if config.kind == "compress":
-            loss = (loss + config.gamma * model.loss_size(config.size_term)
-                    + config.dead_l1 * model.dead_penalty())
+        loss, _ = step.loss(logits, y)
         t.append(time.perf_counter())
-        loss.backward()
+        step.backward(loss)
         t.append(time.perf_counter())
-        step_optimizers(model, opts)
+        step.optimize()
         t.append(time.perf_counter())
         for name, a, b in zip(PHASES, t, t[1:], strict=False):
             times[name].append((b - a) * 1e3)

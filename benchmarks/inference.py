@@ -25,7 +25,7 @@ import numpy as np
 
 from benchmarks.common import count, emit, interleaved, parser
 from trainer.cli import fail
-from trainer.export import SPEED_THREADS
+from trainer.export.write import SPEED_THREADS
 
 EXPORTS_DIR, ONNX, REPORT, WEIGHTS = "exports", "model.onnx", "export.json", "weights.safetensors"
 
@@ -63,10 +63,11 @@ def reference(sweeps: list[Path], exports: list[Path], folder: Path) -> tuple[Pa
     import torch
     from safetensors import safe_open
 
+    from sweep.checkpoints import latest_checkpoint
     from trainer.config import TrainConfig, resolve
-    from trainer.dense import build_dense, export_onnx, float_exported
-    from trainer.sources import ExportError, latest_checkpoint, load_saved, read_trials
-    from trainer.train import model_for, model_from
+    from trainer.export.dense import build_dense, export_onnx, float_exported
+    from trainer.export.sources import ExportError, load_saved, read_trials
+    from trainer.network import model_for, model_from
 
     for sweep in sweeps:
         rows = [r for r in read_trials(sweep) if r["kind"] == "float-baseline"
@@ -119,7 +120,7 @@ def main() -> None:
         networks = {str(f): describe(f) for f in exports}
     except BenchError as err:
         fail(str(err), "benchmarks.inference")
-    from trainer.dense import session
+    from trainer.export.dense import session
 
     with tempfile.TemporaryDirectory() as tmp:
         ref_path, ref_said = reference(sweeps, exports, Path(tmp))

@@ -24,7 +24,7 @@ from benchmarks.common import (
     train_step_fn,
 )
 from trainer.config import TrainConfig
-from trainer.train import model_for as trainer_model_for
+from trainer.network import model_for as trainer_model_for
 from trainer.train import train
 
 # as measured before skip_one_bit and the floor (the figures of benchmarks/README.md)

@@ -24,7 +24,8 @@ from benchmarks.common import count, emit, interleaved, parser
 from trainer.config import TrainConfig, resolve
 from trainer.graphs import GraphedStep
 from trainer.heap import keep_freed_memory
-from trainer.train import Step, autocast_for, make_optimizers, model_for, set_lr
+from trainer.network import model_for
+from trainer.train import Step, autocast_for, make_optimizers, set_lr
 
 
 def make_step(preset: str, kind: str, device: torch.device, graphs: bool, steps: int):

@@ -7,7 +7,7 @@ measures that gap for saved networks, for issue 10's float baseline at >= 92 % o
 shared (JPEG) copy: it changes nothing the trainer reports.
 
 Per network (the ``model.pt`` of a ``trainer.train --out`` folder), three accuracies on the
-images of its final test (``trainer.export.test_set``: the whole test set or its preset's
+images of its final test (``trainer.data.test_set``: the whole test set or its preset's
 subset; a synthetic-data run's own set), eval mode, as the trainer evaluates
 (channels_last, batches of 1000):
 
@@ -34,7 +34,7 @@ from torch import Tensor
 from benchmarks.common import emit, load_trained, parser
 from trainer import data as D
 from trainer.cli import fail
-from trainer.export import batches, test_set
+from trainer.data import batches, test_set
 from trainer.model import ResNet9
 
 VIEWS = ("plain", "flip", "flip_translate")
@@ -59,7 +59,7 @@ def view_logits(model: ResNet9, x: Tensor) -> dict[str, Tensor]:
 def tta_accuracy(model: ResNet9, x: Tensor, y: Tensor,
                  autocast: Callable = nullcontext) -> dict[str, float]:
     """Test accuracy (fraction correct) of ``model`` under each of ``VIEWS`` on the uint8
-    images ``x`` and labels ``y`` (``trainer.export.test_set``), normalised in batches of
+    images ``x`` and labels ``y`` (``trainer.data.test_set``), normalised in batches of
     1000 as the trainer's test batches and moved to the model's device; leaves the model
     in the mode it found it in."""
     device = next(model.parameters()).device

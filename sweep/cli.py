@@ -152,7 +152,6 @@ def parser() -> argparse.ArgumentParser:
                      help="trials running at once (default: as many as fit)")
     run.add_argument("--max-failures", type=int, metavar="N", help="retries of a trial that "
                      f"fails, from its last checkpoint (default {d.max_failures})")
-    run.add_argument("--fail-gamma-above", type=float, help=argparse.SUPPRESS)  # tests only
     out = p.add_argument_group("results")
     out.add_argument("--export", metavar="{" + ",".join(EXPORTS) + "}",
                      help="when the sweep has finished, export (python -m trainer.export) "

@@ -85,7 +85,6 @@ class SweepConfig:
     max_failures: int = 1  # retries of a trial that raised, from its last checkpoint
     # --- where trials are also logged (TensorBoard files are always written) ---
     mlflow: str | None = None  # MLflow tracking URI; "" = sqlite:///<sweep folder>/mlflow.db
-    fail_gamma_above: float | None = None  # test only: trials with a larger gamma raise at start
     # --- this invocation ---
     address: str | None = None  # Ray cluster to attach to (host:port); None = embedded cluster
     results_dir: str = "results"  # parent of the sweep folders (made absolute by prepare)
@@ -335,6 +334,7 @@ def merge_saved(c: SweepConfig, folder: Path, given: Collection[str]) -> SweepCo
 def load_saved(folder: Path) -> dict:
     """The settings in ``folder``'s sweep.json, in today's terms."""
     saved = json.loads((folder / SWEEP_FILE).read_text())
+    saved.pop("fail_gamma_above", None)  # older code: a test hook, now FAIL_ENV (trainable)
     if isinstance(saved.get("references"), bool):  # older code: true = float-baseline + floor
         saved["references"] = "default" if saved["references"] else "none"
     saved.setdefault("mlflow", None)  # older code: no MLflow (its pickled callbacks have none)

@@ -253,9 +253,9 @@ def export_front(c: SweepConfig) -> bool:
 
     Accuracy is re-measured on the sweep's own dataset and data folder.
     """
+    from sweep.checkpoints import export_front as export
     from trainer.data import DataError
-    from trainer.export import export_front as export
-    from trainer.sources import ExportError
+    from trainer.export.sources import ExportError
 
     out = c.folder / EXPORTS_DIR
     print(f"\n{PROG}: exporting the Pareto front into {out}/", flush=True)

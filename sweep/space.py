@@ -3,7 +3,7 @@
 A trial's config is ``{"kind", "gamma", "width", "full_width", "fixed_bits", "seed",
 "refined", "train"}``, plus ``params`` (the values of the fields the sweep's space varies
 besides γ, sweep.params), ``study_point``/``study_trial`` (its point in an Optuna study,
-sweep.study) and the test-only ``fail_gamma_above``: ``train`` holds the
+sweep.study): ``train`` holds the
 resolved TrainConfig fields shared by every trial, so a trial rebuilds exactly the config
 the driver resolved (and ``params.json`` records it). The reference trials are the
 searcher's first points, so they run first and exactly once per training seed; a point sets
@@ -31,10 +31,7 @@ def param_space(c: SweepConfig, train: TrainConfig) -> dict:
     shared = {k: v for k, v in dataclasses.asdict(train).items() if k not in PER_TRIAL_FIELDS}
     if "width" in c.full_space and shared.get("full_width") is None:
         shared["full_width"] = train.width  # sizes against the sweep's width, not the trial's
-    space = {"train": shared}
-    if c.fail_gamma_above is not None:  # test only: kept out of users' trial tables
-        space["fail_gamma_above"] = c.fail_gamma_above
-    return space
+    return {"train": shared}
 
 
 def reference_points(c: SweepConfig, width: float) -> list[dict]:

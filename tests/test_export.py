@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from sweep.checkpoints import export_front
 from trainer.cli import write_run
 from trainer.config import TrainConfig, resolve
-from trainer.dense import build_dense, export_onnx, onnx_logits
-from trainer.export import export_front, main, read_weights
-from trainer.packed import (
+from trainer.export import main, read_weights
+from trainer.export.dense import build_dense, export_onnx, onnx_logits
+from trainer.export.packed import (
     FORMAT,
     FORMATS,
     deflate,
@@ -29,9 +30,11 @@ from trainer.packed import (
     weight_tensors,
     write_weights,
 )
+from trainer.network import load_model, model_for, model_from, save_model
 from trainer.results import write_results
 from trainer.surgery import cut_dead_channels
-from trainer.train import load_model, model_for, model_from, save_model, train
+from trainer.train import train
+
 pytestmark = pytest.mark.xdist_group("export")  # one process builds the module fixture
 
 # Compresses in about 3 s: channels cut in res3, others dead but not yet cut (their BatchNorm
@@ -277,7 +280,7 @@ def test_half_exponents_keeps_every_integer_and_moves_e_by_a_float16_rounding():
 
 def test_the_uncompressed_reference_builds_the_same_dense_network(tmp_path):
     """float_exported (benchmarks.inference's reference): a float network's dense logits."""
-    from trainer.dense import float_exported
+    from trainer.export.dense import float_exported
 
     torch.manual_seed(0)
     model = model_for(resolve(TrainConfig(preset="smoke", kind="float-baseline", width=0.0625)))

@@ -111,7 +111,7 @@ def test_bf16_autocast_leaves_the_one_pass_quantizer_in_float32():
 
 
 def test_the_one_bit_zone_of_every_layer_at_once_is_each_layers_own():
-    from trainer.train import skip_zones
+    from trainer.quant import skip_zones
 
     for floor in (0.0, 3.0):  # the one-bit zone alone, and raised by min_bits
         nets = [mixed_resnet(5), mixed_resnet(5)]

@@ -12,7 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from trainer.config import ConfigError, TrainConfig, resolve
 from trainer.graphs import sgd_step
-from trainer.train import Step, autocast_for, make_optimizers, model_for, set_lr, train
+from trainer.network import model_for
+from trainer.train import Step, autocast_for, make_optimizers, set_lr, train
 
 
 def test_sgd_step_with_a_tensor_learning_rate_is_torchs_nesterov_sgd():

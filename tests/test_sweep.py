@@ -31,7 +31,7 @@ from sweep.cluster import Cluster, dashboard_message, trial_resources
 from sweep.config import GAMMA_RANGE, REFERENCES, SweepConfig, gamma_range, with_gamma_range
 from sweep.run import describe_references, main
 from sweep.store import epoch_rows, layer_rows, new_record, trial_row
-from sweep.trainable import META_FILE, STATE_FILE, latest, load_latest
+from sweep.trainable import FAIL_ENV, META_FILE, STATE_FILE, latest, load_latest
 from tests.conftest import REPO
 from trainer.config import ConfigError, TrainConfig, resolve
 from trainer.results import EPOCHS_FILE, LAYERS_FILE, TRIALS_FILE
@@ -739,8 +739,8 @@ def test_bad_input_found_once_ray_runs_is_one_line_without_rays_start_up_lines(r
 @pytest.mark.ray
 def test_a_failing_trial_is_retried_recorded_and_the_others_finish(ray_env, tmp_path):
     results = tmp_path / "results"
-    sweep(ray_env, tmp_path, *SMOKE, "--num-samples", "3", "--no-references", "--name", "f",
-          "--results-dir", str(results), "--fail-gamma-above", "0.001", "--max-failures", "1")
+    sweep({**ray_env, FAIL_ENV: "0.001"}, tmp_path, *SMOKE, "--num-samples", "3",
+          "--no-references", "--name", "f", "--results-dir", str(results), "--max-failures", "1")
     trials = read(results / "f", TRIALS_FILE).set_index("trial_id")
     failing = trials["gamma"] > 0.001
     assert failing.any() and not failing.all()  # seed 0 draws gammas on both sides

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from trainer.config import TrainConfig
-from trainer.train import load_model, save_model, train
+from trainer.network import load_model, save_model
+from trainer.train import train
 
 # A network that compresses within seconds: 2-bit start, fast bit-depth learning rate (with
 # hold-range, the default, b falls more slowly than with plain (b, e): gamma 2, lr_quant 0.2).
@@ -119,7 +120,7 @@ def test_fixed_bits_hold_their_bit_depth_while_exponents_learn():
     assert all(torch.equal(layer.e, torch.round(layer.e)) for layer in layers[:-1])
     fresh = TrainConfig(preset="smoke", dataset="synthetic", kind="fixed-bits", fixed_bits=2.0)
     from trainer.config import resolve
-    from trainer.train import model_for
+    from trainer.network import model_for
 
     torch.manual_seed(0)
     start = model_for(resolve(fresh))
@@ -139,7 +140,7 @@ def test_a_main_path_layer_keeps_a_channel_and_the_guard_is_idle_until_then(monk
     """γ 20 would cut every channel of a main-path layer (the network then answers a
     constant); each keeps at least one. Where no layer is near that, the guard changes
     nothing: a run without it gives the same history, bit for bit."""
-    import trainer.train as T
+    import trainer.quant as T
 
     brutal = STRONG.replace(gamma=20.0, epochs=3, skip_one_bit=True, min_bits=3.0,
                             init_bits=4.0, synthetic_size=512)
@@ -166,3 +167,27 @@ def test_the_demo_presets_gamma_range_spans_the_trade_off():
                        verbose=False) for g in gamma_range("demo"))
     assert low["test_accuracy"] - high["test_accuracy"] >= 0.10
     assert low["bits_fraction"] >= 10 * high["bits_fraction"]
+
+
+def test_the_same_seed_gives_the_same_trial_bit_for_bit():
+    """A short strong-γ trial (both quantizer rules, the cut checks, the last step's
+    rewrites), twice: the same weights and layout to the last bit, the same metrics but for
+    the clocks (what a refactoring of the trainer must keep; the comparison with the tree
+    before one: docs/method.md, "Tests")."""
+    short = STRONG.replace(epochs=2, synthetic_size=512)  # 4 steps an epoch
+    def run() -> tuple[dict, dict]:
+        final = {}
+        result = train(short, on_epoch=lambda m, s: final.update(
+            state=copy.deepcopy(s.state_dict())), verbose=False)
+        return result, final["state"]
+
+    (a, state_a), (b, state_b) = run(), run()
+    assert state_a["layout"] == state_b["layout"]
+    assert state_a["model"].keys() == state_b["model"].keys()
+    for name, tensor in state_a["model"].items():
+        assert torch.equal(tensor, state_b["model"][name]), name
+    clock = ("train_time_s", "epoch_time_s", "time_total_s")
+    def drop(r):
+        return {k: v for k, v in r.items() if k not in clock and k != "history"}
+    assert drop(a) == drop(b)
+    assert [drop(h) for h in a["history"]] == [drop(h) for h in b["history"]]

@@ -3,7 +3,7 @@
 import torch
 
 from benchmarks.tta import tta_accuracy, view_logits
-from trainer import export
+from trainer import data
 from trainer.config import TrainConfig, resolve
 from trainer.model import build_model
 from trainer.train import train
@@ -14,7 +14,7 @@ def test_its_plain_view_is_the_trainers_final_test():
                          epochs=2, synthetic_size=1024)
     final = {}
     result = train(config, on_epoch=lambda m, s: final.update(model=s.model), verbose=False)
-    acc = tta_accuracy(final["model"], *export.test_set(resolve(config, has_gpu=False), None))
+    acc = tta_accuracy(final["model"], *data.test_set(resolve(config, has_gpu=False), None))
     assert acc["plain"] == result["test_accuracy"]
     assert final["model"].training  # left in the mode it was found in
     assert all(0.0 <= a <= 1.0 for a in acc.values())

@@ -93,7 +93,8 @@ def parser() -> argparse.ArgumentParser:
                         "bops, each layer's bits times its output's spatial size (compute), "
                         "so gamma buys training and inference time (default %(default)s)")
     p.add_argument("--lr-exp", type=float,
-                   help="peak Adam learning rate of the exponents e (default: --lr-quant)")
+                   help="peak Adam learning rate of the exponents e (default: --lr-quant; "
+                        "slower lost in docs/ablation.md)")
     p.add_argument("--snap-bits", action=argparse.BooleanOptionalAction, default=d.snap_bits,
                    help="after training, store each bit depth in the smallest form that gives "
                         "the same weights (default: on)")
@@ -128,7 +129,7 @@ def parser() -> argparse.ArgumentParser:
                         "%(default)s: every dead channel at once)")
     p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,
                    help="fraction of training over which gamma ramps up from 0 "
-                        "(default %(default)s: off)")
+                        "(default %(default)s: off; a ramp lost in docs/ablation.md)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
     p.add_argument("--dataset", default=d.dataset, metavar="{" + ",".join(DATASETS) + "}",
                    help="cifar10, or synthetic: a small generated set (default %(default)s)")
@@ -207,7 +208,7 @@ def _train(config: TrainConfig, args: argparse.Namespace) -> dict:
 
 def write_outputs(out: Path, trial_id: str, result: dict, state) -> None:
     """--out's files: the three Parquet files and model.pt."""
-    from trainer.train import save_model
+    from trainer.network import save_model
 
     write_run(out, trial_id, result)
     save_model(out / "model.pt", state)

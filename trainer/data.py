@@ -13,10 +13,14 @@ import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from trainer.config import TrainConfig
 
 BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILE = "test_batch"
@@ -108,6 +112,26 @@ def load_cifar10_test(data_dir: str | None) -> tuple[Tensor, Tensor]:
     folder = find_batches(data_dir) if data_dir else download(default_cache())
     x_test, y_test = _read_batch(folder / TEST_FILE)
     return torch.from_numpy(x_test), torch.from_numpy(y_test)
+
+
+def test_set(config: TrainConfig, data_dir: str | None) -> tuple[Tensor, Tensor]:
+    """The test images (uint8) and labels the run of ``config`` was evaluated on, on the
+    host (the export and the benchmarks measure accuracy again on them)."""
+    if config.dataset == "synthetic":
+        x, y = make_synthetic(config.synthetic_size, config.seed)[2:]
+    else:
+        x, y = load_cifar10_test(data_dir or config.data_dir)
+    n = config.test_subset or len(y)
+    return x[:n], y[:n]
+
+
+def batches(x: torch.Tensor, size: int = 1000) -> Iterator[Tensor]:
+    """Normalised float32 batches of uint8 images, as the training's test batches."""
+    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1)
+    for i in range(0, len(x), size):
+        yield (x[i:i + size].float() - mean) / std
+
 
 
 def make_synthetic(n_train: int, seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -2,9 +2,10 @@
 
 On a GPU a compress step waits on the host: about 410 small operations (850 before the
 one-pass quantizer, trainer/flat.py, and the fused optimizers), each dispatched by Python
-and autograd, take twice the float step's host time (``benchmarks.launches``,
-``benchmarks.host``), while the GPU's own work is about the float step's. A CUDA graph records
-the step's kernels once and replays them with one launch, so the host's share goes.
+and autograd, take twice the float step's host time (``benchmarks.host``;
+docs/benchmarks-history.md), while the GPU's own work is about the float step's. A CUDA
+graph records the step's kernels once and replays them with one launch, so the host's
+share goes.
 
 A graph replays fixed kernels on fixed memory, so the step holds everything that changes
 from step to step in tensors it reads (the batch, the learning rates, gamma) and reads

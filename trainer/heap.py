@@ -6,8 +6,9 @@ tensors above that size every step (a 32-channel 32x32 activation is 67 MB, and 
 gradient, its BatchNorm and ReLU outputs as many), so each of them comes back as new
 pages that the kernel faults in and zeroes: a copy of such a tensor ran at 2 GB/s here,
 against 9 GB/s with the memory kept. With mmap off and a high trim threshold, freed blocks
-stay in the heap and the next step reuses them (``benchmarks.heap`` measures the step).
-The process keeps its peak memory until it ends, which a training process does anyway.
+stay in the heap and the next step reuses them (the retired ``benchmarks.heap`` measured
+the step: docs/benchmarks-history.md). The process keeps its peak memory until it ends,
+which a training process does anyway.
 
 Only the main thread's arena follows these settings for blocks above 64 MB: a thread with
 an arena of its own (glibc gives threads their own, up to 8 per core) still maps them

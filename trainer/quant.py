@@ -17,24 +17,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainer.config import QUANTIZED_KINDS, TrainConfig
+
 
 def round_ste(x: Tensor) -> Tensor:
     """Round in the forward pass, identity in the backward pass (straight-through)."""
     return x + (torch.round(x) - x).detach()
-
-
-def quantize(w: Tensor, b: Tensor, e: Tensor) -> Tensor:
-    """Quantize ``w`` (O, ...) with per-output-channel bit depth ``b`` (O,) and exponent ``e`` (O,).
-
-    With b <= 0 the clamp range is [-0.5, -0.5], which rounds to 0: the channel is exactly
-    zero, and relu passes no gradient back to b, so a dead channel stays dead.
-
-    This is the reference form, built from autograd's operations; the layers train with
-    ``quantize_fused``, the same forward values and the same gradients in far fewer
-    operations (tests/test_quant.py compares the two).
-    """
-    scale, x = _scaled(w, b, e)
-    return scale * round_ste(x)
 
 
 class _FusedQuantize(torch.autograd.Function):
@@ -226,17 +214,6 @@ class QuantMixin:
         zone = (self.b > 0) & (self.b < self.dead_below())
         self.b.masked_fill_(zone, 0.0)
 
-    @torch.no_grad()
-    def follow_bits(self, b_before: Tensor) -> None:
-        """``hold_range``: after an optimizer step, move e against b's change, keeping the range.
-
-        Together with ``qweight``'s gradient this is exactly gradient descent on (b, r),
-        r = e + b - 1, while e and b stay the stored parameters. The trainer's
-        ``step_optimizers`` does this for every layer at once in multi-tensor operations
-        (tested equal to this form).
-        """
-        self.e -= self.b - b_before
-
     def live_out(self) -> Tensor:
         """Bool mask (O,) of output channels with b+ > 0 (all True when not quantized)."""
         if self.quantized:
@@ -305,3 +282,71 @@ def layer_size(layer: QuantMixin, live_in: Tensor) -> tuple[Tensor, Tensor, Tens
         exact = diff
         live = n_in * layer.weight.shape[0]
     return diff, exact, live
+
+
+# --- the quantizer's rules around each optimizer step, and after the last one ------------
+# ``model`` is a ``trainer.model.ResNet9`` (not imported: the model imports this module).
+
+def bits_before_step(model) -> list[Tensor]:
+    """Copies of the b of every hold-range layer, before the optimizers step (in one
+    operation), for ``after_step``."""
+    held = [layer.b for _, layer in model.quant_layers() if layer.quantized and layer.hold_range]
+    with torch.no_grad():
+        return torch._foreach_mul(held, 1.0) if held else []  # copies, in one operation
+
+
+def after_step(model, b_before: list[Tensor]) -> None:
+    """The rules after the optimizers' step: hold-range layers move e against b's change
+    (every layer's ``follow_bits`` in two multi-tensor operations), ``skip_zones`` sends a b
+    that fell below its layer's floor to 0, and ``keep_one_channel`` keeps a main-path conv
+    from losing its last channel."""
+    held = [layer.b for _, layer in model.quant_layers() if layer.quantized and layer.hold_range]
+    layers = [layer for _, layer in model.quant_layers() if layer.quantized]
+    with torch.no_grad():
+        if held:  # every layer's follow_bits in two multi-tensor operations
+            torch._foreach_sub_([layer.e for layer in layers if layer.hold_range],
+                                torch._foreach_sub(held, b_before))
+        skip_zones([layer for layer in layers if layer.dead_below() > 0])
+        keep_one_channel([block.conv for block in model.main_path()
+                          if block.conv.quantized and block.conv.b.requires_grad])
+
+
+@torch.no_grad()
+def keep_one_channel(layers: list) -> None:
+    """A main-path conv never loses its last channel: when its largest b has reached 0
+    (after ``skip_zones``), that channel is put back at the smallest bit depth a live
+    channel may have (its floor, at least the one-bit zone's top), so a strong γ leaves a
+    thin network, never a constant. A no-op while the layer has a live channel; residual
+    branches may still vanish whole, as the method intends."""
+    for layer in layers:
+        top = layer.b.argmax().view(1)  # on the device: no host read
+        b_top = layer.b.gather(0, top)
+        floor = max(layer.dead_below(), ONE_BIT_TOP)
+        layer.b.scatter_(0, top, torch.where(b_top > 0, b_top, torch.full_like(b_top, floor)))
+
+
+@torch.no_grad()
+def skip_zones(layers: list) -> None:
+    """``layer.skip_one_bit_zone()`` of every layer, in a few operations over all their b
+    (one floor for all, as the trainer sets them; else layer by layer)."""
+    floors = {layer.dead_below() for layer in layers}
+    if len(floors) != 1:  # none, or layers with floors of their own
+        for layer in layers:
+            layer.skip_one_bit_zone()
+        return
+    b = torch.cat([layer.b for layer in layers])
+    keep = ~((b > 0) & (b < floors.pop()))  # (C,): 1, or 0 where a b fell into the zone
+    torch._foreach_mul_([layer.b for layer in layers],
+                        keep.to(b.dtype).split([layer.b.numel() for layer in layers]))
+
+
+def finish_quantizers(model, config: TrainConfig) -> None:
+    """After the last step, before the final test: the network in the form an export stores."""
+    for _, layer in model.quant_layers():
+        if config.kind == "compress" and config.snap_bits:
+            layer.snap_bits()  # the same weights, stored in fewer bits
+        if config.half_exponents:
+            layer.half_exponents()  # e in 2 bytes; the final test measures this network
+    if config.integer_exponents and config.kind in QUANTIZED_KINDS:
+        for _, block in model.blocks():  # not the head: it has no BatchNorm to take the factor
+            block.integer_exponents()  # conv e in 1 byte, the fraction in the BatchNorm

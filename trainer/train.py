@@ -10,7 +10,6 @@ that ``train(config, resume=...)`` continues from.
 from __future__ import annotations
 
 import dataclasses
-import os
 import socket
 import time
 from collections.abc import Callable
@@ -21,11 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from trainer import data as D
-from trainer.config import QUANTIZED_KINDS, ConfigError, TrainConfig, resolve, widths
+from trainer.config import ConfigError, TrainConfig, resolve
 from trainer.graphs import GraphedStep, sgd_step
 from trainer.heap import keep_freed_memory
-from trainer.model import ResNet9, build_model
-from trainer.quant import ONE_BIT_TOP
+from trainer.model import ResNet9
+from trainer.network import model_for
+from trainer.quant import after_step, bits_before_step, finish_quantizers
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
 
@@ -77,23 +77,6 @@ def load_data(config: TrainConfig, device: torch.device) -> D.DeviceData:
     return D.to_device(arrays, device, config.train_subset or 0, config.test_subset or 0)
 
 
-def model_for(config: TrainConfig) -> ResNet9:
-    """The network a resolved ``config`` trains, before any cut (seed set by the caller)."""
-    full = widths(config.full_width) if config.full_width else None
-    fixed = config.kind == "fixed-bits"
-    model = build_model(widths(config.width, config.kind),
-                        quantized=config.kind in QUANTIZED_KINDS,
-                        init_bits=config.fixed_bits if fixed else config.init_bits,
-                        full_widths=full)
-    for _, layer in model.quant_layers():
-        if fixed:  # bit depths held; the exponents still learn
-            layer.b.requires_grad_(False)
-        layer.hold_range = config.hold_range and not fixed
-        layer.skip_one_bit = config.skip_one_bit and not fixed
-        layer.min_bits = 0.0 if fixed else config.min_bits
-    return model
-
-
 def make_optimizers(model: ResNet9, config: TrainConfig) -> list[torch.optim.Optimizer]:
     """SGD Nesterov for weights and BatchNorm (Page's recipe); Adam for b and e, no decay.
 
@@ -107,7 +90,7 @@ def make_optimizers(model: ResNet9, config: TrainConfig) -> list[torch.optim.Opt
     # fused: each optimizer's whole update in one kernel (the foreach form issued a dozen
     # multi-tensor operations and 36 step-count reads for Adam, a single-tensor loop ~220;
     # a compress step's optimizer phase takes 0.56 ms of host against 0.89 ms foreach:
-    # benchmarks.host, benchmarks/README.md "Every layer's quantizer in one pass")
+    # benchmarks.host; docs/benchmarks-history.md "Every layer's quantizer in one pass")
     # cuda_graphs: every group's learning rate a tensor of its own, which set_lr fills and a
     # captured step reads; Adam then keeps its step counts on the GPU (capturable), and the
     # weights step with graphs.sgd_step (both multi-tensor, foreach)
@@ -149,55 +132,18 @@ def set_lr(optimizers: list[torch.optim.Optimizer], config: TrainConfig, factor:
 
 
 def step_optimizers(model: ResNet9, optimizers: list[torch.optim.Optimizer]) -> None:
-    """One step of every optimizer; hold-range layers then move e against b's change, and
-    ``skip_one_bit`` layers send a b that fell into the one-bit zone to 0. An SGD whose
-    learning rate is a tensor (cuda_graphs) steps with ``graphs.sgd_step``."""
-    held = [layer.b for _, layer in model.quant_layers() if layer.quantized and layer.hold_range]
-    with torch.no_grad():
-        b_before = torch._foreach_mul(held, 1.0) if held else []  # copies, in one operation
+    """One step of every optimizer, then the quantizer's rules (``quant.after_step``:
+    hold-range layers move e against b's change, a b that fell below its floor goes to 0,
+    a main-path conv keeps a channel). An SGD whose learning rate is a tensor
+    (cuda_graphs) steps with ``graphs.sgd_step``."""
+    b_before = bits_before_step(model)
     for opt in optimizers:
         tensor_lr = torch.is_tensor(opt.param_groups[0]["lr"])
         if isinstance(opt, torch.optim.SGD) and tensor_lr:
             sgd_step(opt)
         else:
             opt.step()
-    layers = [layer for _, layer in model.quant_layers() if layer.quantized]
-    with torch.no_grad():
-        if held:  # every layer's follow_bits in two multi-tensor operations
-            torch._foreach_sub_([layer.e for layer in layers if layer.hold_range],
-                                torch._foreach_sub(held, b_before))
-        skip_zones([layer for layer in layers if layer.dead_below() > 0])
-        keep_one_channel([block.conv for block in model.main_path()
-                          if block.conv.quantized and block.conv.b.requires_grad])
-
-
-@torch.no_grad()
-def keep_one_channel(layers: list) -> None:
-    """A main-path conv never loses its last channel: when its largest b has reached 0
-    (after ``skip_zones``), that channel is put back at the smallest bit depth a live
-    channel may have (its floor, at least the one-bit zone's top), so a strong γ leaves a
-    thin network, never a constant. A no-op while the layer has a live channel; residual
-    branches may still vanish whole, as the method intends."""
-    for layer in layers:
-        top = layer.b.argmax().view(1)  # on the device: no host read
-        b_top = layer.b.gather(0, top)
-        floor = max(layer.dead_below(), ONE_BIT_TOP)
-        layer.b.scatter_(0, top, torch.where(b_top > 0, b_top, torch.full_like(b_top, floor)))
-
-
-@torch.no_grad()
-def skip_zones(layers: list) -> None:
-    """``layer.skip_one_bit_zone()`` of every layer, in a few operations over all their b
-    (one floor for all, as the trainer sets them; else layer by layer)."""
-    floors = {layer.dead_below() for layer in layers}
-    if len(floors) != 1:  # none, or layers with floors of their own
-        for layer in layers:
-            layer.skip_one_bit_zone()
-        return
-    b = torch.cat([layer.b for layer in layers])
-    keep = ~((b > 0) & (b < floors.pop()))  # (C,): 1, or 0 where a b fell into the zone
-    torch._foreach_mul_([layer.b for layer in layers],
-                        keep.to(b.dtype).split([layer.b.numel() for layer in layers]))
+    after_step(model, b_before)
 
 
 def gamma_at(step: int, total: int, config: TrainConfig) -> float:
@@ -230,7 +176,7 @@ def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.Devic
     if device.type == "cpu":
         # As the lr decays, tiny updates leave denormal floats that slowed a CPU epoch 3x.
         torch.set_flush_denormal(True)
-        # Large activations from the heap, not fresh pages each step (benchmarks.heap)
+        # Large activations from the heap, not fresh pages each step (docs/benchmarks-history.md)
         keep_freed_memory()
     torch.manual_seed(config.seed)
     data = load_data(config, device)
@@ -325,7 +271,9 @@ class Step:
     """One training step on a batch: forward, loss (CE + gamma * Q + L1 on dead channels'
     constant outputs), backward, optimizer steps; the batch's CE added to ``loss_sum``.
     It reads nothing back to the host, so ``graphs.GraphedStep`` can capture it; gamma is
-    the tensor ``self.gamma``, filled before each step."""
+    the tensor ``self.gamma``, filled before each step. ``__call__`` runs the phases
+    ``forward``, ``loss``, ``backward`` and ``optimize``, which a benchmark may time one
+    by one (``benchmarks.host``)."""
 
     def __init__(self, model: ResNet9, opts: list[torch.optim.Optimizer], config: TrainConfig,
                  autocast: Callable, loss_sum: torch.Tensor):
@@ -338,29 +286,32 @@ class Step:
             opt.zero_grad(set_to_none=True)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        c, model = self.config, self.model
+        loss, ce = self.loss(self.forward(x), y)
+        self.backward(loss)
+        self.optimize()
+        self.loss_sum += ce.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits (B, classes), under the step's autocast."""
         with self.autocast():
-            logits = model(x)
+            return self.model(x)
+
+    def loss(self, logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the loss to descend, the batch's mean CE)."""
+        c, model = self.config, self.model
         ce = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
         loss = ce
         if c.kind == "compress":
             loss = (ce + self.gamma * model.loss_size(c.size_term)
                     + c.dead_l1 * model.dead_penalty())
+        return loss, ce
+
+    def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
-        step_optimizers(model, self.opts)
-        self.loss_sum += ce.detach()
 
-
-def finish_quantizers(model: ResNet9, config: TrainConfig) -> None:
-    """After the last step, before the final test: the network in the form an export stores."""
-    for _, layer in model.quant_layers():
-        if config.kind == "compress" and config.snap_bits:
-            layer.snap_bits()  # the same weights, stored in fewer bits
-        if config.half_exponents:
-            layer.half_exponents()  # e in 2 bytes; the final test measures this network
-    if config.integer_exponents and config.kind in QUANTIZED_KINDS:
-        for _, block in model.blocks():  # not the head: it has no BatchNorm to take the factor
-            block.integer_exponents()  # conv e in 1 byte, the fraction in the BatchNorm
+    def optimize(self) -> None:
+        """The optimizers' step and the quantizer's rules after it (``step_optimizers``)."""
+        step_optimizers(self.model, self.opts)
 
 
 def summarize(state: TrainState, data: D.DeviceData) -> dict:
@@ -395,34 +346,7 @@ def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
             f"{config.epochs} epochs of {max(data.n_train // config.batch_size, 1)} steps")
 
 
-def save_model(path: str | os.PathLike, state: TrainState) -> None:
-    """An export that rebuilds the shrunken network: config, layout and weights."""
-    torch.save({"config": dataclasses.asdict(state.config), "layout": state.model.layout(),
-                "model": state.model.state_dict()}, path)
-
-
-def load_model(path: str | os.PathLike, map_location: str = "cpu") -> ResNet9:
-    """Rebuild a network saved by ``save_model`` (or a checkpoint) with its live channels."""
-    return model_from(torch.load(path, map_location=map_location, weights_only=True))
-
-
-def model_from(saved: dict) -> ResNet9:
-    """The network (eval mode) of a loaded ``save_model`` file or checkpoint.
-
-    The file holds only dicts, lists, tensors and numbers (the config as a dict), so it is
-    read with ``weights_only=True``: loading it never runs code from the file.
-    """
-    model = model_for(TrainConfig(**saved["config"]))
-    apply_layout(model, saved["layout"])
-    model.load_state_dict(saved["model"])
-    return model.eval()
-
-
-def main(argv: list[str] | None = None) -> None:
+if __name__ == "__main__":  # python -m trainer.train: its command line is trainer.cli
     from trainer.cli import run
 
-    run(argv)
-
-
-if __name__ == "__main__":
-    main()
+    run()

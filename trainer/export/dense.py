@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainer.packed import BN_FIELDS, LOGIT_SCALE, RESIDUALS, Exported, Layer
+from trainer.export.packed import BN_FIELDS, LOGIT_SCALE, RESIDUALS, Exported, Layer
 
 PAD = -1  # a channel that exists only to keep an activation non-empty (always zero)
 

@@ -1,29 +1,16 @@
-"""Export a trained network as files a user can deploy: ``python -m trainer.export SOURCE``.
+"""Write and check the three files of one exported network; the lines that report it.
 
-SOURCE is a run folder (``python -m trainer.train --out DIR``), its ``model.pt``, or a sweep
-folder with ``--trial ID`` (the trial's latest Ray checkpoint, ``state.pt``) or ``--front``
-(every trial on the sweep's Pareto front of bits against accuracy, each in OUT/<trial>/).
-Into ``--out`` go:
-
-- ``weights.safetensors``: the integer weights bit-packed at each channel's bit depth, with
-  bit depths, exponents, channel indices and BatchNorm (format: ``trainer.packed``). Its
-  payload is ``ceil(size_bits / 8)`` bytes.
-- ``model.onnx``: the slim dense float network rebuilt from that file (``trainer.dense``).
-- ``export.json``: where it came from, the reported and the packed sizes, the file sizes,
-  and the test accuracy re-measured from ``model.onnx`` with onnxruntime, which must be
-  within 0.05 points of the reported one (else status ``failed`` and exit 1), and the
-  images per second of ``model.onnx`` with onnxruntime on the CPU at batch 1 and 256
-  (``SPEED_THREADS`` threads, a short warm-up and a timed loop: ``inference``).
-
-``python -m sweep.run --export front`` calls ``export_front`` when the sweep has finished.
-
-Files are read without unpickling code (``torch.load(weights_only=True)``). Bad input exits
-2 with one line and writes nothing.
+``export_network`` writes ``weights.safetensors`` (``trainer.export.packed``), ``model.onnx``
+(``trainer.export.dense``) and ``export.json``: where it came from, the reported and the
+packed sizes, the file sizes, the test accuracy re-measured from ``model.onnx`` with
+onnxruntime, which must be within 0.05 points of the reported one (else status ``failed``),
+and the images per second of ``model.onnx`` with onnxruntime on the CPU at batch 1 and 256
+(``SPEED_THREADS`` threads, a short warm-up and a timed loop: ``inference_speed``).
+``plan`` loads everything before a file is written; ``run_jobs`` exports each job.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -33,13 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.cli import OneLineParser, fail
-from trainer.config import ConfigError, TrainConfig
-from trainer.data import MEAN, STD
-from trainer.packed import Exported, Sizes, read_weights, write_weights
-from trainer.sources import ExportError, Source, find_sources, load_source
-
-__all__ = ["export_front", "export_network", "main", "read_weights"]
+from trainer.config import TrainConfig
+from trainer.data import MEAN, STD, batches, test_set
+from trainer.export.packed import Exported, Sizes, read_weights, write_weights
+from trainer.export.sources import ExportError, Source, SweepSources, find_sources, load_source
 
 PROG = "scnn export"
 TOLERANCE = 0.0005  # 0.05 points: how far the ONNX accuracy may be from the reported one
@@ -54,26 +38,6 @@ ROW_KEYS = ("trial_id", "kind", "status", "gamma", "seed", "preset", "width", "e
 
 
 # --- measuring -----------------------------------------------------------------------------
-
-def test_set(config: TrainConfig, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """The test images (uint8) and labels the run was evaluated on."""
-    from trainer import data as D
-
-    if config.dataset == "synthetic":
-        x, y = D.make_synthetic(config.synthetic_size, config.seed)[2:]
-    else:
-        x, y = D.load_cifar10_test(data_dir or config.data_dir)
-    n = config.test_subset or len(y)
-    return x[:n], y[:n]
-
-
-def batches(x: torch.Tensor, size: int = 1000):
-    """Normalised float32 batches of uint8 images, as the training's test batches."""
-    mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32).view(1, 3, 1, 1)
-    for i in range(0, len(x), size):
-        yield (x[i:i + size].float() - mean) / std
-
 
 def check_file(model, exported: Exported) -> None:
     """The file's integers and dequantized weights are the network's, bit for bit."""
@@ -94,7 +58,7 @@ def export_network(src: Source, model, saved: dict, test: tuple, out: Path,
 
     ``speed``: measure ``model.onnx``'s images per second (``inference_speed``).
     """
-    from trainer.dense import build_dense, export_onnx, onnx_logits
+    from trainer.export.dense import build_dense, export_onnx, onnx_logits
 
     out.mkdir(parents=True, exist_ok=True)
     sizes = write_weights(model, saved["config"], out / WEIGHTS)
@@ -121,7 +85,7 @@ def inference_speed(onnx_path: Path) -> dict:
     ``inference``): onnxruntime, CPU, SPEED_THREADS threads."""
     import platform
 
-    from trainer.dense import onnx_speed
+    from trainer.export.dense import onnx_speed
 
     runs = {str(b): onnx_speed(onnx_path, b, SPEED_THREADS, SPEED_SECONDS, SPEED_WARMUP)
             for b in SPEED_BATCHES}
@@ -207,56 +171,20 @@ def verdict(record: dict) -> dict:
             "accuracy_tolerance_points": 100 * TOLERANCE}
 
 
-# --- command line --------------------------------------------------------------------------
-
-HELP = """\
-Export trained networks as files a user can deploy, and check them.
-
-Writes into --out: weights.safetensors (each live channel's integer weights bit-packed at
-its bit depth ceil(b+), with bit depths, exponents, channel indices and BatchNorm; the
-packed payload is size_bits / 8 bytes), model.onnx (the slim dense float network: cut
-channels gone, weights dequantized, BatchNorm folded) and export.json (sizes, and the test
-accuracy re-measured from model.onnx with onnxruntime). Exit status 1 when that accuracy is
-more than 0.05 points from the reported one (export.json then says failed), 2 for bad input.
-
-examples:
-  python -m trainer.export results/run1 --out exported/run1          # a trainer --out folder
-  python -m trainer.export results/run1/model.pt --out exported/run1
-  python -m trainer.export results/cpu-12 --trial 7dd1a_00011 --out exported/t11
-  python -m trainer.export results/cpu-12 --front --out exported/front
-"""
-
-
-def parser() -> argparse.ArgumentParser:
-    p = OneLineParser(prog="python -m trainer.export", description=HELP,
-                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                      error_prefix=PROG)
-    p.add_argument("source", type=Path, metavar="SOURCE",
-                   help="a run folder (python -m trainer.train --out DIR), its model.pt, or a "
-                        "sweep folder (with --trial or --front)")
-    p.add_argument("--out", type=Path, required=True, help="folder to write the files into")
-    which = p.add_mutually_exclusive_group()
-    which.add_argument("--trial", help="the sweep trial to export (trial_id in trials.parquet)")
-    which.add_argument("--front", action="store_true",
-                       help="export every trial on the sweep's Pareto front of bits vs "
-                            "accuracy, each into OUT/<trial_id>/")
-    p.add_argument("--data-dir", help="where CIFAR-10 is here (default: the run's --data-dir)")
-    p.add_argument("--threads", type=int, default=0,
-                   help="CPU threads for PyTorch and onnxruntime (default: their choice)")
-    return p
-
-
 Job = tuple[Source, object, dict, tuple, Path]  # (source, network, saved, test set, out)
 
 
 def plan(source: Path, out: Path, trial: str | None = None, front: bool = False,
-         data_dir: str | None = None, threads: int = 0) -> list[Job]:
-    """Everything checked and loaded before a file is written; ExportError/DataError else."""
+         data_dir: str | None = None, threads: int = 0,
+         sweep_sources: SweepSources | None = None) -> list[Job]:
+    """Everything checked and loaded before a file is written; ExportError/DataError else.
+
+    ``sweep_sources`` finds a sweep folder's trials (``sources.find_sources``)."""
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file: give a folder")
     if threads < 0:
         raise ExportError(f"--threads must be >= 0 (0: the libraries' choice), got {threads}")
-    sources = find_sources(source, trial, front)
+    sources = find_sources(source, trial, front, sweep_sources)
     tests: dict[tuple, tuple] = {}
     jobs = []
     for src in sources:
@@ -282,26 +210,6 @@ def run_jobs(jobs: list[Job], threads: int = 0, prog: str = PROG,
             print(f"{prog}: failed: {src.label}: {record['error']} (see {out / REPORT})",
                   file=sys.stderr)
     return failed
-
-
-def export_front(sweep: Path, out: Path, data_dir: str | None, prog: str = PROG) -> int:
-    """Export every trial on ``sweep``'s Pareto front into ``out``/<trial_id>/, in-process,
-    one line each; the number that failed. ExportError/DataError when nothing can be."""
-    return run_jobs(plan(sweep, out, front=True, data_dir=data_dir), prog=prog,
-                    say=lambda r, o: print(one_line(r, o, prog), flush=True))
-
-
-def main(argv: list[str] | None = None) -> None:
-    from trainer.data import DataError
-
-    args = parser().parse_args(argv)
-    try:
-        jobs = plan(args.source, args.out, args.trial, args.front, args.data_dir, args.threads)
-    except (ExportError, ConfigError, DataError) as err:
-        fail(str(err), prog=PROG)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    raise SystemExit(1 if run_jobs(jobs, args.threads) else 0)
 
 
 def speed_text(r: dict) -> str:
@@ -336,7 +244,3 @@ def summary(r: dict, out: Path) -> str:
             f" on {r['test_images']:,} images ({said}, PyTorch {r['test_accuracy_torch']:.2%}),"
             f" max logit difference {r['max_logit_diff_onnx_vs_torch']:.2e}\n"
             f"  speed: {speed_text(r)}")
-
-
-if __name__ == "__main__":
-    main()

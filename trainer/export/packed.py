@@ -5,77 +5,9 @@ Every weight of a quantized layer is ``2^e * k`` with an integer k that fits in
 the k of every channel at its own B, so that the packed bytes are the size the training
 reports (``size_bits``), plus the little it takes to unpack and use them.
 
-The layers present (``LAYER_NAMES`` order; a removed residual branch has none) are listed in
-the header. Each has O present output channels (rows), O_live of them with B > 0, and I
-present input channels (columns); O0 x I0 x k x k is its original weight shape. Tensors:
-
-    payload   uint8 (ceil(size_bits / 8),)  every layer's live weights, one bitstream (below)
-    unpriced  uint8 (n,)        weights on inputs that are present but dead (below); usually 0
-    bits      uint8 (ceil(sum O / 2),)  B of each present row, layer after layer (0: a dead
-                                row), as 4-bit nibbles, two per byte (the first row in the
-                                high nibble); uint8 (sum O,), one per byte, when a B is over 15
-    exp       int8 (sum O_live of the convs,)  e of each conv row with B > 0, layer after
-                                layer, when every one is an integer in [-128, 127] (a network
-                                trained with ``integer_exponents``, the default: its conv
-                                exponents' fractions are folded into the BatchNorms). Else
-                                float16 (sum O_live,), the e of every layer's live rows, the
-                                head's included (no ``exp_head``); float32 when an e is not
-                                exactly a float16 (a network trained before
-                                ``half_exponents``, or with ``--no-half-exponents``)
-    exp_head  float16 (O_live of the head,)  only with an int8 ``exp``: the head's e (it has
-                                no BatchNorm to take a fraction); float32 when not a float16
-    masks     uint8             per layer: its present rows, its present columns, its live
-                                columns, as bit masks of ceil(O0 / 8), ceil(I0 / 8), ceil(I0 / 8)
-                                bytes; then the channels of the residual sums res1 and res3
-                                (the union of shortcut and branch, docs/method.md §1), ceil(C0 / 8)
-    bn        float32 (4, sum O of the convs)  BatchNorm weight, bias, running mean and
-                                running variance of each conv's rows (the head has none)
-
-``bits``, ``exp`` and ``masks`` are each stored as zlib's stream of their bytes (level 9)
-instead, a uint8 tensor, when that is shorter; the header's ``zlib`` lists which. They are
-made of few distinct values: a layer's bit depths and integer exponents take 2-4 values
-each, and a network with few cuts has masks of nearly all ones (a few dozen bytes
-compressed). ``exp_head`` (at most 10 values) is never compressed.
-
-A bit mask is ``numpy.packbits`` of one bool per original channel (channel 0 is the top bit
-of byte 0); the channels it selects, in increasing order, are the layer's rows or columns as
-stored: the original indices ``out_idx``/``in_idx`` of the trained network.
-
-**The bitstream** ``payload`` holds, layer after layer and row after row, each live row's
-weights on the live columns, in the order of ``weight[o, live_columns].flatten()`` (column,
-kernel row, kernel column), each as B bits two's complement, most significant bit first.
-A layer's part has z_L = k*k * live columns * sum of B bits, exactly its term of
-``size_bits``; the whole stream is padded with zero bits to a byte once, so the payload is
-``ceil(size_bits / 8)`` bytes. Dead rows (B = 0) are all zeros and take no bits.
-
-**Unpriced weights.** A column is live when its producer has b+ > 0 (for a residual sum:
-either side has). A producer whose bits died but whose BatchNorm still emits a constant is
-not cut yet; the size does not count its consumers' weights on it, yet the network uses
-them. They go in ``unpriced``, a second bitstream laid out like the payload (each live
-row's weights on the present-but-dead columns), outside the payload.
-
-The header's ``__metadata__`` (strings) holds ``format`` (``scnn.weights/3``),
-``bits_encoding`` (``nibbles`` or ``uint8``), ``exp_dtype`` (``int8``, ``float16`` or
-``float32``: of ``exp`` once inflated), ``zlib`` (JSON list: which of bits, exp and masks
-are zlib's stream), ``layers`` (the layers present, JSON list), ``shapes`` (original weight
-shape of every layer, JSON), ``config`` (the TrainConfig, JSON), ``bn_eps``, ``logit_scale``
-(the head's output is multiplied by it) and ``input_mean``/``input_std`` (images with pixels
-in 0..255 enter the network as (x - mean) / std).
-
-**Metadata** (``bits``, ``exp``, ``exp_head`` and ``masks``: what unpacking the payload
-takes) over the payload, for the ``cpu``-preset trials c_skip_g01 (γ 0.1, 1.80 % of the
-float bits, payload 29,615 B) and c_skip_g003 (γ 0.03, 4.77 %, 78,516 B) of docs/ablation.md:
-format 2 880 B (2.97 %) and 1,231 B (1.57 %); format 3 as trained (float16 exponents, the
-planes zlib'd) 708 B (2.39 %) and 956 B (1.22 %); with their conv exponents made integers
-(``ConvBlock.integer_exponents``), int8 without zlib 586 B (1.98 %) and 789 B (1.00 %), and
-with it, as written, 305 B (**1.03 %**) and 369 B (**0.47 %**). docs/export.md,
-"Integer exponents".
-
-Older formats, which ``read_weights`` also reads: format 2 (``scnn.weights/2``) stored every
-live row's e in ``exp`` (float16, or float32), had no ``exp_head`` and no ``zlib`` key, and
-recorded the masks' compression as ``masks_encoding`` (``zlib`` or ``raw``); format 1
-(``scnn.weights/1``, the first exports) stored ``bits`` one per byte and ``exp`` as float32,
-and had none of ``bits_encoding``, ``exp_dtype`` or ``masks_encoding``.
+The format (format ``scnn.weights/3``: tensors, bitstream, masks, header) and the older
+formats 1 and 2 that ``read_weights`` also reads: docs/export.md, "The file format";
+what the metadata costs: docs/export.md, "Metadata overhead".
 """
 
 from __future__ import annotations

@@ -1,17 +1,17 @@
 """What ``trainer.export`` exports, and loading it without running code from the files.
 
 A source is a run folder (``python -m trainer.train --out DIR``: model.pt beside
-trials.parquet), a ``model.pt`` alone, or a trial of a sweep folder (its row of
-trials.parquet and the latest checkpoint ``state.pt`` in its Ray trial folder,
-``*_<trial_id>_*/checkpoint_*/``, which for a finished trial is its final state). Anything
-that does not fit raises ``ExportError`` with a message that says what to do.
+trials.parquet), a ``model.pt`` alone, or a trial of a sweep folder: its row of
+trials.parquet and a checkpoint file, which the sweep finds (``sweep.checkpoints``) and
+hands over. Anything that does not fit raises ``ExportError`` with a message that says
+what to do.
 """
 
 from __future__ import annotations
 
-import json
 import pickle
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,8 +19,7 @@ import torch
 
 from trainer.results import TRIALS_FILE
 
-MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "state.pt", "meta.json"
-TRIAL_HELP = "pass --trial ID (a trial_id of its trials.parquet) or --front"
+MODEL_FILE = "model.pt"
 
 
 class ExportError(Exception):
@@ -50,8 +49,16 @@ def read_trials(folder: Path) -> list[dict]:
                           "pass a run or sweep folder written by scnn") from None
 
 
-def find_sources(path: Path, trial: str | None, front: bool) -> list[Source]:
-    """What SOURCE (with --trial / --front) names: one Source, or the front's."""
+SweepSources = Callable[[Path, list[dict], "str | None", bool], "list[Source]"]
+
+
+def find_sources(path: Path, trial: str | None, front: bool,
+                 sweep_sources: SweepSources | None = None) -> list[Source]:
+    """What SOURCE (with --trial / --front) names: one Source, or the front's.
+
+    A sweep folder's trials are found by ``sweep_sources(folder, rows, trial, front)``
+    (``sweep.checkpoints.sweep_sources``): the sweep knows where its checkpoints are.
+    """
     if not path.exists():
         raise ExportError(f"{path} does not exist: pass a run folder (python -m trainer.train "
                           "--out DIR), its model.pt, or a sweep folder with --trial ID")
@@ -66,66 +73,15 @@ def find_sources(path: Path, trial: str | None, front: bool) -> list[Source]:
     if not (path / TRIALS_FILE).is_file():
         raise ExportError(f"no run in {path}: expected {MODEL_FILE} (python -m trainer.train "
                           f"--out DIR) or a sweep's {TRIALS_FILE} (python -m sweep.run)")
-    rows = read_trials(path)
-    if front:
-        return front_sources(path, rows)
-    if trial is None:
-        raise ExportError(f"{path} is a sweep of {len(rows)} trials: {TRIAL_HELP}")
-    return [sweep_source(path, rows, trial)]
-
-
-def front_sources(folder: Path, rows: list[dict]) -> list[Source]:
-    """The finished compress trials on the sweep's front of bits_fraction vs accuracy."""
-    import pandas as pd
-
-    from analysis.pareto import front_of
-
-    front = front_of(pd.DataFrame(rows), "bits_fraction") if rows else []
-    if len(front) == 0:
-        raise ExportError(f"no finished compress trial in {folder / TRIALS_FILE}, so no "
-                          "front to export: wait for the sweep, or pass --trial ID")
-    return [sweep_source(folder, rows, t) for t in front["trial_id"]]
-
-
-def sweep_source(folder: Path, rows: list[dict], trial: str) -> Source:
-    """A finished trial of a sweep and its final checkpoint (the latest of its Ray folder)."""
-    row = next((r for r in rows if r["trial_id"] == trial), None)
-    if row is None:
-        known = ", ".join(r["trial_id"] for r in rows[:5]) + (", ..." if len(rows) > 5 else "")
-        raise ExportError(f"trial {trial!r} is not in {folder / TRIALS_FILE} (it has {known}): "
-                          f"{TRIAL_HELP}")
-    if row["status"] != "TERMINATED":
-        why = f"failed ({row.get('error')})" if row["status"] == "ERROR" else \
-            f"has not finished (status {row['status']})"
-        raise ExportError(f"trial {trial} {why}: only finished trials (status TERMINATED) "
-                          "can be exported; pick another with --trial")
-    epoch, state = latest_checkpoint(folder, trial)
-    if row.get("epochs") is not None and epoch != row["epochs"]:
-        raise ExportError(f"trial {trial}'s latest checkpoint is epoch {epoch} of "
-                          f"{row['epochs']}: it has not finished; pick another with --trial")
-    return Source(state, f"{folder} trial {trial}", trial, row)
-
-
-def latest_checkpoint(folder: Path, trial: str) -> tuple[int, Path]:
-    """(epoch, state.pt) of the latest checkpoint in the trial's Ray folder."""
-    found = []
-    for checkpoint in folder.glob(f"*_{trial}_*/checkpoint_*"):
-        try:
-            epoch = int(json.loads((checkpoint / META_FILE).read_text())["epoch"])
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # not one of ours, or being written
-        if (checkpoint / STATE_FILE).is_file():
-            found.append((epoch, checkpoint / STATE_FILE))
-    if not found:
-        raise ExportError(f"no checkpoint of trial {trial} in {folder} (expected "
-                          f"*_{trial}_*/checkpoint_*/{STATE_FILE}): was the sweep folder moved "
-                          "without its trial folders?")
-    return max(found)
+    if sweep_sources is None:
+        raise ExportError(f"{path} is a sweep folder: export its trials with python -m "
+                          "trainer.export (the command reads sweep folders)")
+    return sweep_sources(path, read_trials(path), trial, front)
 
 
 def load_source(src: Source):
     """(network, saved dict) of a Source; ExportError when the file is not an scnn network."""
-    from trainer.train import model_from
+    from trainer.network import model_from
 
     saved = load_saved(src.weights)
     try:

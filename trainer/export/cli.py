@@ -1,0 +1,83 @@
+"""``python -m trainer.export SOURCE --out DIR``: the command line of the export.
+
+SOURCE is a run folder (``python -m trainer.train --out DIR``), its ``model.pt``, or a sweep
+folder with ``--trial ID`` or ``--front`` (every trial on the sweep's Pareto front of bits
+against accuracy, each in OUT/<trial>/), whose checkpoints the sweep finds
+(``sweep.checkpoints``). Bad input exits 2 with one line and writes nothing; a failed
+export exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from trainer.cli import OneLineParser, fail
+from trainer.config import ConfigError
+from trainer.export.sources import ExportError
+from trainer.export.write import PROG, plan, run_jobs
+
+HELP = """\
+Export trained networks as files a user can deploy, and check them.
+
+Writes into --out: weights.safetensors (each live channel's integer weights bit-packed at
+its bit depth ceil(b+), with bit depths, exponents, channel indices and BatchNorm; the
+packed payload is size_bits / 8 bytes), model.onnx (the slim dense float network: cut
+channels gone, weights dequantized, BatchNorm folded) and export.json (sizes, and the test
+accuracy re-measured from model.onnx with onnxruntime). Exit status 1 when that accuracy is
+more than 0.05 points from the reported one (export.json then says failed), 2 for bad input.
+
+examples:
+  python -m trainer.export results/run1 --out exported/run1          # a trainer --out folder
+  python -m trainer.export results/run1/model.pt --out exported/run1
+  python -m trainer.export results/cpu-12 --trial 7dd1a_00011 --out exported/t11
+  python -m trainer.export results/cpu-12 --front --out exported/front
+"""
+
+
+def parser() -> argparse.ArgumentParser:
+    p = OneLineParser(prog="python -m trainer.export", description=HELP,
+                      formatter_class=argparse.RawDescriptionHelpFormatter,
+                      error_prefix=PROG)
+    p.add_argument("source", type=Path, metavar="SOURCE",
+                   help="a run folder (python -m trainer.train --out DIR), its model.pt, or a "
+                        "sweep folder (with --trial or --front)")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the files into")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--trial", help="the sweep trial to export (trial_id in trials.parquet)")
+    which.add_argument("--front", action="store_true",
+                       help="export every trial on the sweep's Pareto front of bits vs "
+                            "accuracy, each into OUT/<trial_id>/")
+    p.add_argument("--data-dir", help="where CIFAR-10 is here (default: the run's --data-dir)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="CPU threads for PyTorch and onnxruntime (default: their choice)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    from trainer.data import DataError
+
+    args = parser().parse_args(argv)
+    try:
+        jobs = plan(args.source, args.out, args.trial, args.front, args.data_dir, args.threads,
+                    sweep_sources())
+    except (ExportError, ConfigError, DataError) as err:
+        fail(str(err), prog=PROG)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    raise SystemExit(1 if run_jobs(jobs, args.threads) else 0)
+
+
+def sweep_sources():
+    """The sweep's own finder of its trials' checkpoints (``sweep.checkpoints``).
+
+    The command is where the export meets the sweep: a sweep folder's layout is the sweep's
+    to know, so the library modules of ``trainer`` never import it; this command does, to
+    keep reading sweep folders as it always has (tests/test_layout.py allows this one
+    import).
+    """
+    from sweep.checkpoints import sweep_sources as find
+
+    return find
