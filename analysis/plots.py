@@ -44,7 +44,9 @@ from analysis.references import references_markdown
 from analysis.speed import ExportsError, inference_figure, load_exports
 from analysis.style import save
 from analysis.swept import importance_markdown, swept_figure
-from trainer.cli import OneLineParser  # torch-free: argparse with one-line errors
+
+# torch-free: the one-line-error argparse and the output-folder check every command shares
+from trainer.cli import ConfigError, OneLineParser, check_writable_folder
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -80,6 +82,11 @@ def parse_args(argv: Sequence[str] | None = None) -> PlotsConfig:
                         "each reference kind a sweep has none of: a change to the method's "
                         "recipe needs no new references")
     args = parser.parse_args(argv)
+    try:  # before anything is read (results that are not folders get their own error)
+        if args.out or all(path.is_dir() for path in args.results):
+            check_writable_folder(args.out or default_out(args.results), "--out")
+    except ConfigError as err:
+        parser.error(str(err))
     return PlotsConfig(results=tuple(args.results), out=args.out, format=args.format,
                        trial=args.trial, references_from=args.references_from)
 

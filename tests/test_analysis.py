@@ -423,6 +423,11 @@ def bad_columns(folder: Path) -> Path:
     (lambda p: (p.write_text("x"), p)[1], [], "is not a folder"),
     (bad_columns, [], "missing required columns: status, gamma"),
     (lambda p: build_sweep(p) or p, ["--trial", "nope"], "unknown --trial 'nope'"),
+    (lambda p: build_sweep(p) or p, ["--out", "pyproject.toml"], "is a file: give a folder"),
+    (lambda p: build_sweep(p) or p, ["--out", "pyproject.toml/plots"],
+     "pyproject.toml is a file, not a folder"),
+    (lambda p: (build_sweep(p), (p / "plots").write_text("x"), p)[2], [],
+     "plots is a file: give a folder"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, make, args, words):
     folder = make(tmp_path / "bad")

@@ -463,6 +463,22 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, says, sweep, r
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("make, says", [
+    (lambda t: (t / "file").write_text("x") and t / "file", "--out {t}/file is a file"),
+    (lambda t: (t / "file").write_text("x") and t / "file" / "out",
+     "cannot be made: {t}/file is a file, not a folder"),
+    (lambda t: t / "out", "--threads must be >= 0"),
+])
+def test_an_out_or_threads_it_cannot_use_is_refused_before_loading(run, tmp_path, capsys,
+                                                                   make, says):
+    out = make(tmp_path)
+    threads = ["--threads", "-1"] if out.name == "out" and out.parent == tmp_path else []
+    code, _, err = cli([run[0], "--out", out, *threads], capsys)
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert says.format(t=tmp_path) in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def test_help_explains_the_files_and_the_sources(capsys):
     code, out, _ = cli(["--help"], capsys)
     assert code == 0

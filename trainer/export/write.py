@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, check_writable_folder
 from trainer.data import MEAN, STD, batches, test_set
 from trainer.export.packed import Exported, Sizes, read_weights, write_weights
 from trainer.export.sources import ExportError, Source, SweepSources, find_sources, load_source
@@ -180,8 +180,7 @@ def plan(source: Path, out: Path, trial: str | None = None, front: bool = False,
     """Everything checked and loaded before a file is written; ExportError/DataError else.
 
     ``sweep_sources`` finds a sweep folder's trials (``sources.find_sources``)."""
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out} is a file: give a folder")
+    check_writable_folder(out, "--out")  # ConfigError: a file, or a folder it cannot make
     if threads < 0:
         raise ExportError(f"--threads must be >= 0 (0: the libraries' choice), got {threads}")
     sources = find_sources(source, trial, front, sweep_sources)
