@@ -1,12 +1,16 @@
-"""Epoch time of a network before and after it compressed, next to its live FLOPs.
+"""Epoch time of a network before and after it compressed, and against its dense twin.
 
 Trains a ``cpu``-width network with a strong γ on synthetic data until channels are cut,
-then times the same fixed "epoch" of training steps on the uncompressed network and on
-the compressed one, interleaved. ``ratio`` = after / before; ``macs_ratio`` is the ratio
-of their forward multiply-accumulates: the speed-up should track it. With ``--model`` the
-compressed network is a trained run's ``model.pt`` (e.g. a ``--size-term bops`` trial's)
-and the uncompressed one is built from its own config: a trial's last epoch against its
-first, measured side by side instead of across a run on a shared machine.
+then times the same fixed "epoch" of training steps (the trainer's ``Step``) on the
+uncompressed network (``before``), the cut one (``after``) and the cut one's dense twin
+(``trainer.surgery.dense_twin``: every residual sum a plain add on the union's widths, the
+same function), interleaved in one process with the trainer's process settings (large
+tensors kept on the heap, denormals flushed). ``ratio`` = after / before beside
+``macs_ratio``, their forward multiply-accumulates; ``twin_ratio`` = after / twin beside
+``twin_macs_ratio``: what the cut network's irregular widths cost beyond their MACs. With
+``--model`` the cut network is a trained run's ``model.pt`` (e.g. a ``--size-term bops``
+trial's) and the uncompressed one is built from its own config: a trial's last epoch against
+its first, side by side instead of across a run on a shared machine.
 
     python -m benchmarks.shrink [--reps 5] [--steps 5] [--model results/run/model.pt]
 """
@@ -24,7 +28,9 @@ from benchmarks.common import (
     train_step_fn,
 )
 from trainer.config import TrainConfig
+from trainer.heap import keep_freed_memory
 from trainer.network import model_for as trainer_model_for
+from trainer.surgery import dense_twin
 from trainer.train import train
 
 # as measured before skip_one_bit and the floor (the figures of benchmarks/README.md)
@@ -59,7 +65,8 @@ def main() -> None:
                    help="a trained run's model.pt to time against its uncompressed network "
                         "(default: compress one here, strong gamma, synthetic data)")
     args = p.parse_args()
-    torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)  # as trainer.train.setup does on a CPU
+    keep_freed_memory()
     if args.model:
         small, full, kept = trained_pair(args.model)
     else:
@@ -72,11 +79,17 @@ def main() -> None:
         step = train_step_fn(model, x, y)
         return lambda: [step() for _ in range(args.steps)]
 
-    t = interleaved({"after": epoch(small), "before": epoch(full)}, args.reps)
+    twin = dense_twin(small)
+    t = interleaved({"after": epoch(small), "before": epoch(full), "twin": epoch(twin)},
+                    args.reps)
     emit("shrink", {"ratio": round(t["after"] / t["before"], 3),
                     "macs_ratio": round(conv_macs(small) / conv_macs(full), 3),
+                    "twin_ratio": round(t["after"] / t["twin"], 3),
+                    "twin_macs_ratio": round(conv_macs(small) / conv_macs(twin), 3),
                     "before_epoch_s": round(t["before"], 3), "after_epoch_s": round(t["after"], 3),
+                    "twin_epoch_s": round(t["twin"], 3),
                     "weights_kept_fraction": round(kept, 3),
+                    "widths": {name: layer.weight.shape[0] for name, layer in small.quant_layers()},
                     "steps_per_epoch": args.steps, "batch": args.batch, "reps": args.reps})
 
 

@@ -260,3 +260,49 @@ def test_a_channels_last_network_stays_channels_last_through_a_cut():
     for name, act in (("res1", r1), ("res3", r3)):
         assert act.shape[1] > 1 and act.is_contiguous(memory_format=cl), name
     step(model, opts, x, y)  # and training goes on
+
+
+def test_a_cut_network_and_its_dense_twin_give_the_same_outputs_and_gradients():
+    """The twin (``dense_twin``: every residual sum a plain add, on the union's widths) is
+    what a cut network's step time is measured against; given the same weights it computes
+    the same logits, loss and gradients of every weight the two share."""
+    from trainer.surgery import dense_twin
+
+    torch.manual_seed(4)
+    model = ResNet9(WIDTHS).double().to(memory_format=torch.channels_last)
+    randomize(model, 4)
+    kill(model.layer1, [0, 1, 2])
+    kill(model.res1.conv2, [2, 3, 5])
+    kill(model.layer3, [1, 4, 7, 9])
+    kill(model.res3.conv2, [0, 4, 11])
+    cut_dead_channels(model, [])
+    assert not model.res1.aligned and not model.res3.aligned
+    twin = dense_twin(model)
+    assert twin.res1.aligned and twin.res3.aligned
+    assert twin.layer1.conv.weight.shape[0] == model.res1.out_idx.numel()
+    assert twin.res3.conv2.conv.weight.shape[0] == model.res3.out_idx.numel()
+    x = torch.randn(6, 3, 32, 32, dtype=torch.float64).contiguous(
+        memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (6,))
+    for a, b in zip(outputs(model, x), outputs(twin, x), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    losses = []
+    for net in (model, twin):
+        net.train().zero_grad()
+        loss = F.cross_entropy(net(x), y) + 0.1 * net.size().q + 0.05 * net.dead_penalty()
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-12)
+    close = dict(rtol=1e-10, atol=1e-12)
+    for (name, layer), (_, wide) in zip(model.quant_layers(), twin.quant_layers(), strict=True):
+        rows = torch.searchsorted(wide.out_idx, layer.out_idx)
+        cols = torch.searchsorted(wide.in_idx, layer.in_idx)
+        torch.testing.assert_close(layer.weight.grad, wide.weight.grad[rows][:, cols], **close,
+                                   msg=name)
+        torch.testing.assert_close(layer.b.grad, wide.b.grad[rows], **close, msg=name)
+        torch.testing.assert_close(layer.e.grad, wide.e.grad[rows], **close, msg=name)
+    for (name, block), (_, wide) in zip(model.blocks(), twin.blocks(), strict=True):
+        rows = torch.searchsorted(wide.conv.out_idx, block.conv.out_idx)
+        for p in ("weight", "bias"):
+            torch.testing.assert_close(getattr(block.bn, p).grad,
+                                       getattr(wide.bn, p).grad[rows], **close, msg=name)

@@ -126,6 +126,29 @@ class ConvBlock(nn.Module):
         return constant_outputs(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
 
 
+class UnionSum(torch.autograd.Function):
+    """``x + y`` on the union of their channels: ``x`` lands at positions ``pos_x``, ``y`` at
+    ``pos_b`` of ``n``. Autograd's own backward of index_add_ hands both gradients back in
+    NCHW (index_select drops channels_last), and every op below them then converted layouts
+    (a cut network trained about 7 % slower, benchmarks/README.md); here they stay
+    channels_last, with the same values."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, y: Tensor, pos_x: Tensor, pos_b: Tensor, n: int) -> Tensor:
+        ctx.save_for_backward(pos_x, pos_b)
+        out = zeros_as(x, (x.shape[0], n, *x.shape[2:]))
+        # in place: out-of-place index_add returns NCHW whatever out's layout
+        return out.index_add_(1, pos_x, x).index_add_(1, pos_b, y)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        pos_x, pos_b = ctx.saved_tensors
+        layout = (torch.channels_last if grad.is_contiguous(memory_format=torch.channels_last)
+                  else torch.contiguous_format)
+        return (grad.index_select(1, pos_x).contiguous(memory_format=layout),
+                grad.index_select(1, pos_b).contiguous(memory_format=layout), None, None, None)
+
+
 class Residual(nn.Module):
     """x + conv2(conv1(x)); the sum lives on the union of the two sides' channels."""
 
@@ -145,9 +168,7 @@ class Residual(nn.Module):
         y = self.conv2(self.conv1(x))
         if self.aligned:
             return x + y
-        out = zeros_as(x, (x.shape[0], self.out_idx.numel(), *x.shape[2:]))
-        # in place: out-of-place index_add returns NCHW whatever out's layout
-        return out.index_add_(1, self.pos_x, x).index_add_(1, self.pos_b, y)
+        return UnionSum.apply(x, y, self.pos_x, self.pos_b, self.out_idx.numel())
 
     def set_layout(self, shortcut_idx: Tensor) -> None:
         """Recompute the union and positions from the shortcut's original channel indices."""

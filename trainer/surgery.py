@@ -212,3 +212,66 @@ def apply_layout(model: ResNet9, layout: dict[str, dict[str, list[int]] | None])
                 if layer.in_idx.tolist() != layout[n]["in"]]
     if mismatch:
         raise RuntimeError(f"saved layout is inconsistent: input channels differ in {mismatch}")
+
+
+def _spread(t: Tensor, dim: int, pos: Tensor, n: int, fill: float) -> Tensor:
+    """``t`` placed at positions ``pos`` of a length-``n`` ``dim``, the rest ``fill``, in
+    ``t``'s memory format (the inverse of ``_sliced``)."""
+    shape = list(t.shape)
+    shape[dim] = n
+    out = torch.full(shape, fill, dtype=t.dtype, device=t.device)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out.index_copy_(dim, pos, t)
+
+
+def _widen(module: nn.Module, name: str, dim: int, pos: Tensor, n: int, fill: float) -> None:
+    old = getattr(module, name)
+    new = _spread(old.detach(), dim, pos, n, fill)
+    setattr(module, name, nn.Parameter(new, requires_grad=old.requires_grad)
+            if isinstance(old, nn.Parameter) else new)
+
+
+def _widen_out(block: ConvBlock, rows: Tensor) -> None:
+    """Give ``block`` the output channels ``rows`` (original indices, a superset of its own):
+    the new ones a zero weight row at bit depth 0 and a BatchNorm of weight 1 and bias 0,
+    so that they emit exactly 0 in train and eval mode."""
+    conv, bn, n = block.conv, block.bn, rows.numel()
+    pos = torch.searchsorted(rows, conv.out_idx)
+    _widen(conv, "weight", 0, pos, n, 0.0)
+    if conv.quantized:
+        _widen(conv, "b", 0, pos, n, 0.0)
+        _widen(conv, "e", 0, pos, n, 0.0)
+    conv.out_idx, conv.out_channels = rows.clone(), n
+    for name, fill in (("weight", 1.0), ("bias", 0.0), ("running_mean", 0.0),
+                       ("running_var", 1.0)):
+        _widen(bn, name, 0, pos, n, fill)
+    bn.num_features = n
+
+
+def dense_twin(model: ResNet9) -> ResNet9:
+    """A copy of the cut ``model`` in which every residual sum is a plain add.
+
+    For a sum on the union of two channel sets, the shortcut's producer (layer1, layer3)
+    and the branch's last conv get the whole union. The channels they lacked become zero
+    rows that emit exactly 0, and the branch's first conv reads them through zero columns.
+    The twin computes the same function with the widths the sums force. A cut network's
+    step is measured against it (``benchmarks.shrink``), and ``tests/test_surgery.py``
+    checks that the two give the same outputs and gradients.
+    """
+    import copy
+
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for producer, r in ((twin.layer1, twin.res1), (twin.layer3, twin.res3)):
+            if r.conv1 is None or r.aligned:
+                continue
+            union = r.out_idx.clone()
+            _widen_out(producer, union)
+            _widen_out(r.conv2, union)
+            first = r.conv1.conv
+            _widen(first, "weight", 1, torch.searchsorted(union, first.in_idx), union.numel(),
+                   0.0)
+            first.in_idx, first.in_channels = union.clone(), union.numel()
+            r.set_layout(union)
+    return twin
