@@ -121,6 +121,17 @@ class MLflowCallback(MLflowLoggerCallback):
             self.mlflow_util.log_metrics(run_id=self._trial_runs[trial],
                                          metrics_to_log=metrics, step=int(metrics["epoch"]))
 
+    def on_experiment_end(self, trials, **info):
+        """A run still RUNNING for no trial of this sweep is a trial a kill cut short before
+        Tune's last snapshot (the resumed sweep runs its point as another trial): KILLED."""
+        client = self.mlflow_util._get_client()
+        known = {str(trial) for trial in trials}
+        for run in client.search_runs([self.mlflow_util.experiment_id],
+                                      filter_string="attributes.status = 'RUNNING'"):
+            if run.data.tags.get("trial_name") not in known:
+                client.set_terminated(run.info.run_id, status="KILLED")
+        super().on_experiment_end(trials, **info)
+
     def log_trial_end(self, trial, failed: bool = False):
         if trial not in self._trial_runs:  # ended before it started: no run to close
             return

@@ -21,7 +21,15 @@ from sweep.run import main
 from sweep.search import draw_gammas
 from sweep.space import sampled_configs, train_config, trial_key
 from sweep.store import new_record, trial_row, write
-from tests.test_sweep import SMOKE, ray_environment, read, start_sweep, sweep, wait_for
+from tests.test_sweep import (
+    SMOKE,
+    cut_short_by_the_kill,
+    ray_environment,
+    read,
+    start_sweep,
+    sweep,
+    wait_for,
+)
 from trainer.config import ConfigError, TrainConfig, resolve
 from trainer.results import EPOCHS_FILE, TRIALS_FILE
 
@@ -404,6 +412,7 @@ def test_a_study_sweep_killed_with_sigkill_resumes_its_study(ray_env, tmp_path):
     assert front and exported == front
     client = MlflowClient(f"sqlite:///{results / 'o' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("o").experiment_id])
+    runs = cut_short_by_the_kill(runs, trials)
     assert len(runs) == 4
     for run in runs:
         row = trials.set_index("trial_id").loc[run.data.tags["trial_name"].removeprefix(

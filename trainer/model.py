@@ -129,9 +129,10 @@ class ConvBlock(nn.Module):
 class UnionSum(torch.autograd.Function):
     """``x + y`` on the union of their channels: ``x`` lands at positions ``pos_x``, ``y`` at
     ``pos_b`` of ``n``. Autograd's own backward of index_add_ hands both gradients back in
-    NCHW (index_select drops channels_last), and every op below them then converted layouts
-    (a cut network trained about 7 % slower, benchmarks/README.md); here they stay
-    channels_last, with the same values."""
+    NCHW (index_select drops channels_last), and the ops below them then copied between
+    layouts (the profile in benchmarks/README.md); here they stay channels_last, with the
+    same values (the same trial bit for bit). What it saved, side by side: 0.2-2 % of a step
+    (within noise)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, pos_x: Tensor, pos_b: Tensor, n: int) -> Tensor:
