@@ -15,12 +15,19 @@ snapshots through ``save``/``restore``, so ``Tuner.restore`` continues with it. 
 sweep killed after choosing one but before Tune's next snapshot proposes the same γ again.
 (Not a .json or .pkl file: on restore Tune copies those from the sweep folder into its
 staging folder and uploads them back at every snapshot, over anything written since.)
+
+Tune writes its list of trials and then the searcher's snapshot, and copies both into the
+sweep folder, so a ``kill -9`` can leave either a step behind the other. A restored
+searcher therefore makes its state agree with the trials Tune restores
+(``PointSearcher.agree_with``): a point Tune already runs is not proposed again, a trial
+Tune never recorded has its point proposed again, a trial that ended unseen is counted.
 """
 
 from __future__ import annotations
 
 import math
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 from ray.tune.search import Searcher
@@ -44,13 +51,63 @@ def seeded(point: dict, seeds: list[int | None]) -> list[dict]:
     return [{**point, "seed": s} for s in seeds]
 
 
+@dataclass(frozen=True)
+class TuneTrial:
+    """A trial as Tune's experiment state records it."""
+
+    trial_id: str
+    finished: bool  # TERMINATED: Tune will not run it again
+    point: dict  # its config without the shared "train" part: what a searcher proposed
+    last_result: dict | None
+
+
+def tune_trials(folder: str | Path | None) -> list[TuneTrial] | None:
+    """The trials of the newest experiment state in the sweep folder, the one
+    ``Tuner.restore`` restores (read with Tune's own decoder); None when there is none."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.experiment.trial import Trial
+
+    try:
+        from ray.tune.utils.serialization import _loads_with_cloudpickle as loads
+    except ImportError:  # Ray before 2.55 decoded its state with json and this decoder
+        import json
+
+        from ray.tune.utils.serialization import TuneFunctionDecoder
+
+        def loads(text):
+            return json.loads(text, cls=TuneFunctionDecoder)
+
+    if not folder or not Path(folder).is_dir():
+        return None
+    path = _find_newest_experiment_checkpoint(str(folder))
+    if path is None or not Path(path).is_file():
+        return None
+    trials = []
+    for state, metadata in loads(Path(path).read_text())["trial_data"]:
+        trial = Trial.from_json_state(state, stub=True)
+        trial.restore_run_metadata(metadata)
+        trials.append(TuneTrial(trial.trial_id, trial.status == Trial.TERMINATED,
+                                {k: v for k, v in trial.config.items() if k != "train"},
+                                trial.run_metadata.last_result or None))
+    return trials
+
+
+def same_point(queued: dict, proposed: dict) -> bool:
+    """Whether a queued point is the one a trial was proposed with (the study's key for a
+    point is this searcher's own name for it, and may differ after a restore)."""
+    return all(proposed.get(k) == v for k, v in queued.items() if k != "study_point")
+
+
 class PointSearcher(Searcher):
     """What the sweep's searchers share: they count their own live trials against the
-    ConcurrencyLimiter's limit, and their state (the attributes named in ``STATE_KEYS``)
-    goes into Tune's snapshots as a pickle."""
+    ConcurrencyLimiter's limit, their state (the attributes named in ``STATE_KEYS``) goes
+    into Tune's snapshots as a pickle, and a restored one agrees with Tune's trials."""
 
     STATE_KEYS: tuple[str, ...] = ()
     max_concurrent = 0  # 0: no limit of its own
+    folder: str | None = None  # the sweep folder, where Tune's experiment state is
+    queue: list[dict]  # points to propose, in order
+    live: dict[str, dict]  # Tune trial id -> its point, proposed and not ended
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
         """The ConcurrencyLimiter's limit: this searcher counts its live trials itself."""
@@ -71,6 +128,27 @@ class PointSearcher(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.set_state(pickle.load(f))
+        trials = tune_trials(self.folder)
+        if trials is not None:
+            self.agree_with(trials)
+
+    def agree_with(self, trials: list[TuneTrial]) -> None:
+        """Make a restored state agree with the trials Tune restores (see the module's
+        docstring): Tune's list is what runs, this searcher's may be a step older or newer."""
+        known = {t.trial_id for t in trials}
+        lost = [trial_id for trial_id in self.live if trial_id not in known]
+        self.queue[:0] = [self.live.pop(trial_id) for trial_id in lost]  # propose again
+        for trial in trials:
+            if trial.trial_id in self.live:
+                continue
+            at = next((i for i, p in enumerate(self.queue) if same_point(p, trial.point)),
+                      None)
+            if at is None:
+                continue  # ended before this searcher's snapshot
+            self.live[trial.trial_id] = self.queue.pop(at)  # proposed after it
+            if trial.finished:
+                self.on_trial_complete(trial.trial_id, trial.last_result,
+                                       error=trial.last_result is None)
 
 
 class GammaSearcher(PointSearcher):

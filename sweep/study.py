@@ -22,8 +22,11 @@ optuna-dashboard read it while the sweep runs. This searcher's own state (what i
 what runs, which seeds of a point have ended) goes into Tune's snapshots; the OptunaSearch
 inside is rebuilt from the database after a restore. A point asked for after Tune's last
 snapshot (a ``kill -9`` in between) is still RUNNING in the database: a restored searcher
-adopts it and trains it, under the same study trial, so no point is asked twice or lost;
-its trials find their checkpoints by their config (sweep.trainable).
+adopts it and trains it, under the same study trial, unless Tune's own snapshot already
+holds its trials (``PointSearcher.agree_with``), so no point is asked or trained twice, or
+lost; its trials find their checkpoints by their config (sweep.trainable). The restored study's
+sampler is seeded from ``--seed`` and the number of points in the study (``resumed_seed``):
+seeded as at the start, it would propose the study's first points again.
 """
 
 from __future__ import annotations
@@ -61,6 +64,14 @@ def make_sampler(name: str, seed: int, startup: int = STARTUP_TRIALS):
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup,
                                          warn_independent_sampling=False)
     return optuna.samplers.RandomSampler(seed=seed)
+
+
+def resumed_seed(seed: int, asked: int) -> int:
+    """The sampler's seed for a study resumed with ``asked`` points in it: a function of
+    both, so a resumed sweep draws new points, the same ones for the same history."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([seed, asked]).generate_state(1)[0])
 
 
 class StudySearcher(PointSearcher):
@@ -127,11 +138,16 @@ class StudySearcher(PointSearcher):
         from sweep.params import optuna_space
 
         varying, _ = optuna_space(self.space)
-        return OptunaSearch(space=varying, metric=[ACCURACY, OBJECTIVES[self.objective]],
-                            mode=["max", "min"],
-                            sampler=make_sampler(self.sampler, self.seed, self.startup),
-                            study_name=self.study_name,
-                            storage=RDBStorage(storage_url(self.folder)))
+        search = OptunaSearch(space=varying, metric=[ACCURACY, OBJECTIVES[self.objective]],
+                              mode=["max", "min"],
+                              sampler=make_sampler(self.sampler, self.seed, self.startup),
+                              study_name=self.study_name,
+                              storage=RDBStorage(storage_url(self.folder)))
+        asked = len(search._ot_study.get_trials(deepcopy=False))
+        if asked:  # restored: a sampler seeded as at the start would draw its first points again
+            search._ot_study.sampler = make_sampler(self.sampler, resumed_seed(self.seed, asked),
+                                                    self.startup)
+        return search
 
     def _ask(self) -> None:
         """Take the next point from the study and queue it once per training seed."""
@@ -171,7 +187,8 @@ class StudySearcher(PointSearcher):
 
     def _adopt(self) -> None:
         """After a restore: reattach the study's running points to the OptunaSearch, and
-        queue those asked for after Tune's last snapshot (unknown to it) once more."""
+        queue those asked for after this searcher's snapshot (unknown to it) once more;
+        ``agree_with`` then takes off the queue those whose trials Tune restores."""
         import optuna
         from optuna.trial import TrialState
 
@@ -187,6 +204,7 @@ class StudySearcher(PointSearcher):
                 key = f"point-{self.asked}"  # asked after the snapshot: train it now
                 self._queue_point(key, number, dict(frozen.params))
                 search._ot_trials[key] = optuna.trial.Trial(study, frozen._trial_id)
+        self.asked = max(self.asked, len(by_number))  # and those told after the snapshot
 
     # --- snapshots ---
 

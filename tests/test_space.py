@@ -337,6 +337,36 @@ def test_a_restored_searcher_adopts_points_asked_after_its_snapshot(tmp_path):
     assert a["study_trial"] == 0 and [t.values for t in trials][0] == [0.8, 0.1]
 
 
+def test_a_restored_study_draws_new_points_not_its_first_ones_again(tmp_path):
+    """The sampler is seeded from --seed: rebuilt after a restore with the same seed, it
+    proposed the study's first points again (seen in the kill test, 2026-12-02)."""
+    search = study_searcher(tmp_path, references=False, num_samples=4)
+    first = [search.suggest(f"t{i}") for i in range(2)]
+    saved = tmp_path / "searcher.pkl"
+    search.save(str(saved))
+    for i in range(2):
+        finish(search, f"t{i}", 0.8, 0.1)
+    again = study_searcher(tmp_path, references=False, num_samples=4)
+    again.restore(str(saved))
+    later = [again.suggest(f"u{i}") for i in range(2)]
+    assert [p["study_trial"] for p in later] == [2, 3]
+    points = {(p["gamma"], p["params"]["min_bits"]) for p in first + later}
+    assert len(points) == 4
+    # The same history gives the same draws: a resume is reproducible.
+    other = tmp_path / "other"
+    other.mkdir()
+    twin = study_searcher(other, references=False, num_samples=4)
+    for i in range(2):
+        twin.suggest(f"t{i}")
+    twin.save(str(other / "searcher.pkl"))
+    for i in range(2):
+        finish(twin, f"t{i}", 0.8, 0.1)
+    twin_again = study_searcher(other, references=False, num_samples=4)
+    twin_again.restore(str(other / "searcher.pkl"))
+    assert [twin_again.suggest(f"u{i}")["gamma"] for i in range(2)] == [
+        p["gamma"] for p in later]
+
+
 def test_a_point_told_before_a_kill_and_reported_again_after_it_is_told_once(tmp_path):
     search = study_searcher(tmp_path, references=False)
     search.suggest("t0")
@@ -349,6 +379,101 @@ def test_a_point_told_before_a_kill_and_reported_again_after_it_is_told_once(tmp
     trials = study_trials(tmp_path)
     assert len(trials) == 1 and trials[0].values == [0.8, 0.1]
     assert again.suggest("t1")["study_trial"] == 1
+
+
+def write_tune_state(folder: Path, trials: list[tuple]) -> None:
+    """Tune's experiment state listing ``trials`` (id, status, point, last result), written
+    the way TuneController.save_to_dir writes it."""
+    from ray.tune import PlacementGroupFactory
+    from ray.tune.experiment.trial import Trial
+    from ray.tune.utils.serialization import TuneFunctionEncoder
+
+    data = []
+    for trial_id, status, point, last_result in trials:
+        trial = Trial("run_trial", config={"train": {"preset": "smoke"}, **point},
+                      trial_id=trial_id, stub=True,
+                      placement_group_factory=PlacementGroupFactory([{"CPU": 1}]))
+        trial.create_placement_group_factory()  # as TuneController.add_trial does
+        trial.set_status(status)
+        trial.run_metadata.last_result = last_result or {}
+        data.append(trial.get_json_state())
+    state = {"trial_data": data, "runner_data": {}, "stats": {"start_time": 0.0}}
+    text = json.dumps(state, cls=TuneFunctionEncoder)
+    (folder / "experiment_state-2026-12-02_00-00-00.json").write_text(text)
+
+
+def summary(accuracy: float, bits: float) -> dict:
+    return {"test_accuracy": accuracy, "bits_fraction": bits, "weights_kept_fraction": 1.0,
+            "layers": []}
+
+
+def test_a_searcher_older_than_tunes_snapshot_does_not_ask_its_points_again(tmp_path):
+    """Tune's trial list was saved, the searcher's snapshot not yet (a kill -9 between
+    the two): the points Tune restores are neither queued again nor lost to the study."""
+    from optuna.trial import TrialState
+
+    search = study_searcher(tmp_path, references=False)
+    saved = tmp_path / "searcher.pkl"
+    search.save(str(saved))  # the searcher's snapshot: nothing asked yet
+    a, b, c = (search.suggest(f"t{i}") for i in range(3))
+    finish(search, "t0", 0.8, 0.1)  # ended before Tune's snapshot, unseen by the searcher's
+    write_tune_state(tmp_path, [("t0", "TERMINATED", a, summary(0.8, 0.1)),
+                                ("t1", "RUNNING", b, None)])  # c: asked after both snapshots
+    again = study_searcher(tmp_path, references=False)
+    again.restore(str(saved))
+    assert list(again.live) == ["t1"]  # Tune runs it again; t0 is counted as ended
+    assert (again.live["t1"]["study_trial"], again.live["t1"]["params"]) == (
+        b["study_trial"], b["params"])
+    redo = again.suggest("u0")  # the point asked after both snapshots, once more
+    assert (redo["study_trial"], redo["gamma"], redo["params"]) == (
+        c["study_trial"], c["gamma"], c["params"])
+    finish(again, "t1", 0.7, 0.05)
+    finish(again, "u0", 0.6, 0.02)
+    last = again.suggest("u1")
+    assert last["study_trial"] == 3
+    finish(again, "u1", 0.5, 0.01)
+    from ray.tune.search import Searcher
+    assert again.suggest("u2") == Searcher.FINISHED
+    trials = study_trials(tmp_path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4
+    assert [t.values for t in trials] == [[0.8, 0.1], [0.7, 0.05], [0.6, 0.02], [0.5, 0.01]]
+
+
+def test_a_searcher_newer_than_tunes_snapshot_proposes_the_lost_trials_point_again(tmp_path):
+    """The searcher's snapshot holds a trial Tune's does not: Tune will never report it, so
+    its point is proposed again (else the searcher would wait for it for ever)."""
+    search = study_searcher(tmp_path, references=False, num_samples=2)
+    a, b = search.suggest("t0"), search.suggest("t1")
+    saved = tmp_path / "searcher.pkl"
+    search.save(str(saved))
+    write_tune_state(tmp_path, [("t0", "RUNNING", a, None)])
+    again = study_searcher(tmp_path, references=False, num_samples=2)
+    again.restore(str(saved))
+    assert again.live == {"t0": a} and again.suggest("u0") == b
+    finish(again, "t0", 0.8, 0.1)
+    finish(again, "u0", 0.7, 0.05)
+    from ray.tune.search import Searcher
+    assert again.suggest("u1") == Searcher.FINISHED
+    assert [t.values for t in study_trials(tmp_path)] == [[0.8, 0.1], [0.7, 0.05]]
+
+
+def test_the_random_search_restored_before_tunes_snapshot_does_not_repeat_a_trial(tmp_path):
+    from sweep.search import GammaSearcher
+
+    def searcher():
+        return GammaSearcher([{"kind": "compress", "gamma": g} for g in (0.1, 0.2, 0.3)],
+                             [None], 0, folder=str(tmp_path))
+
+    search = searcher()
+    saved = tmp_path / "searcher.pkl"
+    search.save(str(saved))
+    a, b = search.suggest("t0"), search.suggest("t1")
+    write_tune_state(tmp_path, [("t0", "TERMINATED", a, summary(0.9, 0.2)),
+                                ("t1", "PENDING", b, None)])
+    again = searcher()
+    again.restore(str(saved))
+    assert again.live == {"t1": b} and [p["gamma"] for p in again.queue] == [0.3]
+    assert [(p["gamma"], acc) for p, acc, _ in again.ended] == [(0.1, 0.9)]
 
 
 def test_the_study_searcher_keeps_to_max_concurrent(tmp_path):
