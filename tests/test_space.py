@@ -514,6 +514,8 @@ def test_a_study_sweep_killed_with_sigkill_resumes_its_study(ray_env, tmp_path):
     trials = read(results / "o", TRIALS_FILE)
     assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()
     assert sorted(trials["study_trial"]) == [0, 1, 2, 3]  # none asked twice, none lost
+    points = trials[["gamma", "min_bits", "lr_quant"]].drop_duplicates()
+    assert len(points) == 4  # and none drawn twice by a sampler seeded as at the start
     assert set(trials["swept"]) == {"gamma,min_bits,lr_quant"}
     study = optuna.load_study(study_name="o", storage=f"sqlite:///{results}/o/optuna.db")
     assert len(study.directions) == 2
