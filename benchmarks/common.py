@@ -83,18 +83,21 @@ def model_for(preset: str, kind: str = "compress", seed: int = 0, **overrides) -
 
 
 def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float = 0.01,
-                  config: TrainConfig | None = None) -> Callable[[], None]:
+                  config: TrainConfig | None = None,
+                  autocast: Callable = nullcontext) -> Callable[[], None]:
     """One full training step, the trainer's own ``Step`` (zero_grad, forward, loss with the
     size term for a quantized network, backward, both optimizers); ``config``: the `cpu`
-    preset's recipe by default, of the network's kind."""
+    preset's recipe by default, of the network's kind; ``autocast``: the trainer's on a GPU
+    (``trainer.train.autocast_for``), none on a CPU."""
     kind = "compress" if model.quantized else "float-baseline"
     config = config or resolve(TrainConfig(preset="cpu", kind=kind), has_gpu=False)
-    step = Step(model, make_optimizers(model, config), config, nullcontext, torch.zeros(()))
+    step = Step(model, make_optimizers(model, config), config, autocast,
+                torch.zeros((), device=x.device))
     step.gamma.fill_(gamma)
     model.train()
     x = x.contiguous(memory_format=torch.channels_last)  # as trainer.data hands batches over
 
-    def run() -> None:  # as trainer.train's loop runs it on a CPU (no autocast)
+    def run() -> None:  # as trainer.train's loop runs it
         step.zero_grad()
         step(x, y)
     return run

@@ -21,6 +21,8 @@
 #      and how busy the GPU is in each (does the compress step wait on the host?)
 #   1b. benchmarks.align: is a conv with a channel count off a multiple of 8 slower per
 #      multiply-add (the suspect for compress epochs slowing down as channels go)
+#   1c. benchmarks.shrink --device cuda: a cut network's step against its dense twin's
+#      (twin_ratio) and the uncut network's (ratio), beside their MACs ratios
 #   2a. with BEFORE=DIR (DIR/trainer/ an older trainer, e.g. `mkdir -p local/before &&
 #      git archive 0432bd1 trainer | tar -x -C local/before`, carried), the compress trial
 #      again with that trainer: the two side by side on one machine
@@ -62,6 +64,10 @@ timeout ${ALIGN_S:-60} $PY -m benchmarks.step --preset paper | tee "$OUT/step.js
   || echo "step: stopped or failed ($?)"
 
 if [ -z "${SKIP_TRIALS:-}" ]; then  # SKIP_TRIALS=1: the sweep step alone
+step "a cut network against its dense twin and the uncut one (benchmarks.shrink --device cuda)"
+timeout ${SHRINK_S:-120} $PY -m benchmarks.shrink --device cuda --reps 10 --steps 10 \
+  | tee "$OUT/shrink.jsonl" || echo "shrink: stopped or failed ($?)"
+
 step "paper-preset float baseline, $EPOCHS epochs"
 timeout ${STEP_S:-150} $PY -m benchmarks.gpu_check --kind float-baseline --epochs "$EPOCHS" \
   --tta --data-dir data | tee "$OUT/float.jsonl" || echo "float baseline: stopped or failed ($?)"

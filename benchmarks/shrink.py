@@ -12,8 +12,14 @@ tensors kept on the heap, denormals flushed). ``ratio`` = after / before beside
 trial's) and the uncompressed one is built from its own config: a trial's last epoch against
 its first, side by side instead of across a run on a shared machine.
 
+``--device cuda`` times the three on a GPU, with the trainer's autocast (bfloat16).
+
     python -m benchmarks.shrink [--reps 5] [--steps 5] [--model results/run/model.pt]
+                                [--device cpu|cuda]
 """
+
+import dataclasses
+
 
 import torch
 
@@ -31,7 +37,7 @@ from trainer.config import TrainConfig
 from trainer.heap import keep_freed_memory
 from trainer.network import model_for as trainer_model_for
 from trainer.surgery import dense_twin
-from trainer.train import train
+from trainer.train import autocast_for, train
 
 # as measured before skip_one_bit and the floor (the figures of benchmarks/README.md)
 STRONG = TrainConfig(preset="cpu", dataset="synthetic", gamma=2.0, epochs=6, batch_size=128,
@@ -39,10 +45,11 @@ STRONG = TrainConfig(preset="cpu", dataset="synthetic", gamma=2.0, epochs=6, bat
                      skip_one_bit=False, min_bits=0.0)
 
 
-def compressed_model():
+def compressed_model(device: str = "cpu"):
     """(the compressed network, its training result) from a short strong-γ run."""
     keep = {}
-    result = train(STRONG, on_epoch=lambda m, s: keep.update(model=s.model), verbose=False)
+    result = train(dataclasses.replace(STRONG, device=device),
+                   on_epoch=lambda m, s: keep.update(model=s.model), verbose=False)
     return keep["model"], result
 
 
@@ -64,20 +71,33 @@ def main() -> None:
     p.add_argument("--model", metavar="PATH",
                    help="a trained run's model.pt to time against its uncompressed network "
                         "(default: compress one here, strong gamma, synthetic data)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the networks train (%(default)s)")
     args = p.parse_args()
-    torch.set_flush_denormal(True)  # as trainer.train.setup does on a CPU
-    keep_freed_memory()
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here; leave --device off for the CPU")
+    if not cuda:
+        torch.set_flush_denormal(True)  # as trainer.train.setup does on a CPU
+        keep_freed_memory()
     if args.model:
         small, full, kept = trained_pair(args.model)
     else:
-        small, result = compressed_model()
+        small, result = compressed_model(args.device)
         full, kept = model_for("cpu"), result["weights_kept_fraction"]
-    x = torch.randn(args.batch, 3, 32, 32)
-    y = torch.randint(0, 10, (args.batch,))
+    small, full = small.to(args.device), full.to(args.device)
+    x = torch.randn(args.batch, 3, 32, 32, device=args.device)
+    y = torch.randint(0, 10, (args.batch,), device=args.device)
 
     def epoch(model):
-        step = train_step_fn(model, x, y)
-        return lambda: [step() for _ in range(args.steps)]
+        step = train_step_fn(model, x, y, autocast=autocast_for(cuda, False))
+
+        def run():
+            for _ in range(args.steps):
+                step()
+            if cuda:
+                torch.cuda.synchronize()
+        return run
 
     twin = dense_twin(small)
     t = interleaved({"after": epoch(small), "before": epoch(full), "twin": epoch(twin)},
@@ -90,7 +110,8 @@ def main() -> None:
                     "twin_epoch_s": round(t["twin"], 3),
                     "weights_kept_fraction": round(kept, 3),
                     "widths": {name: layer.weight.shape[0] for name, layer in small.quant_layers()},
-                    "steps_per_epoch": args.steps, "batch": args.batch, "reps": args.reps})
+                    "steps_per_epoch": args.steps, "batch": args.batch, "reps": args.reps,
+                    "device": args.device})
 
 
 if __name__ == "__main__":
