@@ -42,7 +42,7 @@ TensorBoard files there (tensorboard --logdir RESULTS_DIR/NAME), and with --mlfl
 MLflow. A stopped or killed sweep continues with --resume.
 
 examples:
-  python -m sweep.run --preset smoke --dataset synthetic --num-samples 4   # a first look
+  python -m sweep.run --preset demo --dataset synthetic --num-samples 8    # a first look
   python -m sweep.run --num-samples 64 --data-dir ../shared/data           # a real sweep
   python -m sweep.run --references full --data-dir ../shared/data          # and its rivals
   python -m sweep.run --num-samples 16 --seeds 3 --refine 8 --data-dir ../shared/data

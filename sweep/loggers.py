@@ -107,9 +107,12 @@ class MLflowCallback(MLflowLoggerCallback):
             runs = client.search_runs([self.mlflow_util.experiment_id],
                                       filter_string=f"tags.trial_name = '{trial}'")
             # A trial Tune re-creates under the same id may hold other settings; MLflow
-            # refuses to change a run's parameters, so that one gets a run of its own.
+            # refuses to change a run's parameters, so that one gets a run of its own. A
+            # run whose parameters a kill cut short (Ray starts the run, then logs them)
+            # is this trial's if the ones it has agree: the rest are logged into it.
             params = {k: str(v) for k, v in flatten_dict(trial.config).items()}
-            same = [r for r in runs if r.data.params == params]
+            same = [r for r in runs
+                    if all(params.get(k) == v for k, v in r.data.params.items())]
             if same:
                 self._trial_runs[trial] = same[0].info.run_id
                 client.update_run(same[0].info.run_id, status="RUNNING")

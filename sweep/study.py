@@ -202,9 +202,31 @@ class StudySearcher(PointSearcher):
         for number, frozen in sorted(by_number.items()):
             if number not in known and frozen.state == TrialState.RUNNING:
                 key = f"point-{self.asked}"  # asked after the snapshot: train it now
-                self._queue_point(key, number, dict(frozen.params))
-                search._ot_trials[key] = optuna.trial.Trial(study, frozen._trial_id)
+                trial = optuna.trial.Trial(study, frozen._trial_id)
+                self._queue_point(key, number, self._draw_missing(trial, dict(frozen.params)))
+                search._ot_trials[key] = trial
         self.asked = max(self.asked, len(by_number))  # and those told after the snapshot
+
+    def _draw_missing(self, trial, params: dict) -> dict:
+        """The point's values, drawn by the sampler where the kill came before the study
+        had stored them all (Optuna stores a new trial, then its values one by one)."""
+        from optuna.distributions import CategoricalDistribution, IntDistribution
+
+        from sweep.params import optuna_space
+
+        varying, _ = optuna_space(self.space)
+        for name, dist in varying.items():
+            if name in params:
+                continue
+            if isinstance(dist, CategoricalDistribution):
+                params[name] = trial.suggest_categorical(name, dist.choices)
+            elif isinstance(dist, IntDistribution):
+                params[name] = trial.suggest_int(name, dist.low, dist.high, step=dist.step,
+                                                 log=dist.log)
+            else:
+                params[name] = trial.suggest_float(name, dist.low, dist.high, step=dist.step,
+                                                   log=dist.log)
+        return params
 
     # --- snapshots ---
 

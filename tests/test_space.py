@@ -367,6 +367,29 @@ def test_a_restored_study_draws_new_points_not_its_first_ones_again(tmp_path):
         p["gamma"] for p in later]
 
 
+def test_a_point_killed_while_the_study_drew_it_is_drawn_whole_and_trained(tmp_path):
+    """Optuna stores a new trial, then its values one by one: a kill in between leaves a
+    RUNNING trial with some values or none (seen: a resume that died on KeyError 'gamma')."""
+    import optuna
+    from optuna.trial import TrialState
+
+    search = study_searcher(tmp_path, references=False, num_samples=2)
+    saved = tmp_path / "searcher.pkl"
+    search.save(str(saved))
+    study = optuna.load_study(study_name="st", storage=search.study_search._ot_study._storage)
+    study.ask()  # the kill came before any value was stored
+    again = study_searcher(tmp_path, references=False, num_samples=2)
+    again.restore(str(saved))
+    point = again.suggest("u0")
+    assert point["study_trial"] == 0 and 0.001 <= point["gamma"] <= 0.05
+    assert point["params"]["min_bits"] in (0.0, 3.0)
+    assert set(study_trials(tmp_path)[0].params) == {"gamma", "min_bits"}
+    finish(again, "u0", 0.8, 0.1)
+    assert again.suggest("u1")["study_trial"] == 1
+    finish(again, "u1", 0.7, 0.05)
+    assert [t.state for t in study_trials(tmp_path)] == [TrialState.COMPLETE] * 2
+
+
 def test_a_point_told_before_a_kill_and_reported_again_after_it_is_told_once(tmp_path):
     search = study_searcher(tmp_path, references=False)
     search.suggest("t0")

@@ -158,6 +158,44 @@ def test_mlflow_without_uri_is_the_sweeps_sqlite_store_and_resume_keeps_it(tmp_p
     assert "was started without --mlflow" in err
 
 
+def test_a_resumed_trial_logs_into_the_run_a_kill_cut_short_while_logging_its_params(
+        tmp_path):
+    """Ray starts a trial's MLflow run, then logs its parameters: a kill in between leaves a
+    run with some of them, which the resumed trial takes up; a run with other values does
+    not count (MLflow refuses to change a parameter)."""
+    from mlflow.tracking import MlflowClient
+    from ray.tune.experiment.trial import Trial
+    from ray.tune.utils import flatten_dict
+
+    from sweep.loggers import MLflowCallback
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    trial = Trial("run_trial", config={"train": {"preset": "smoke", "epochs": 2},
+                                       "kind": "compress", "gamma": 0.01},
+                  trial_id="abc", stub=True)
+    other = Trial("run_trial", config={"train": {"preset": "smoke", "epochs": 2},
+                                       "kind": "compress", "gamma": 0.02},
+                  trial_id="abd", stub=True)
+    callback = MLflowCallback(uri, "s", store=None)
+    callback.setup()
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("s").experiment_id
+    params = {k: str(v) for k, v in flatten_dict(trial.config).items()}
+    for t, logged in ((trial, dict(list(params.items())[:2])), (other, {"gamma": "0.5"})):
+        run = client.create_run(experiment, tags={"trial_name": str(t), "sweep": "s"})
+        for k, v in logged.items():
+            client.log_param(run.info.run_id, k, v)
+    for t in (trial, other):
+        callback.log_trial_start(t)
+    runs = client.search_runs([experiment])
+    by_trial = {}
+    for run in runs:
+        by_trial.setdefault(run.data.tags["trial_name"], []).append(run)
+    assert len(by_trial[str(trial)]) == 1  # taken up, its parameters completed
+    assert by_trial[str(trial)][0].data.params == params
+    assert len(by_trial[str(other)]) == 2  # other values: a run of its own
+
+
 def test_resume_keeps_the_saved_search_and_refuses_to_change_it(tmp_path, capsys):
     saved = SweepConfig(num_samples=3, dataset="synthetic", results_dir=str(tmp_path),
                         name="old")
