@@ -20,7 +20,6 @@ its first, side by side instead of across a run on a shared machine.
 
 import dataclasses
 
-
 import torch
 
 from benchmarks.common import (
