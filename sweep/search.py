@@ -69,7 +69,7 @@ def tune_trials(folder: str | Path | None) -> list[TuneTrial] | None:
 
     try:
         from ray.tune.utils.serialization import _loads_with_cloudpickle as loads
-    except ImportError:  # Ray before 2.55 decoded its state with json and this decoder
+    except ImportError:  # an older Ray without the helper: its state is JSON for this decoder
         import json
 
         from ray.tune.utils.serialization import TuneFunctionDecoder
