@@ -20,6 +20,7 @@ from pathlib import Path
 from trainer.config import ConfigError, TrainConfig, check_writable_folder, resolve
 
 SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
+RECIPE_FILE = "recipe.json"  # the TrainConfig its trials start from, as resolved when it began
 MLFLOW_DB = "mlflow.db"  # the default MLflow store of --mlflow without a URI, in the sweep folder
 # Fields that say how this invocation runs, not what the sweep is: never saved, free on resume.
 RUNTIME_FIELDS = ("address", "results_dir", "name", "resume")
@@ -353,3 +354,28 @@ def save(c: SweepConfig) -> None:
     tmp = c.folder / f".{SWEEP_FILE}.tmp"
     tmp.write_text(json.dumps(fields, indent=1) + "\n")
     tmp.replace(c.folder / SWEEP_FILE)
+
+
+def save_recipe(folder: Path, train: TrainConfig) -> None:
+    """Write the resolved TrainConfig every trial starts from (``recipe.json``), once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".{RECIPE_FILE}.tmp"
+    tmp.write_text(json.dumps(dataclasses.asdict(train), indent=1) + "\n")
+    tmp.replace(folder / RECIPE_FILE)
+
+
+def resumed_recipe(folder: Path, train: TrainConfig) -> tuple[TrainConfig, list[str]]:
+    """The recipe a resumed sweep began with, and the fields where today's preset differs.
+
+    A sweep records its resolved TrainConfig when it begins, so that a preset changed
+    between a stop and ``--resume`` does not reach its unfinished trials. A sweep from
+    before the record (no ``recipe.json``) keeps ``train``; a field added since takes
+    ``train``'s value.
+    """
+    path = folder / RECIPE_FILE
+    if not path.is_file():
+        return train, []
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    recorded = {k: v for k, v in json.loads(path.read_text()).items() if k in names}
+    changed = [k for k, v in recorded.items() if getattr(train, k) != v]
+    return train.replace(**recorded), changed

@@ -83,6 +83,7 @@ def run(c: SweepConfig) -> int:
         print(dashboard_message(cluster), flush=True)
         print(watch_message(c), flush=True)
         sweep_config.save(c)
+        train = keep_recipe(c, train)
         tuner = make_tuner(c, train)
         forward_sigterm()
         tuner.fit()
@@ -157,6 +158,18 @@ def describe_search(c: SweepConfig) -> str:
     seeds = (f"; each trained with {c.seeds} seeds ({c.seed}-{c.seed + c.seeds - 1}): "
              f"{c.num_trials} trials" if c.seeds > 1 else "")
     return refine + seeds
+
+
+def keep_recipe(c: SweepConfig, train: TrainConfig) -> TrainConfig:
+    """A new sweep records its recipe; a resumed one trains with the recipe it recorded."""
+    if not (c.folder / sweep_config.RECIPE_FILE).is_file():  # new, or older than the record
+        sweep_config.save_recipe(c.folder, train)
+        return train
+    train, changed = sweep_config.resumed_recipe(c.folder, train)
+    if changed:
+        print(f"{PROG}: resuming with the recipe the sweep began with; this code's "
+              f"preset now differs in {', '.join(changed)}", flush=True)
+    return train
 
 
 def make_tuner(c: SweepConfig, train: TrainConfig):

@@ -463,6 +463,31 @@ def test_the_start_up_line_counts_the_reference_trials():
     assert describe_references("none") == ""
 
 
+def test_a_resumed_sweep_trains_with_the_recipe_it_began_with_not_todays_preset(tmp_path,
+                                                                                capsys):
+    from sweep.run import keep_recipe
+
+    c = SweepConfig(preset="cpu", dataset="synthetic", results_dir=str(tmp_path), name="r")
+    began = resolve(sweep_config.base_train_config(c), has_gpu=False)
+    assert keep_recipe(c, began) == began  # a new sweep records its recipe
+    recorded = json.loads((c.folder / sweep_config.RECIPE_FILE).read_text())
+    assert recorded["lr"] == began.lr and recorded["gamma_ramp"] == began.gamma_ramp
+    # Later code changed the preset: the resume keeps the recipe and says what differs.
+    today = began.replace(lr=began.lr / 2, gamma_ramp=0.5)
+    resumed = keep_recipe(c.replace(resume=True), today)
+    assert resumed == began
+    assert capsys.readouterr().out.strip().endswith("differs in lr, gamma_ramp")
+    # A field this code no longer knows is dropped; one it added since takes today's value.
+    recorded["retired_field"] = 1
+    del recorded["gamma_ramp"]
+    (c.folder / sweep_config.RECIPE_FILE).write_text(json.dumps(recorded))
+    assert keep_recipe(c.replace(resume=True), today) == began.replace(gamma_ramp=0.5)
+    # A sweep older than the record keeps today's recipe from now on.
+    (c.folder / sweep_config.RECIPE_FILE).unlink()
+    assert keep_recipe(c.replace(resume=True), today) == today
+    assert keep_recipe(c.replace(resume=True), began) == today
+
+
 def test_checkpoints_load_without_unpickling_code_and_resume(tmp_path, capsys):
     import pickle
 
@@ -845,6 +870,8 @@ def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, t
         proc.wait()
     out = sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
     trials = assert_complete(results / "k", 4, 3)
+    assert (results / "k" / sweep_config.RECIPE_FILE).is_file()
+    assert "recipe the sweep began with" not in out.stdout  # the same code: nothing differs
     # --export front was saved with the sweep: the resumed sweep exports its front.
     front = set(pareto_front_ids(trials))
     exported = {p.parent.name for p in (results / "k" / "exports").glob("*/export.json")}
