@@ -350,32 +350,34 @@ def load_saved(folder: Path) -> dict:
 def save(c: SweepConfig) -> None:
     """Write the sweep-defining fields to ``sweep.json`` in the sweep folder."""
     fields = {k: v for k, v in dataclasses.asdict(c).items() if k not in RUNTIME_FIELDS}
-    c.folder.mkdir(parents=True, exist_ok=True)
-    tmp = c.folder / f".{SWEEP_FILE}.tmp"
-    tmp.write_text(json.dumps(fields, indent=1) + "\n")
-    tmp.replace(c.folder / SWEEP_FILE)
+    write_text_atomic(c.folder / SWEEP_FILE, json.dumps(fields, indent=1) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that a reader, or a kill, finds the old file or the new
+    one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 def save_recipe(folder: Path, train: TrainConfig) -> None:
-    """Write the resolved TrainConfig every trial starts from (``recipe.json``), once."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{RECIPE_FILE}.tmp"
-    tmp.write_text(json.dumps(dataclasses.asdict(train), indent=1) + "\n")
-    tmp.replace(folder / RECIPE_FILE)
+    """Record the resolved TrainConfig every trial of a sweep starts from (``recipe.json``),
+    so that a preset changed between a stop and ``--resume`` does not reach its trials."""
+    write_text_atomic(folder / RECIPE_FILE, json.dumps(dataclasses.asdict(train), indent=1) + "\n")
 
 
-def resumed_recipe(folder: Path, train: TrainConfig) -> tuple[TrainConfig, list[str]]:
-    """The recipe a resumed sweep began with, and the fields where today's preset differs.
-
-    A sweep records its resolved TrainConfig when it begins, so that a preset changed
-    between a stop and ``--resume`` does not reach its unfinished trials. A sweep from
-    before the record (no ``recipe.json``) keeps ``train``; a field added since takes
-    ``train``'s value.
-    """
+def load_recipe(folder: Path) -> dict | None:
+    """The recipe ``folder``'s sweep recorded (fields this code no longer knows dropped), or
+    None for a sweep older than the record. ConfigError if the file cannot be read."""
     path = folder / RECIPE_FILE
     if not path.is_file():
-        return train, []
+        return None
+    try:
+        recorded = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read {path} ({err}): restore it, or delete it to resume "
+                          "with this code's preset") from None
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    recorded = {k: v for k, v in json.loads(path.read_text()).items() if k in names}
-    changed = [k for k, v in recorded.items() if getattr(train, k) != v]
-    return train.replace(**recorded), changed
+    return {k: v for k, v in recorded.items() if k in names}

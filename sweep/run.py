@@ -161,15 +161,17 @@ def describe_search(c: SweepConfig) -> str:
 
 
 def keep_recipe(c: SweepConfig, train: TrainConfig) -> TrainConfig:
-    """A new sweep records its recipe; a resumed one trains with the recipe it recorded."""
-    if not (c.folder / sweep_config.RECIPE_FILE).is_file():  # new, or older than the record
+    """A new sweep records its recipe; a resumed one trains with the recipe it recorded (a
+    field added to TrainConfig since takes ``train``'s value)."""
+    recorded = sweep_config.load_recipe(c.folder)
+    if recorded is None:  # a new sweep, or one older than the record
         sweep_config.save_recipe(c.folder, train)
         return train
-    train, changed = sweep_config.resumed_recipe(c.folder, train)
+    changed = [k for k, v in recorded.items() if getattr(train, k) != v]
     if changed:
         print(f"{PROG}: resuming with the recipe the sweep began with; this code's "
               f"preset now differs in {', '.join(changed)}", flush=True)
-    return train
+    return train.replace(**recorded)
 
 
 def make_tuner(c: SweepConfig, train: TrainConfig):

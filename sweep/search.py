@@ -219,7 +219,7 @@ class GammaSearcher(PointSearcher):
         if (self.folder is None or not Path(self.folder).is_dir()  # moved since: no record
                 or len(self._recorded()) >= len(self.refine_gammas)):
             return
-        path = Path(self.folder) / REFINE_FILE
-        tmp = path.with_name(f".{REFINE_FILE}.tmp")
-        tmp.write_text("".join(f"{g!r}\n" for g in self.refine_gammas))  # repr: exact
-        tmp.replace(path)
+        from sweep.config import write_text_atomic
+
+        write_text_atomic(Path(self.folder) / REFINE_FILE,
+                          "".join(f"{g!r}\n" for g in self.refine_gammas))  # repr: exact
