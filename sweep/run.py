@@ -76,6 +76,7 @@ def run(c: SweepConfig) -> int:
             return 1
         try:
             c, train = settle(c)
+            train = keep_recipe(c, train)
         except ConfigError as err:
             ray.shutdown()
             fail(str(err), prog=PROG)
@@ -83,7 +84,6 @@ def run(c: SweepConfig) -> int:
         print(dashboard_message(cluster), flush=True)
         print(watch_message(c), flush=True)
         sweep_config.save(c)
-        train = keep_recipe(c, train)
         tuner = make_tuner(c, train)
         forward_sigterm()
         tuner.fit()
@@ -163,7 +163,7 @@ def describe_search(c: SweepConfig) -> str:
 def keep_recipe(c: SweepConfig, train: TrainConfig) -> TrainConfig:
     """A new sweep records its recipe; a resumed one trains with the recipe it recorded (a
     field added to TrainConfig since takes ``train``'s value)."""
-    recorded = sweep_config.load_recipe(c.folder)
+    recorded = sweep_config.load_recipe(c.folder) if c.resume else None
     if recorded is None:  # a new sweep, or one older than the record
         sweep_config.save_recipe(c.folder, train)
         return train

@@ -486,6 +486,9 @@ def test_a_resumed_sweep_trains_with_the_recipe_it_began_with_not_todays_preset(
     (c.folder / sweep_config.RECIPE_FILE).unlink()
     assert keep_recipe(c.replace(resume=True), today) == today
     assert keep_recipe(c.replace(resume=True), began) == today
+    # A new sweep records its own recipe over whatever a dead one left in the folder.
+    assert keep_recipe(c, began) == began
+    assert json.loads((c.folder / sweep_config.RECIPE_FILE).read_text())["lr"] == began.lr
     # A record that is not JSON stops the resume with one line, before any trial trains.
     (c.folder / sweep_config.RECIPE_FILE).write_text("{cut short")
     with pytest.raises(ConfigError, match=r"cannot read .*recipe\.json .*delete it to resume"):
