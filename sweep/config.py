@@ -240,7 +240,7 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
 
     For ``resume``, the saved settings of the sweep are loaded; ``given`` names the fields
     set on the command line, which must agree with them (see ``merge_saved``).
-    Raises ConfigError or trainer.data.DataError with a message that says what to do.
+    Raises ConfigError or trainer.cifar10.DataError with a message that says what to do.
     """
     c = c.replace(results_dir=str(Path(c.results_dir).expanduser().resolve()))
     check_writable_folder(c.results_dir, "--results-dir")
@@ -289,7 +289,7 @@ def with_mlflow_uri(c: SweepConfig, folder: Path) -> SweepConfig:
 
 def check_data(c: SweepConfig) -> None:
     """Fail now, not in every trial, on data the trainer would reject (trainer.data)."""
-    from trainer.data import check_cifar10
+    from trainer.cifar10 import check_cifar10
 
     if c.dataset == "cifar10":
         check_cifar10(c.data_dir)  # no data_dir: download once here; other nodes fill their own

@@ -33,9 +33,9 @@ from sweep.config import (
     reference_trials,
     with_gamma_range,
 )
+from trainer.cifar10 import DataError
 from trainer.cli import fail
 from trainer.config import ConfigError, TrainConfig, resolve
-from trainer.data import DataError
 from trainer.results import LAYERS_FILE, TRIALS_FILE
 
 STOPPED = 130  # exit status of a sweep stopped by a signal: resume it
@@ -269,7 +269,7 @@ def export_front(c: SweepConfig) -> bool:
     Accuracy is re-measured on the sweep's own dataset and data folder.
     """
     from sweep.checkpoints import export_front as export
-    from trainer.data import DataError
+    from trainer.cifar10 import DataError
     from trainer.export.sources import ExportError
 
     out = c.folder / EXPORTS_DIR

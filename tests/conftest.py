@@ -1,11 +1,20 @@
-"""Shared test helpers: where the real CIFAR-10 copy lives, if anywhere."""
+"""Shared test helpers: where the real CIFAR-10 copy lives, if anywhere; one torch thread
+per test process when several share the machine."""
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The test processes (pyproject's -n) and the Ray trials they start share the cores:
+    # one torch thread each, set before torch is imported, so that they take turns on the
+    # cores instead of spinning against each other. Subprocesses inherit it; a trial sets
+    # its own count (the CPUs Ray gave it).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture
@@ -14,3 +23,22 @@ def cifar_dir() -> Path:
     if not (SHARED_DATA / "cifar-10-batches-py" / "test_batch").is_file():
         pytest.skip(f"no CIFAR-10 copy at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def shared_head(tmp_path_factory):
+    """One ``ray start --head`` cluster (no authentication, no dashboard) for the tests of
+    the ``shared-head`` group, which attach their sweeps with ``--address``: ``(env,
+    address)``. Each of them is spared starting a cluster (about 10 CPU-seconds on two
+    cores); the tests of embedded clusters (the smoke sweep, the SIGTERM/SIGKILL sweep, the
+    failing trials, bad input) still start their own."""
+    from tests.test_sweep import free_port, ray_environment, start_head, stop_head
+
+    root = tmp_path_factory.mktemp("shared-head")
+    with ray_environment(root) as env:
+        port = free_port()
+        head = start_head(env, port)
+        try:
+            yield env, f"127.0.0.1:{port}"
+        finally:
+            stop_head(head, env)

@@ -30,6 +30,16 @@ def test_trainer_does_not_import_ray():
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
+def test_a_sweeps_driver_does_not_import_torch():
+    """Until its trials start, a sweep needs no torch (about 2.5 CPU-seconds to import): its
+    checks and one-line errors come without it. (Tune's TensorBoard logger imports it once
+    the experiment starts.)"""
+    code = ("import sys, sweep.run, sweep.trainable, sweep.study, sweep.store, sweep.loggers, "
+            "sweep.checkpoints, analysis.pareto, analysis.quality; "
+            "assert 'torch' not in sys.modules, 'the sweep driver imported torch'")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
 def test_ci_runs_the_readme_setup_and_test_commands():
     readme = (REPO / "README.md").read_text()
     ci = (REPO / ".ci" / "run").read_text()

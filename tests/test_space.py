@@ -24,7 +24,6 @@ from sweep.store import new_record, trial_row, write
 from tests.test_sweep import (
     SMOKE,
     cut_short_by_the_kill,
-    ray_environment,
     read,
     start_sweep,
     sweep,
@@ -509,30 +508,27 @@ def test_the_study_searcher_keeps_to_max_concurrent(tmp_path):
 
 # --- a real study sweep, killed and resumed --------------------------------------------------
 
-@pytest.fixture
-def ray_env(tmp_path):
-    with ray_environment(tmp_path) as env:
-        yield env
-
-
 @pytest.mark.ray
-def test_a_study_sweep_killed_with_sigkill_resumes_its_study(ray_env, tmp_path):
+@pytest.mark.xdist_group("shared-head")  # one process starts the head
+def test_a_study_sweep_killed_with_sigkill_resumes_its_study(shared_head, tmp_path):
     import optuna
     from optuna.trial import TrialState
 
+    env, address = shared_head  # the driver dies, the cluster lives on: Ray ends its trials
     results = tmp_path / "results"
     args = [*SMOKE, "--num-samples", "4", "--name", "o", "--results-dir", str(results),
             "--references", "none", "--search", "optuna", "--param", "min_bits=[0, 3]",
             "--param", "lr_quant={distribution: log_uniform_values, min: 0.01, max: 0.1}",
-            "--max-concurrent", "2", "--export", "front", "--mlflow"]
-    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *args)
+            "--max-concurrent", "2", "--export", "front", "--mlflow", "--address", address]
+    proc = start_sweep(env, tmp_path, tmp_path / "killed.log", *args)
     try:
         wait_for(results / "o" / TRIALS_FILE, lambda t: (t["status"] == "TERMINATED").any(),
                  proc)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    out = sweep(ray_env, tmp_path, "--resume", "--name", "o", "--results-dir", str(results))
+    out = sweep(env, tmp_path, "--resume", "--name", "o", "--results-dir", str(results),
+                "--address", address)
     assert "optuna-dashboard sqlite:///" in out.stdout
     trials = read(results / "o", TRIALS_FILE)
     assert len(trials) == 4 and (trials["status"] == "TERMINATED").all()

@@ -863,11 +863,30 @@ def start_sweep(env: dict, cwd: Path, log: Path, *args: str) -> subprocess.Popen
 
 
 @pytest.mark.ray
-def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, tmp_path):
+def test_a_sweep_stopped_by_sigterm_then_killed_by_sigkill_resumes_every_trial_once(ray_env,
+                                                                                    tmp_path):
+    """Both ways a sweep ends early, one after the other (each resume starts its cluster):
+    SIGTERM to the driver stops it cleanly; SIGKILL to the resumed one takes the driver
+    and its whole embedded cluster; the second resume finishes every trial exactly once."""
     results = tmp_path / "results"
     args = [*SMOKE, "--epochs", "3", "--num-samples", "2", "--name", "k",
             "--results-dir", str(results), "--export", "front", "--mlflow"]
-    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *args)
+    resume = ["--resume", "--name", "k", "--results-dir", str(results)]
+    log = tmp_path / "stopped.log"
+    proc = start_sweep(ray_env, tmp_path, log, *args)
+    try:
+        wait_for(results / "k" / EPOCHS_FILE, lambda t: len(t) >= 1, proc)
+        proc.send_signal(signal.SIGTERM)  # the driver only, as `kill` or a scheduler would
+        assert proc.wait(timeout=60) == 130
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    said = log.read_text()
+    assert f"python -m sweep.run --resume --name k --results-dir {results}" in said
+    assert "Traceback" not in said
+    assert not (read(results / "k", TRIALS_FILE)["status"] == "TERMINATED").any()
+
+    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *resume)
     try:
         before = wait_for(results / "k" / TRIALS_FILE,
                           lambda t: (t["status"] == "TERMINATED").any(), proc)
@@ -875,7 +894,7 @@ def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, t
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole embedded cluster
         proc.wait()
-    out = sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
+    out = sweep(ray_env, tmp_path, *resume)
     trials = assert_complete(results / "k", 4, 3)
     assert (results / "k" / sweep_config.RECIPE_FILE).is_file()
     assert "recipe the sweep began with" not in out.stdout  # the same code: nothing differs
@@ -907,26 +926,6 @@ def test_a_sweep_killed_with_sigkill_resumes_every_trial_exactly_once(ray_env, t
     assert all(r.info.status == "FINISHED" for r in runs)
 
 
-@pytest.mark.ray
-def test_sigterm_stops_cleanly_and_says_how_to_resume(ray_env, tmp_path):
-    results = tmp_path / "results"
-    log = tmp_path / "stopped.log"
-    proc = start_sweep(ray_env, tmp_path, log, *SMOKE, "--num-samples", "2", "--no-references",
-                       "--name", "t", "--results-dir", str(results))
-    try:
-        wait_for(results / "t" / EPOCHS_FILE, lambda t: len(t) >= 1, proc)
-        proc.send_signal(signal.SIGTERM)  # the driver only, as `kill` or a scheduler would
-        assert proc.wait(timeout=60) == 130
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    said = log.read_text()
-    assert f"python -m sweep.run --resume --name t --results-dir {results}" in said
-    assert "Traceback" not in said
-    sweep(ray_env, tmp_path, "--resume", "--name", "t", "--results-dir", str(results))
-    assert_complete(results / "t", 2, 2)
-
-
 REFINE = [*SMOKE, "--epochs", "1", "--num-samples", "2", "--seeds", "2", "--no-references"]
 
 
@@ -950,19 +949,22 @@ def assert_refined(folder: Path, refine: int) -> pd.DataFrame:
 
 
 @pytest.mark.ray
-def test_a_killed_refine_sweep_with_two_seeds_resumes_with_its_gamma_and_is_drawn(ray_env,
+@pytest.mark.xdist_group("shared-head")  # one process starts the head
+def test_a_killed_refine_sweep_with_two_seeds_resumes_with_its_gamma_and_is_drawn(shared_head,
                                                                                  tmp_path):
+    env, address = shared_head  # the driver dies, the cluster lives on: Ray ends its trials
     results = tmp_path / "results"
-    proc = start_sweep(ray_env, tmp_path, tmp_path / "killed.log", *REFINE, "--refine", "2",
-                       "--name", "k", "--results-dir", str(results))
+    proc = start_sweep(env, tmp_path, tmp_path / "killed.log", *REFINE, "--refine", "2",
+                       "--name", "k", "--results-dir", str(results), "--address", address)
     try:
         before = wait_for(results / "k" / TRIALS_FILE, lambda t: t["refined"].any(), proc)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its whole embedded cluster
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     first = set(before.loc[before["refined"], "gamma"])
     assert "scnn sweep: refine 1: γ " in (tmp_path / "killed.log").read_text()
-    out = sweep(ray_env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results))
+    out = sweep(env, tmp_path, "--resume", "--name", "k", "--results-dir", str(results),
+                "--address", address)
     folder = results / "k"
     trials = assert_refined(folder, 2)
     assert first < set(trials.loc[trials["refined"], "gamma"])  # and one chosen after resuming
@@ -1005,16 +1007,13 @@ def stop_head(head: subprocess.Popen, env: dict) -> None:
 
 
 @pytest.mark.ray
-def test_attaches_to_a_cluster_started_with_ray_start_without_authentication(ray_env,
+@pytest.mark.xdist_group("shared-head")  # one process starts the head
+def test_attaches_to_a_cluster_started_with_ray_start_without_authentication(shared_head,
                                                                              tmp_path):
-    port = free_port()
-    head = start_head(ray_env, port)
-    try:
-        out = sweep(ray_env, tmp_path, *SMOKE, "--epochs", "1", "--num-samples", "1",
-                    "--no-references", "--name", "a", "--results-dir", "results",
-                    "--address", f"127.0.0.1:{port}")
-    finally:
-        stop_head(head, ray_env)
+    env, address = shared_head
+    out = sweep(env, tmp_path, *SMOKE, "--epochs", "1", "--num-samples", "1",
+                "--no-references", "--name", "a", "--results-dir", "results",
+                "--address", address)
     assert_complete(tmp_path / "results" / "a", 1, 1)
     assert "the running Ray cluster (no authentication)" in out.stdout
 
@@ -1060,10 +1059,13 @@ def test_attaches_to_a_token_cluster_and_ray_job_submit_runs_the_sweep_there(ray
 
 @pytest.mark.ray
 @pytest.mark.real_data
-def test_a_relative_data_dir_reaches_the_trials(ray_env, tmp_path, cifar_dir):
+@pytest.mark.xdist_group("shared-head")  # one process starts the head
+def test_a_relative_data_dir_reaches_the_trials(shared_head, tmp_path, cifar_dir):
+    env, address = shared_head  # trials run in other folders of the cluster's processes
     data = os.path.relpath(cifar_dir, tmp_path)
-    sweep(ray_env, tmp_path, "--preset", "smoke", "--epochs", "1", "--num-samples", "1",
-          "--no-references", "--data-dir", data, "--name", "c", "--results-dir", "results")
+    sweep(env, tmp_path, "--preset", "smoke", "--epochs", "1", "--num-samples", "1",
+          "--no-references", "--data-dir", data, "--name", "c", "--results-dir", "results",
+          "--address", address)
     trials = assert_complete(tmp_path / "results" / "c", 1, 1)
     assert trials["test_accuracy"].iloc[0] > 0.1  # learned something from real images
 

@@ -152,8 +152,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run(argv: list[str] | None = None) -> None:
     """Parse, train, and write results; user mistakes exit 2 with one line."""
+    from trainer.cifar10 import DataError
     from trainer.config import resolve
-    from trainer.data import DataError
 
     args = parser().parse_args(argv)
     try:
@@ -161,7 +161,7 @@ def run(argv: list[str] | None = None) -> None:
         if args.out is not None:
             check_writable_folder(args.out, "--out")
         if config.dataset == "cifar10" and config.data_dir:
-            from trainer.data import find_batches
+            from trainer.cifar10 import find_batches
 
             find_batches(config.data_dir)  # fail now, not after building the model
         if args.preset == "auto":

@@ -2,105 +2,43 @@
 
 Sources, in order: ``--data-dir`` (a folder holding ``cifar-10-batches-py/``, or that
 folder), else torchvision's download into a cache folder (once per machine, under a file
-lock), or ``--dataset synthetic`` (a small generated set for tests). The python-version
-pickles are read directly, so copies whose md5 sums differ from the original still load.
+lock), or ``--dataset synthetic`` (a small generated set for tests). Finding and reading the
+files is ``trainer.cifar10``'s (torch-free).
 """
 
 from __future__ import annotations
 
-import os
-import pickle
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from trainer.cifar10 import (  # noqa: F401  (DataError: what this module's loaders raise)
+    BATCH_FILES,
+    TEST_FILE,
+    DataError,
+    default_cache,
+    download,
+    find_batches,
+    read_batch,
+)
+
 if TYPE_CHECKING:
     from trainer.config import TrainConfig
 
-BATCH_FILES = [f"data_batch_{i}" for i in range(1, 6)]
-TEST_FILE = "test_batch"
-FOLDER = "cifar-10-batches-py"
 MEAN = (125.31, 122.95, 113.87)  # per-channel pixel mean of the CIFAR-10 training set
 STD = (62.99, 62.09, 66.70)
 PAD = 4  # random-crop padding in pixels
 
 
-class DataError(RuntimeError):
-    """The data cannot be found or read; the message says what to do."""
-
-
-def default_cache() -> Path:
-    return Path(os.environ.get("SCNN_DATA_CACHE", Path.home() / ".cache" / "scnn"))
-
-
-def find_batches(data_dir: str | os.PathLike) -> Path:
-    """The ``cifar-10-batches-py`` folder at or under ``data_dir``, or DataError."""
-    root = Path(data_dir).expanduser().resolve()
-    for folder in (root / FOLDER, root):
-        if all((folder / f).is_file() for f in [*BATCH_FILES, TEST_FILE]):
-            return folder
-    raise DataError(f"--data-dir {data_dir} does not hold CIFAR-10: expected {FOLDER}/ with "
-                    f"{', '.join(BATCH_FILES)} and {TEST_FILE} (the python version from "
-                    "https://www.cs.toronto.edu/~kriz/cifar.html); or omit --data-dir to "
-                    "download it")
-
-
-def download(cache: Path) -> Path:
-    """Download CIFAR-10 once into ``cache`` (guarded by a file lock: trials start at once)."""
-    from filelock import FileLock
-    from torchvision.datasets import CIFAR10
-
-    cache.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(cache / ".cifar10.lock")):
-        try:
-            return find_batches(cache)
-        except DataError:
-            pass
-        try:
-            CIFAR10(str(cache), train=True, download=True)
-        except Exception as err:  # offline, proxy, disk full: all end the same way
-            raise DataError(f"could not download CIFAR-10 into {cache} ({err}); pass "
-                            "--data-dir with a local copy of cifar-10-batches-py/") from err
-    return find_batches(cache)
-
-
-def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")
-        x = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        y = np.asarray(d[b"labels"], dtype=np.int64)
-        if len(x) != len(y):
-            raise ValueError(f"{len(x)} images but {len(y)} labels")
-        return x, y
-    except Exception as err:
-        raise DataError(f"cannot read {path} as a CIFAR-10 batch ({err}): "
-                        "replace the file with an intact copy") from err
-
-
-def check_cifar10(data_dir: str | None) -> Path:
-    """The ``cifar-10-batches-py`` folder, every batch read as training reads it.
-
-    Raises DataError for whatever ``load_cifar10`` would reject, so a sweep can refuse bad
-    data in its driver (a few seconds) instead of failing every trial. Without ``data_dir``
-    it downloads into the cache first, as training does.
-    """
-    folder = find_batches(data_dir) if data_dir else download(default_cache())
-    for name in [*BATCH_FILES, TEST_FILE]:
-        _read_batch(folder / name)
-    return folder
-
-
 def load_cifar10(data_dir: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(x_train, y_train, x_test, y_test): uint8 (N, 3, 32, 32) images and int64 labels."""
     folder = find_batches(data_dir) if data_dir else download(default_cache())
-    parts = [_read_batch(folder / f) for f in BATCH_FILES]
-    x_test, y_test = _read_batch(folder / TEST_FILE)
+    parts = [read_batch(folder / f) for f in BATCH_FILES]
+    x_test, y_test = read_batch(folder / TEST_FILE)
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
     return (torch.from_numpy(x_train), torch.from_numpy(y_train),
@@ -110,7 +48,7 @@ def load_cifar10(data_dir: str | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 def load_cifar10_test(data_dir: str | None) -> tuple[Tensor, Tensor]:
     """(x_test, y_test) of CIFAR-10 alone, as ``load_cifar10`` gives them."""
     folder = find_batches(data_dir) if data_dir else download(default_cache())
-    x_test, y_test = _read_batch(folder / TEST_FILE)
+    x_test, y_test = read_batch(folder / TEST_FILE)
     return torch.from_numpy(x_test), torch.from_numpy(y_test)
 
 

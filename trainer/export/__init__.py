@@ -18,9 +18,16 @@ re-measured from ``model.onnx``). The room, module by module:
 (``torch.load(weights_only=True)``).
 """
 
-from trainer.export.cli import main
-from trainer.export.packed import read_weights
-from trainer.export.sources import ExportError
-from trainer.export.write import export_network
+import importlib
 
-__all__ = ["ExportError", "export_network", "main", "read_weights"]
+# Loaded on first use: ``sweep.checkpoints`` reaches ``sources`` through this package, and a
+# sweep's driver should not import torch (what ``packed``, ``dense`` and ``write`` need).
+_HOME = {"ExportError": "sources", "export_network": "write", "main": "cli",
+         "read_weights": "packed"}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_HOME[name]}"), name)

@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from trainer.data import DataError
+    from trainer.cifar10 import DataError
 
     args = parser().parse_args(argv)
     try:

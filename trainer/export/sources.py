@@ -15,8 +15,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from trainer.results import TRIALS_FILE
 
 MODEL_FILE = "model.pt"
@@ -96,6 +94,8 @@ def load_source(src: Source):
 
 def load_saved(path: Path) -> dict:
     """The dict in a model.pt or state.pt, loaded without running code from the file."""
+    import torch  # here: a sweep's driver imports this module without needing torch
+
     try:
         with warnings.catch_warnings():  # torch warns about pickle protocols it may refuse
             warnings.simplefilter("ignore")
