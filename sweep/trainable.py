@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -36,6 +37,7 @@ def run_trial(config: dict) -> None:
 
     # Ray logs a line per checkpoint and trial; the trial folders list them anyway.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    quiet_stop()
     threads = assigned_cpus()
     torch.set_num_threads(threads)
     device = claim_device()
@@ -49,6 +51,20 @@ def run_trial(config: dict) -> None:
     result = train(train_config(config, device, threads), on_epoch=on_epoch, resume=resume,
                    verbose=False)
     tune.report(summary_report(result))
+
+
+def quiet_stop() -> None:
+    """A stopped sweep (Ctrl-C, SIGTERM) ends its trials' workers with SIGTERM, whose Ray
+    handler raises SystemExit wherever the worker is. Inside a weakref callback Python can
+    only print that ("Exception ignored in ... SystemExit: 1", with a traceback), and Ray
+    forwards it to the sweep's terminal, as if something had failed. Drop exactly that."""
+    default = sys.unraisablehook
+
+    def hook(unraisable) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            default(unraisable)
+
+    sys.unraisablehook = hook
 
 
 def assigned_cpus() -> int:

@@ -332,6 +332,32 @@ def test_min_bits_reaches_every_compress_trial_and_its_row():
     assert (resumed.min_bits, resumed.skip_one_bit) == (0.0, False)
 
 
+def test_a_trial_stopped_inside_a_weakref_callback_prints_no_traceback(monkeypatch, capsys):
+    """What a stopped sweep's workers printed once under load: Ray's SIGTERM handler raised
+    SystemExit inside a weakref callback, printed as "Exception ignored ... Traceback"."""
+    import weakref
+
+    from sweep.trainable import quiet_stop
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    quiet_stop()
+
+    class Thing:
+        pass
+
+    def raising(error):
+        def callback(ref):
+            raise error
+        return callback
+
+    for error in (SystemExit(1), ValueError("a real fault")):
+        thing = Thing()
+        ref = weakref.ref(thing, raising(error))  # noqa: F841  (called when thing dies)
+        del thing
+    said = capsys.readouterr().err
+    assert "SystemExit" not in said and "ValueError: a real fault" in said
+
+
 def test_the_latest_checkpoint_of_the_same_trial_is_chosen(tmp_path):
     key = {"kind": "compress", "gamma": 0.01, "train": {"epochs": 5}}
     other = {**key, "gamma": 0.02}
