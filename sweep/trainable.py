@@ -94,7 +94,8 @@ def claim_device() -> str:
 
 def fail_if_asked(gamma: float) -> None:
     """Test only: a trial whose γ is above the environment's ``FAIL_ENV`` raises, so the
-    tests can watch retries and errors (the sweep's environment reaches its Ray workers)."""
+    tests can watch retries and errors (the sweep's environment reaches the workers of the
+    cluster it starts)."""
     limit = os.environ.get(FAIL_ENV)
     if limit is not None and float(gamma) > float(limit):
         raise RuntimeError(f"test failure: gamma {gamma:.4g} is above {FAIL_ENV}={limit}")

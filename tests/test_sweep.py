@@ -835,7 +835,7 @@ def test_bad_input_found_once_ray_runs_is_one_line_without_rays_start_up_lines(r
 @pytest.mark.ray
 def test_a_failing_trial_is_retried_recorded_and_the_others_finish(ray_env, tmp_path):
     results = tmp_path / "results"
-    sweep({**ray_env, FAIL_ENV: "0.001"}, tmp_path, *SMOKE, "--num-samples", "3",
+    sweep({**ray_env, FAIL_ENV: "0.001"}, tmp_path, *SMOKE, "--num-samples", "2",
           "--no-references", "--name", "f", "--results-dir", str(results), "--max-failures", "1")
     trials = read(results / "f", TRIALS_FILE).set_index("trial_id")
     failing = trials["gamma"] > 0.001
@@ -1002,11 +1002,12 @@ def test_a_killed_refine_sweep_with_two_seeds_resumes_with_its_gamma_and_is_draw
     assert "## Front quality" in md and "hypervolume" in md and "| seeds |" in md
 
 
-def start_head(env: dict, port: int, dashboard: int = 0) -> subprocess.Popen:
+def start_head(env: dict, port: int, dashboard: int = 0, cpus: int = 2) -> subprocess.Popen:
     """``ray start --head`` on its own process group, so the test can stop exactly it.
 
     ``dashboard``: its port (with the Jobs API), every other fixed port of the head free
-    too, so tests running beside each other do not collide; 0: no dashboard.
+    too, so tests running beside each other do not collide; 0: no dashboard. ``cpus``: the
+    CPUs it offers trials (one CPU each).
     """
     ports = ["--include-dashboard", "false"]
     if dashboard:
@@ -1015,7 +1016,7 @@ def start_head(env: dict, port: int, dashboard: int = 0) -> subprocess.Popen:
                              "--metrics-export-port", "--runtime-env-agent-port",
                              "--ray-client-server-port") for arg in (flag, str(free_port())))]
     head = subprocess.Popen(
-        [RAY, "start", "--head", "--port", str(port), "--num-cpus", "2",
+        [RAY, "start", "--head", "--port", str(port), "--num-cpus", str(cpus),
          "--dashboard-host", "127.0.0.1", *ports,
          "--temp-dir", env["RAY_TMPDIR"], "--disable-usage-stats"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
