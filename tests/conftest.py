@@ -44,10 +44,3 @@ def shared_head(tmp_path_factory):
             yield env, f"127.0.0.1:{port}"
         finally:
             stop_head(head, env)
-
-
-def pytest_collection_modifyitems(items):
-    """The Ray tests first: they are the long ones (a minute or more each under load), so
-    the test processes start them early and finish together, instead of one of them
-    running the last long sweep alone while the others are done."""
-    items.sort(key=lambda item: item.get_closest_marker("ray") is None)
