@@ -1,9 +1,11 @@
 """sweep: bad input, the Parquet records, checkpoint choice; and real Ray sweeps.
 
-The tests marked ``ray`` start real Ray clusters (two CPUs, synthetic data, smoke trials)
-in subprocesses, each with its own HOME (so Ray's token lives there) and its own Ray temp
-folder; afterwards every process that carries that folder in its environment is killed,
-so no Ray process of a test outlives it and nobody else's Ray is touched.
+The tests marked ``ray`` run real Ray sweeps (synthetic data, smoke trials) in
+subprocesses, each cluster with its own HOME (so Ray's token lives there) and its own Ray
+temp folder; afterwards every process that carries that folder in its environment is
+killed, so no Ray process outlives its test (or, for the ``ray start`` head the
+``shared-head`` group attaches to, ``tests/conftest.py``, the test session) and nobody
+else's Ray is touched.
 """
 
 from __future__ import annotations
