@@ -1,7 +1,9 @@
 """Where trials are logged besides Parquet: TensorBoard and MLflow, through Tune's callbacks.
 
-Both are Tune's own logger callbacks (``TBXLoggerCallback``, Ray's ``MLflowLoggerCallback``),
-narrowed to what a sweep user compares:
+MLflow is Ray's ``MLflowLoggerCallback``; TensorBoard is a Tune logger callback of ours that
+writes with TensorBoard's own event writer (Tune's ``TBXLoggerCallback`` writes through
+tensorboardX, which imports torch into the sweep's driver: 2 CPU-seconds a start). Both
+are narrowed to what a sweep user compares:
 
 - a metric's step is the trial's epoch, and only the per-epoch metrics of the Parquet file
   ``epochs.parquet`` are logged; a trial's last report (its summary, carrying its history
@@ -18,12 +20,15 @@ folder with each snapshot of its state (every few seconds while trials report).
 
 from __future__ import annotations
 
+import math
 import tempfile
+import time
+from numbers import Real
 from pathlib import Path
 
 from ray._private.dict import flatten_dict
 from ray.air.integrations.mlflow import MLflowLoggerCallback
-from ray.tune.logger import TBXLoggerCallback
+from ray.tune.logger import LoggerCallback
 
 from sweep.space import overrides, swept_values
 from sweep.store import ParquetCallback, write
@@ -52,29 +57,88 @@ def hparams(config: dict) -> dict:
     return {**chosen, **{k: v for k, v in params.items() if k not in chosen}}
 
 
-class TensorBoardCallback(TBXLoggerCallback):
-    """Tune's TensorBoard logger: per-epoch scalars ``ray/tune/<metric>`` at step = epoch."""
+class TensorBoardCallback(LoggerCallback):
+    """Per-epoch scalars ``ray/tune/<metric>`` at step = epoch in each trial's folder, and its
+    hyper-parameters (``hparams``) against its last epoch's metrics when it ends."""
+
+    _SAVED_FILE_TEMPLATES = ["events.out.tfevents.*"]  # its files, as for Tune's own logger
+
+    def __init__(self):
+        self._writers: dict = {}  # Trial -> EventFileWriter
+        self._last: dict = {}  # Trial -> {tag: value} of its last epoch
+
+    def log_trial_start(self, trial):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        if trial in self._writers:
+            self._writers[trial].close()
+        trial.init_local_path()
+        self._writers[trial] = EventFileWriter(trial.local_path, flush_secs=30)
+        self._last[trial] = {}
 
     def log_trial_result(self, iteration: int, trial, result: dict):
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
         metrics = epoch_metrics(result)
         if metrics is None:
             return
-        # Tune takes the step from training_iteration and does not log it as a scalar.
-        super().log_trial_result(iteration, trial,
-                                 {**metrics, "training_iteration": int(metrics["epoch"])})
+        if trial not in self._writers:
+            self.log_trial_start(trial)
+        scalars = {f"ray/tune/{k}": float(v) for k, v in metrics.items()
+                   if isinstance(v, Real) and not math.isnan(v)}
+        self._write(trial, Summary(value=[Summary.Value(tag=tag, simple_value=value)
+                                          for tag, value in scalars.items()]),
+                    step=int(metrics["epoch"]))
+        self._writers[trial].flush()
+        self._last[trial] = scalars
 
     def log_trial_end(self, trial, failed: bool = False):
-        # Tune's own logger writes hparams only for trials with sampled parameters, which
-        # the reference trials (the searcher's preset points) have none of.
-        from tensorboardX.summary import hparams as hparams_summary
-
-        writer, last = self._trial_writer.pop(trial, None), self._trial_result.pop(trial, {})
+        writer, last = self._writers.get(trial), self._last.pop(trial, {})
         if writer is None:
             return
         if last:  # the last epoch's metrics, as TensorBoard's HParams view shows them
-            for tag in hparams_summary(hparam_dict=hparams(trial.config), metric_dict=last):
-                writer.file_writer.add_summary(tag)
+            for summary in hparams_summaries(hparams(trial.config), last):
+                self._write(trial, summary, step=0)
         writer.close()
+        del self._writers[trial]
+
+    def _write(self, trial, summary, step: int) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        self._writers[trial].add_event(Event(wall_time=time.time(), step=step,
+                                             summary=summary))
+
+
+def hparams_summaries(params: dict, metrics: dict) -> list:
+    """The three summaries of TensorBoard's HParams plugin for one trial (its experiment,
+    session start and session end), as tensorboardX's ``summary.hparams`` builds them."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    start = plugin_data_pb2.SessionStartInfo()
+    infos = []
+    for name, value in params.items():
+        if isinstance(value, bool):
+            start.hparams[name].bool_value, kind = value, "DATA_TYPE_BOOL"
+        elif isinstance(value, Real):
+            start.hparams[name].number_value, kind = float(value), "DATA_TYPE_FLOAT64"
+        else:
+            start.hparams[name].string_value, kind = str(value), "DATA_TYPE_STRING"
+        infos.append(api_pb2.HParamInfo(name=name, type=api_pb2.DataType.Value(kind)))
+    experiment = api_pb2.Experiment(
+        hparam_infos=infos,
+        metric_infos=[api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag)) for tag in metrics])
+    end = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value("STATUS_SUCCESS"))
+
+    def summary(tag: str, **data) -> Summary:
+        content = plugin_data_pb2.HParamsPluginData(version=0, **data).SerializeToString()
+        metadata = SummaryMetadata(plugin_data=SummaryMetadata.PluginData(
+            plugin_name="hparams", content=content))
+        return Summary(value=[Summary.Value(tag=tag, metadata=metadata)])
+
+    return [summary("_hparams_/experiment", experiment=experiment),
+            summary("_hparams_/session_start_info", session_start_info=start),
+            summary("_hparams_/session_end_info", session_end_info=end)]
 
 
 class MLflowCallback(MLflowLoggerCallback):

@@ -47,6 +47,25 @@ def test_a_strong_gamma_shrinks_the_network_and_its_work(tmp_path, strong):
     assert result["test_accuracy"] > 0.3  # still far above chance (0.1)
 
 
+@pytest.mark.xdist_group("strong")  # one process builds the fixture
+def test_a_result_holds_no_torch_objects(strong):
+    """A sweep's driver unpickles each trial's result: a torch object in it (once the
+    TorchVersion of ``torch.__version__``) would import torch into the driver."""
+    result, _, _ = strong
+
+    def walk(value, where):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+        else:
+            assert not type(value).__module__.startswith("torch"), (where, type(value))
+
+    walk(result, "result")
+
+
 def load_model_from(state: dict, tmp_path):
     path = tmp_path / "ckpt.pt"
     torch.save(state, path)

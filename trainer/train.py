@@ -331,7 +331,7 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
         **size_metrics(model), "train_time_s": state.time_total_s,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "hostname": socket.gethostname(), "code_version": code_version(),
-        "torch_version": torch.__version__, "history": state.history,
+        "torch_version": str(torch.__version__), "history": state.history,
         "layers": layer_rows(model), "n_train": data.n_train,
     }
 
