@@ -42,13 +42,14 @@ class Cluster:
     token_auth: bool  # Ray token authentication on
 
 
-def connect(address: str | None) -> Cluster:
-    """``ray.init`` an embedded cluster, or attach to ``address`` (else $RAY_ADDRESS)."""
+def connect(address: str | None, dashboard: bool = True) -> Cluster:
+    """``ray.init`` an embedded cluster (with its dashboard unless ``dashboard`` is False), or
+    attach to ``address`` (else $RAY_ADDRESS)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
-    return attach(address) if address else embed()
+    return attach(address) if address else embed(dashboard)
 
 
-def embed() -> Cluster:
+def embed(dashboard: bool = True) -> Cluster:
     """Start a local cluster, its dashboard on loopback; the token guards the rest.
 
     A minimal Ray (``pip install ray``, not ``ray[default]``) has no dashboard: the cluster
@@ -59,7 +60,7 @@ def embed() -> Cluster:
     import ray
 
     worker_environment()
-    context = ray.init(address="local", include_dashboard=has_dashboard(),
+    context = ray.init(address="local", include_dashboard=dashboard and has_dashboard(),
                        dashboard_host=LOOPBACK)
     restrict_token_file()
     return Cluster(True, context.dashboard_url or "", auth_mode() == "token")

@@ -23,7 +23,7 @@ SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
 RECIPE_FILE = "recipe.json"  # the TrainConfig its trials start from, as resolved when it began
 MLFLOW_DB = "mlflow.db"  # the default MLflow store of --mlflow without a URI, in the sweep folder
 # Fields that say how this invocation runs, not what the sweep is: never saved, free on resume.
-RUNTIME_FIELDS = ("address", "results_dir", "name", "resume")
+RUNTIME_FIELDS = ("address", "dashboard", "results_dir", "name", "resume")
 # Saved fields that --resume may change (given on its command line, the new value is saved).
 FREE_ON_RESUME = ("export",)
 # The default gamma range is the preset's: a longer run compresses more at the same gamma.
@@ -88,6 +88,7 @@ class SweepConfig:
     mlflow: str | None = None  # MLflow tracking URI; "" = sqlite:///<sweep folder>/mlflow.db
     # --- this invocation ---
     address: str | None = None  # Ray cluster to attach to (host:port); None = embedded cluster
+    dashboard: bool = True  # the embedded cluster runs Ray's dashboard (--no-dashboard: not)
     results_dir: str = "results"  # parent of the sweep folders (made absolute by prepare)
     name: str | None = None  # sweep folder name; None = sweep-<timestamp>
     resume: bool = False  # continue the sweep ``name`` with its saved settings
@@ -138,6 +139,8 @@ def validate(c: SweepConfig) -> None:
             raise ConfigError(msg)
 
     need(c.num_samples >= 1, f"--num-samples must be at least 1, got {c.num_samples}")
+    need(c.dashboard or not c.address, "--no-dashboard is for the cluster a sweep starts; one "
+         "it attaches to (--address) has its own (`ray start --include-dashboard false`)")
     need(c.export in EXPORTS, f"unknown --export {c.export!r}: choose front (export every "
          f"trial on the sweep's Pareto front into {EXPORTS_DIR}/ when it ends) or none")
     need(c.seeds >= 1, f"--seeds must be at least 1 (training seeds per gamma), got {c.seeds}")

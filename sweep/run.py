@@ -68,7 +68,7 @@ def run(c: SweepConfig) -> int:
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     with held_back_ray_logs():  # Ray's start-up lines wait for our checks, dropped on a failure
         try:
-            cluster = connect(c.address)
+            cluster = connect(c.address, c.dashboard)
         except ConfigError as err:
             fail(str(err), prog=PROG)
         except Exception as err:  # Ray could not start here: nothing can run

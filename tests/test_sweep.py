@@ -63,6 +63,7 @@ def free_port() -> int:
     (["--resume"], "no sweep to resume"),
     (["--address", f"127.0.0.1:{free_port()}"], "no Ray cluster answers at 127.0.0.1:"),
     (["--address", "nonsense"], "is not host:port"),
+    (["--no-dashboard", "--address", "127.0.0.1:6379"], "--no-dashboard is for the cluster"),
     (["--preset", "huge"], "unknown preset 'huge'"),
     (["--num-samples", "many"], "invalid int value"),
     (["--name", "a/b"], "--name must be a plain folder name"),
@@ -837,8 +838,10 @@ def test_bad_input_found_once_ray_runs_is_one_line_without_rays_start_up_lines(r
 @pytest.mark.ray
 def test_a_failing_trial_is_retried_recorded_and_the_others_finish(ray_env, tmp_path):
     results = tmp_path / "results"
-    sweep({**ray_env, FAIL_ENV: "0.001"}, tmp_path, *SMOKE, "--num-samples", "2",
-          "--no-references", "--name", "f", "--results-dir", str(results), "--max-failures", "1")
+    out = sweep({**ray_env, FAIL_ENV: "0.001"}, tmp_path, *SMOKE, "--num-samples", "2",
+                "--no-references", "--name", "f", "--results-dir", str(results),
+                "--max-failures", "1", "--no-dashboard")
+    assert "it runs no dashboard\n" in out.stdout and "Ray dashboard:" not in out.stdout
     trials = read(results / "f", TRIALS_FILE).set_index("trial_id")
     failing = trials["gamma"] > 0.001
     assert failing.any() and not failing.all()  # seed 0 draws gammas on both sides
@@ -897,9 +900,10 @@ def test_a_sweep_stopped_by_sigterm_then_killed_by_sigkill_resumes_every_trial_o
     SIGTERM to the driver stops it cleanly; SIGKILL to the resumed one takes the driver
     and its whole embedded cluster; the second resume finishes every trial exactly once."""
     results = tmp_path / "results"
+    # Without the dashboard, which the smoke sweep checks: three starts, 3 CPU-seconds each.
     args = [*SMOKE, "--epochs", "3", "--num-samples", "2", "--name", "k",
-            "--results-dir", str(results), "--export", "front", "--mlflow"]
-    resume = ["--resume", "--name", "k", "--results-dir", str(results)]
+            "--results-dir", str(results), "--export", "front", "--mlflow", "--no-dashboard"]
+    resume = ["--resume", "--name", "k", "--results-dir", str(results), "--no-dashboard"]
     log = tmp_path / "stopped.log"
     proc = start_sweep(ray_env, tmp_path, log, *args)
     try:
