@@ -46,6 +46,10 @@ def connect(address: str | None, dashboard: bool = True) -> Cluster:
     """``ray.init`` an embedded cluster (with its dashboard unless ``dashboard`` is False), or
     attach to ``address`` (else $RAY_ADDRESS)."""
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address and not dashboard:
+        raise ConfigError("--no-dashboard is for the cluster a sweep starts; one it attaches to "
+                          f"({address}, from --address or $RAY_ADDRESS) has its own (`ray "
+                          "start --include-dashboard false`)")
     return attach(address) if address else embed(dashboard)
 
 

@@ -139,8 +139,6 @@ def validate(c: SweepConfig) -> None:
             raise ConfigError(msg)
 
     need(c.num_samples >= 1, f"--num-samples must be at least 1, got {c.num_samples}")
-    need(c.dashboard or not c.address, "--no-dashboard is for the cluster a sweep starts; one "
-         "it attaches to (--address) has its own (`ray start --include-dashboard false`)")
     need(c.export in EXPORTS, f"unknown --export {c.export!r}: choose front (export every "
          f"trial on the sweep's Pareto front into {EXPORTS_DIR}/ when it ends) or none")
     need(c.seeds >= 1, f"--seeds must be at least 1 (training seeds per gamma), got {c.seeds}")

@@ -83,6 +83,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys, ar
     assert not results.exists()
 
 
+def test_no_dashboard_with_ray_address_from_the_environment_exits_2(tmp_path, capsys,
+                                                                   monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:6379")  # refused before Ray is reached
+    with pytest.raises(SystemExit) as stop:
+        main(["--no-dashboard", "--dataset", "synthetic", "--results-dir", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("scnn sweep: error: --no-dashboard is for the cluster a sweep starts")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_results_dir_that_cannot_be_made_exits_2(tmp_path, capsys):
     (tmp_path / "file").write_text("x")
     with pytest.raises(SystemExit) as stop:
