@@ -63,13 +63,14 @@ def parser() -> argparse.ArgumentParser:
     search = p.add_argument_group("what to sweep")
     search.add_argument("--num-samples", type=int, metavar="N",
                         help=f"gamma values to try (default {d.num_samples})")
+    def preset_default(end: int) -> str:  # e.g. "0.0003 for cpu, 0.003 for demo, else 0.0001"
+        named = [f"{r[end]:g} for {name}" for name, r in GAMMA_RANGES.items()]
+        return f"default: the preset's, {', '.join(named)}, else {GAMMA_RANGE[end]:g}"
+
     search.add_argument("--gamma-min", type=float, metavar="G",
-                        help=f"smallest gamma, about the float accuracy (default: "
-                        f"{GAMMA_RANGES['cpu'][0]:g} with the cpu preset, else "
-                        f"{GAMMA_RANGE[0]:g})")
+                        help=f"smallest gamma, about the float accuracy ({preset_default(0)})")
     search.add_argument("--gamma-max", type=float, metavar="G",
-                        help="largest gamma, heavy compression (default: "
-                        f"{GAMMA_RANGES['cpu'][1]:g} with the cpu preset, else {GAMMA_RANGE[1]:g})")
+                        help=f"largest gamma, heavy compression ({preset_default(1)})")
     search.add_argument("--seed", type=int, help="the same seed draws the same gammas and "
                         f"trains with the same initial weights (default {d.seed})")
     search.add_argument("--seeds", type=int, metavar="N",

@@ -21,6 +21,9 @@ from trainer.config import ConfigError, TrainConfig, check_writable_folder, reso
 
 SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
 RECIPE_FILE = "recipe.json"  # the TrainConfig its trials start from, as resolved when it began
+# What a sweep begun before recipe.json existed trained with, where a preset has changed
+# since: its resume trains with these instead of today's preset (cpu's gamma_ramp was 0).
+BEFORE_RECIPE = {"gamma_ramp": 0.0}
 MLFLOW_DB = "mlflow.db"  # the default MLflow store of --mlflow without a URI, in the sweep folder
 # Fields that say how this invocation runs, not what the sweep is: never saved, free on resume.
 RUNTIME_FIELDS = ("address", "dashboard", "results_dir", "name", "resume")
@@ -30,13 +33,16 @@ FREE_ON_RESUME = ("export",)
 # cpu, measured with --min-bits 3 (the default since the sweep cpu-mb3) on the CIFAR-10 copy
 # (5 epochs, seed 0, float 81.05 %; docs/results.md): 0.001 gives 80.8 % at 14 % of the float bits
 # and 93 % of the weights, 0.0056 80.0 % at 5.8 % and 42 %, 0.02 about 2 % of the weights;
-# hence 3e-4 (near the float accuracy) to 0.03 (about 1.5 % of the bits). Without the floor
+# hence 3e-4 (near the float accuracy) to 0.03 (about 1.5 % of the bits). With γ ramped over
+# the first half (the cpu preset's gamma_ramp 0.5 since the sweep cpu-ramp) 0.03 keeps 76 %
+# at about 2 % of the bits and 0.1 66 % at 0.5 %, where without the ramp it fell to 29 % at
+# 0.08 % (two seeds each); 0.3 falls to 17 % either way: hence up to 0.1. Without the floor
 # (only skip-one-bit) the same points took 10x the gamma (3e-3 to 0.3). paper and smoke are
 # unmeasured with the floor: on one GPU the paper preset without it spanned 91-25 % of the
 # weights over gamma 0.005-0.05 (docs/results.md), so 10x lower here, with a decade of margin.
 # demo (the first look, synthetic data): 3e-3 keeps 100 % at about 15 % of the bits, 0.03
 # about 99.6 % at 2.7 %, 0.1 about 38 % at 0.45 %, 0.3 chance at 0.06 % (docs/train.md).
-GAMMA_RANGES = {"cpu": (3e-4, 3e-2), "demo": (3e-3, 0.3)}
+GAMMA_RANGES = {"cpu": (3e-4, 0.1), "demo": (3e-3, 0.3)}
 GAMMA_RANGE = (1e-4, 0.1)  # every other preset
 # --references: which reference trials run besides the compress trials, all at gamma 0.
 # default: float-baseline and floor; full: also the two obvious alternatives to the method,

@@ -164,7 +164,10 @@ def keep_recipe(c: SweepConfig, train: TrainConfig) -> TrainConfig:
     """A new sweep records its recipe; a resumed one trains with the recipe it recorded (a
     field added to TrainConfig since takes ``train``'s value)."""
     recorded = sweep_config.load_recipe(c.folder) if c.resume else None
-    if recorded is None:  # a new sweep, or one older than the record
+    if c.resume and recorded is None:  # older than the record: it began with the preset of
+        recorded = dict(sweep_config.BEFORE_RECIPE)  # its day, today's but for these fields
+        sweep_config.save_recipe(c.folder, train.replace(**recorded))
+    if recorded is None:  # a new sweep
         sweep_config.save_recipe(c.folder, train)
         return train
     changed = [k for k, v in recorded.items() if getattr(train, k) != v]

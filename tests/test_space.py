@@ -575,7 +575,7 @@ def test_tensorboard_hparams_carry_the_swept_values():
                                "min_bits": 2.0, "skip_one_bit": False}
 
 
-@pytest.mark.parametrize("name", ["cpu-mb3", "cpu-refs", "cpu-12", "cpu-skip"])
+@pytest.mark.parametrize("name", ["cpu-mb3", "cpu-refs", "cpu-12", "cpu-skip", "cpu-ramp"])
 def test_the_sweeps_in_docs_still_draw_their_gammas(name):
     """Each committed sweep's saved settings, resolved by today's code, propose exactly the
     γs its trials.parquet holds (the data folder swapped for synthetic data: not read)."""
@@ -589,3 +589,21 @@ def test_the_sweeps_in_docs_still_draw_their_gammas(name):
                else False)
     have = trials[(trials["kind"] == "compress") & ~refined]
     assert sorted(drawn) == sorted(have["gamma"]) and len(drawn) == c.num_samples * c.seeds
+
+
+def test_todays_cpu_defaults_are_the_sweep_cpu_ramp():
+    """docs/cpu-ramp ran with the ramp and the range given as flags, before they became the
+    cpu preset's defaults: a plain sweep now draws its γs and trains with its recipe."""
+    folder = Path(__file__).resolve().parents[1] / "docs" / "cpu-ramp"
+    plain = SweepConfig(preset="cpu", num_samples=12, seed=0, references="none",
+                        dataset="synthetic")
+    plain = with_gamma_range(plain, "cpu")
+    drawn = [t["gamma"] for t in configs(plain) if t["kind"] == "compress"]
+    assert sorted(drawn) == sorted(pd.read_parquet(folder / TRIALS_FILE)["gamma"])
+    trained = sweep_config.load_recipe(folder)  # its base recipe, then its space's one value
+    space = sweep_config.load_saved(folder)["space"]
+    trained.update({k: spec["value"] for k, spec in space.items()})
+    assert trained["gamma_ramp"] == 0.5
+    today = resolve(sweep_config.base_train_config(plain), has_gpu=False)
+    differ = {k for k, v in trained.items() if getattr(today, k) != v}
+    assert differ == {"dataset", "data_dir"}  # where it read CIFAR-10; the recipe is the same

@@ -57,7 +57,7 @@ def free_port() -> int:
     (["--refine", "-1"], "--refine must be >= 0"),
     (["--gamma-min", "0"], "--gamma-min must be > 0"),
     (["--gamma-min", "0.1", "--gamma-max", "0.01"], "must be above --gamma-min"),
-    (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.0003 to 0.03"),
+    (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.0003 to 0.1"),
     (["--gamma-max", "-1"], "--gamma-max must be > 0"),
     (["--resume", "--name", "nope"], "no sweep named 'nope'"),
     (["--resume"], "no sweep to resume"),
@@ -434,7 +434,7 @@ def proposed(c: SweepConfig) -> list[dict]:
 
 
 def test_the_default_gamma_range_is_the_presets_and_a_given_bound_wins():
-    assert gamma_range("cpu") == (3e-4, 3e-2) and gamma_range("paper") == GAMMA_RANGE
+    assert gamma_range("cpu") == (3e-4, 0.1) and gamma_range("paper") == GAMMA_RANGE
     c = SweepConfig(gamma_max=0.5)
     assert (with_gamma_range(c, "cpu").gamma_min, with_gamma_range(c, "cpu").gamma_max) == (
         3e-4, 0.5)
@@ -513,7 +513,8 @@ def test_a_resumed_sweep_trains_with_the_recipe_it_began_with_not_todays_preset(
     recorded = json.loads((c.folder / sweep_config.RECIPE_FILE).read_text())
     assert recorded["lr"] == began.lr and recorded["gamma_ramp"] == began.gamma_ramp
     # Later code changed the preset: the resume keeps the recipe and says what differs.
-    today = began.replace(lr=began.lr / 2, gamma_ramp=0.5)
+    assert began.gamma_ramp == 0.5  # the cpu preset's since cpu-ramp
+    today = began.replace(lr=began.lr / 2, gamma_ramp=0.25)
     resumed = keep_recipe(c.replace(resume=True), today)
     assert resumed == began
     assert capsys.readouterr().out.strip().endswith("differs in lr, gamma_ramp")
@@ -521,11 +522,14 @@ def test_a_resumed_sweep_trains_with_the_recipe_it_began_with_not_todays_preset(
     recorded["retired_field"] = 1
     del recorded["gamma_ramp"]
     (c.folder / sweep_config.RECIPE_FILE).write_text(json.dumps(recorded))
-    assert keep_recipe(c.replace(resume=True), today) == began.replace(gamma_ramp=0.5)
-    # A sweep older than the record keeps today's recipe from now on.
+    assert keep_recipe(c.replace(resume=True), today) == began.replace(gamma_ramp=0.25)
+    # A sweep older than the record began before the cpu preset's ramp: it resumes with
+    # today's recipe but for that, says so, and keeps that recipe from now on.
     (c.folder / sweep_config.RECIPE_FILE).unlink()
-    assert keep_recipe(c.replace(resume=True), today) == today
-    assert keep_recipe(c.replace(resume=True), began) == today
+    capsys.readouterr()
+    assert keep_recipe(c.replace(resume=True), began) == began.replace(gamma_ramp=0.0)
+    assert capsys.readouterr().out.strip().endswith("differs in gamma_ramp")
+    assert keep_recipe(c.replace(resume=True), today) == began.replace(gamma_ramp=0.0)
     # A new sweep records its own recipe over whatever a dead one left in the folder.
     assert keep_recipe(c, began) == began
     assert json.loads((c.folder / sweep_config.RECIPE_FILE).read_text())["lr"] == began.lr

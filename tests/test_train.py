@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, resolve
 from trainer.network import load_model, save_model
 from trainer.train import train
 
@@ -135,7 +135,6 @@ def test_fixed_bits_hold_their_bit_depth_while_exponents_learn():
     # integer_exponents (the default) ends every conv with integer e: the head keeps its own
     assert all(torch.equal(layer.e, torch.round(layer.e)) for layer in layers[:-1])
     fresh = TrainConfig(preset="smoke", dataset="synthetic", kind="fixed-bits", fixed_bits=2.0)
-    from trainer.config import resolve
     from trainer.network import model_for
 
     torch.manual_seed(0)
@@ -150,6 +149,11 @@ def test_gamma_ramps_up_linearly_over_its_fraction_of_training():
     config = TrainConfig(gamma=0.4, gamma_ramp=0.5)
     assert [gamma_at(s, 100, config) for s in (0, 25, 50, 99)] == [0.0, 0.2, 0.4, 0.4]
     assert gamma_at(0, 100, config.replace(gamma_ramp=0.0)) == 0.4
+    # The cpu preset ramps over the first half (docs/ablation.md); the others do not, and a
+    # value given wins over the preset's.
+    assert resolve(TrainConfig(preset="cpu")).gamma_ramp == 0.5
+    assert {resolve(TrainConfig(preset=p)).gamma_ramp for p in ("paper", "smoke", "demo")} == {0}
+    assert resolve(TrainConfig(preset="cpu", gamma_ramp=0.0)).gamma_ramp == 0.0
 
 
 def test_a_main_path_layer_keeps_a_channel_and_the_guard_is_idle_until_then(monkeypatch):

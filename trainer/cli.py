@@ -128,8 +128,9 @@ def parser() -> argparse.ArgumentParser:
                         "dead ones at a time (8 suits a GPU's bf16 convolutions; default "
                         "%(default)s: every dead channel at once)")
     p.add_argument("--gamma-ramp", type=float, default=d.gamma_ramp,
-                   help="fraction of training over which gamma ramps up from 0 "
-                        "(default %(default)s: off; a ramp lost in docs/ablation.md)")
+                   help="fraction of training over which gamma ramps up linearly from 0 "
+                        "(default: the preset's, 0.5 for cpu, 0 (off) for the others; "
+                        "docs/ablation.md)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed (default %(default)s)")
     p.add_argument("--dataset", default=d.dataset, metavar="{" + ",".join(DATASETS) + "}",
                    help="cifar10, or synthetic: a small generated set (default %(default)s)")

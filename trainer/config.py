@@ -48,7 +48,8 @@ class TrainConfig:
     # --- method ---
     init_bits: float = 8.0  # initial bit depth b of every channel
     lr_exp: float | None = None  # peak Adam learning rate of the exponents e (None: lr_quant)
-    gamma_ramp: float = 0.0  # fraction of training over which gamma ramps up from 0 (0 = off)
+    gamma_ramp: float | None = None  # fraction of training over which gamma ramps up
+    #   linearly from 0 (0 = off; the cpu preset: 0.5, docs/ablation.md)
     snap_bits: bool = True  # after the last step, store each b in the smallest form that
     #   gives the same weights (b in (k, ~k+0.3) -> k): same network, ceil(b) one bit less
     half_exponents: bool = True  # after the last step (with snap_bits, before the final
@@ -91,18 +92,20 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # Page's DAWNBench recipe at full width; ~10 s/epoch-scale work on a modern GPU.
     "paper": dict(epochs=24, width=1.0, batch_size=512, lr=0.4, lr_quant=0.02,
-                  warmup_fraction=5 / 24, train_subset=0, test_subset=0),
+                  warmup_fraction=5 / 24, gamma_ramp=0.0, train_subset=0, test_subset=0),
     # Quarter width and few epochs: a full-CIFAR-10 trial in about 10 minutes on 2 CPU cores.
+    # γ ramps up over the first half: the same front as without, and no cliff up to γ 0.1
+    # (docs/ablation.md, "γ ramped over the first half").
     "cpu": dict(epochs=5, width=0.25, batch_size=512, lr=0.4, lr_quant=0.05,
-                warmup_fraction=0.2, train_subset=0, test_subset=0),
+                warmup_fraction=0.2, gamma_ramp=0.5, train_subset=0, test_subset=0),
     # Seconds: tiny network on a slice of the data, for tests and a first look.
     "smoke": dict(epochs=2, width=0.125, batch_size=256, lr=0.4, lr_quant=0.05,
-                  warmup_fraction=0.2, train_subset=4096, test_subset=1024),
+                  warmup_fraction=0.2, gamma_ramp=0.0, train_subset=4096, test_subset=1024),
     # The first look: smoke's network and data, one more epoch and a quantizer that learns
     # ten times faster, so that a sweep over gamma 3e-3..0.3 (its default range) spans
     # 100 % accuracy at about 15 % of the bits down to chance below 0.1 % (docs/train.md).
     "demo": dict(epochs=3, width=0.125, batch_size=256, lr=0.4, lr_quant=0.5,
-                 warmup_fraction=0.2, train_subset=4096, test_subset=1024),
+                 warmup_fraction=0.2, gamma_ramp=0.0, train_subset=4096, test_subset=1024),
 }
 
 
