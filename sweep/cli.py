@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     search = p.add_argument_group("what to sweep")
     search.add_argument("--num-samples", type=int, metavar="N",
                         help=f"gamma values to try (default {d.num_samples})")
+
     def preset_default(end: int) -> str:  # e.g. "0.0003 for cpu, 0.003 for demo, else 0.0001"
         named = [f"{r[end]:g} for {name}" for name, r in GAMMA_RANGES.items()]
         return f"default: the preset's, {', '.join(named)}, else {GAMMA_RANGE[end]:g}"

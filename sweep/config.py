@@ -36,7 +36,8 @@ FREE_ON_RESUME = ("export",)
 # hence 3e-4 (near the float accuracy) to 0.03 (about 1.5 % of the bits). With γ ramped over
 # the first half (the cpu preset's gamma_ramp 0.5 since the sweep cpu-ramp) 0.03 keeps 76 %
 # at about 2 % of the bits and 0.1 66 % at 0.5 %, where without the ramp it fell to 29 % at
-# 0.08 % (two seeds each); 0.3 falls to 17 % either way: hence up to 0.1. Without the floor
+# 0.08 % (two seeds each); past 0.1 it still falls off a cliff (45 % at 0.15, chance at 0.2,
+# seed 0): hence up to 0.1 (docs/ablation.md). Without the floor
 # (only skip-one-bit) the same points took 10x the gamma (3e-3 to 0.3). paper and smoke are
 # unmeasured with the floor: on one GPU the paper preset without it spanned 91-25 % of the
 # weights over gamma 0.005-0.05 (docs/results.md), so 10x lower here, with a decade of margin.
