@@ -6,9 +6,10 @@ and prints each ramped sweep trial beside the front of the sweeps without the ra
 size (interpolated linearly in log size; blank outside their range).
 
 Left: test accuracy against γ; right: accuracy against the bits kept. One colour per
-recipe (the run name starts with r0 for no ramp, r0.5 for --gamma-ramp 0.5), one marker
-per seed, a line through each recipe's seed means; crosses are the seed-0 sweeps of each
-recipe (cpu-mb3 and cpu-ab/A without the ramp, cpu-ramp with it).
+recipe (the run name starts with r0- for no ramp, r0.5- for --gamma-ramp 0.5, r0.5-mb2- for
+the ramp with --min-bits 2), one marker per seed, a line through each recipe's seed means;
+crosses are the seed-0 sweeps of the first two (cpu-mb3 and cpu-ab/A without the ramp,
+cpu-ramp with it).
 """
 
 from pathlib import Path
@@ -18,9 +19,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 HERE = Path(__file__).parent
-RECIPES = {"0": ("no ramp", "tab:red"), "0.5": ("--gamma-ramp 0.5", "tab:blue")}
+RECIPES = {"0": ("no ramp", "tab:red"), "0.5": ("--gamma-ramp 0.5", "tab:blue"),
+           "0.5-mb2": ("--gamma-ramp 0.5 --min-bits 2", "tab:green")}
 MARKERS = {0: "o", 1: "s"}
-SWEEPS = {"0": ("cpu-mb3", "cpu-ab/A"), "0.5": ("cpu-ramp",)}  # docs/ folders, seed 0
+SWEEPS = {"0": ("cpu-mb3", "cpu-ab/A"), "0.5": ("cpu-ramp",), "0.5-mb2": ()}  # docs/, seed 0
 
 
 def sweep_trials(folders: tuple[str, ...]) -> pd.DataFrame:
@@ -60,7 +62,7 @@ def print_against_front(trials: pd.DataFrame) -> None:
 
 def main() -> None:
     trials = pd.read_parquet(HERE / "trials.parquet")
-    trials["ramp"] = trials["trial_id"].str.extract(r"^r([0-9.]+)-")[0]
+    trials["ramp"] = trials["trial_id"].str.extract(r"^r([0-9.]+(?:-mb2)?)-g")[0]
     trials["accuracy"] = 100 * trials["test_accuracy"]
     trials["bits"] = 100 * trials["bits_fraction"]
     fig = Figure(figsize=(12.5, 5.2), dpi=150)
@@ -69,14 +71,18 @@ def main() -> None:
         rows = trials[trials["ramp"] == ramp]
         for seed, marker in MARKERS.items():
             points = rows[rows["seed"] == seed]
+            if points.empty:
+                continue
             for ax, x in ((by_gamma, "gamma"), (by_bits, "bits")):
                 ax.scatter(points[x], points["accuracy"], color=colour, marker=marker,
                            label=f"{label}, seed {seed}" if ax is by_gamma else None)
-        swept = sweep_trials(SWEEPS[ramp])
-        by_gamma.scatter(swept["gamma"], 100 * swept["test_accuracy"], color=colour, marker="x",
-                         label=f"{label}, seed 0, sweep {' and '.join(SWEEPS[ramp])}")
-        by_bits.scatter(100 * swept["bits_fraction"], 100 * swept["test_accuracy"],
-                        color=colour, marker="x")
+        if SWEEPS[ramp]:
+            swept = sweep_trials(SWEEPS[ramp])
+            names = " and ".join(SWEEPS[ramp])
+            by_gamma.scatter(swept["gamma"], 100 * swept["test_accuracy"], color=colour,
+                             marker="x", label=f"{label}, seed 0, sweep {names}")
+            by_bits.scatter(100 * swept["bits_fraction"], 100 * swept["test_accuracy"],
+                            color=colour, marker="x")
         means = rows.groupby("gamma")[["accuracy", "bits"]].mean().reset_index()
         by_gamma.plot(means["gamma"], means["accuracy"], color=colour, alpha=0.6)
         means = means.sort_values("bits")
