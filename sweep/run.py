@@ -110,11 +110,17 @@ def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
                                    preset=train.preset, epochs=train.epochs,
                                    width=train.width), train.preset)
     sweep_config.check_space(c)  # again, for the preset the cluster chose
-    print(f"{PROG}: {describe_points(c)}{describe_references(c.references)}"
-          f"{describe_search(c)}; preset "
-          f"{c.preset}, {c.epochs} epochs; {cpus:g} CPUs and {gpus:g} GPUs per trial; "
-          f"results in {c.folder}", flush=True)
+    print(f"{PROG}: {describe_sweep(c, train)}", flush=True)
     return c, train
+
+
+def describe_sweep(c: SweepConfig, train: TrainConfig) -> str:
+    """What the settled sweep trains, in one line (its γ ramp unless the space sets it)."""
+    ramp = (f", gamma ramped up over the first {train.gamma_ramp:.0%} of steps"
+            if train.gamma_ramp and "gamma_ramp" not in (c.space or {}) else "")
+    return (f"{describe_points(c)}{describe_references(c.references)}{describe_search(c)}; "
+            f"preset {c.preset}, {c.epochs} epochs{ramp}; {c.cpus_per_trial:g} CPUs and "
+            f"{c.gpus_per_trial:g} GPUs per trial; results in {c.folder}")
 
 
 def watch_message(c: SweepConfig) -> str:

@@ -1142,3 +1142,19 @@ def test_the_cluster_it_starts_puts_worker_threads_on_one_malloc_arena(monkeypat
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")  # the user's own setting stays
     cluster.worker_environment()
     assert os.environ["MALLOC_ARENA_MAX"] == "4"
+
+
+def test_the_sweeps_start_line_says_when_gamma_is_ramped(tmp_path):
+    from sweep.run import describe_sweep
+
+    def line(preset: str, space: dict | None = None) -> str:
+        c = with_gamma_range(SweepConfig(preset=preset, num_samples=4, space=space,
+                                         results_dir=str(tmp_path), name="s"), preset)
+        train = resolve(sweep_config.base_train_config(c), has_gpu=False)
+        c = c.replace(epochs=train.epochs, cpus_per_trial=1.0, gpus_per_trial=0.0)  # as settled
+        return describe_sweep(c, train)
+
+    assert "preset cpu, 5 epochs, gamma ramped up over the first 50% of steps;" in line("cpu")
+    assert "preset smoke, 2 epochs; " in line("smoke")
+    fixed = line("cpu", {"gamma_ramp": {"value": 0.25}})  # the space's own words say it
+    assert "gamma_ramp = 0.25" in fixed and "ramped up over" not in fixed

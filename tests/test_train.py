@@ -211,3 +211,16 @@ def test_the_same_seed_gives_the_same_trial_bit_for_bit():
         return {k: v for k, v in r.items() if k not in clock and k != "history"}
     assert drop(a) == drop(b)
     assert [drop(h) for h in a["history"]] == [drop(h) for h in b["history"]]
+
+
+def test_the_start_line_says_when_gamma_is_ramped():
+    from types import SimpleNamespace
+
+    from trainer.network import model_for
+    from trainer.train import describe
+
+    data = SimpleNamespace(n_train=512, y_test=torch.zeros(256))
+    lines = {p: describe(c, model_for(c), data) for p, c in
+             ((p, resolve(TrainConfig(preset=p, gamma=0.01))) for p in ("cpu", "smoke"))}
+    assert "gamma=0.01 (ramped up over the first 50% of steps) seed=0" in lines["cpu"]
+    assert "gamma=0.01 seed=0" in lines["smoke"]

@@ -339,8 +339,10 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
 def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
     """One line saying what is about to be trained."""
     dev = next(model.parameters()).device
+    ramp = (f" (ramped up over the first {config.gamma_ramp:.0%} of steps)"
+            if config.gamma_ramp and config.kind == "compress" else "")
     return (f"scnn: {config.kind} ResNet-9 {'-'.join(map(str, model.widths))} "
-            f"(preset {config.preset}, {model.n0:,} weights) gamma={config.gamma:g} "
+            f"(preset {config.preset}, {model.n0:,} weights) gamma={config.gamma:g}{ramp} "
             f"seed={config.seed} on {dev} [{torch.get_num_threads()} threads], "
             f"{data.n_train:,} train / {data.y_test.numel():,} test images, "
             f"{config.epochs} epochs of {max(data.n_train // config.batch_size, 1)} steps")
