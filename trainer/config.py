@@ -109,6 +109,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def ramp_words(c: TrainConfig) -> str:
+    """How the size term's weight is ramped, for a start line ("" when it is not)."""
+    return f"ramped up over the first {c.gamma_ramp:.0%} of steps" if c.gamma_ramp else ""
+
+
 def gpu_available() -> bool:
     import torch
 

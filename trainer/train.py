@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import data as D
-from trainer.config import ConfigError, TrainConfig, resolve
+from trainer.config import ConfigError, TrainConfig, ramp_words, resolve
 from trainer.graphs import GraphedStep, sgd_step
 from trainer.heap import keep_freed_memory
 from trainer.model import ResNet9
@@ -339,8 +339,8 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
 def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
     """One line saying what is about to be trained."""
     dev = next(model.parameters()).device
-    ramp = (f" (ramped up over the first {config.gamma_ramp:.0%} of steps)"
-            if config.gamma_ramp and config.kind == "compress" else "")
+    ramp = ramp_words(config) if config.kind == "compress" else ""
+    ramp = f" ({ramp})" if ramp else ""
     return (f"scnn: {config.kind} ResNet-9 {'-'.join(map(str, model.widths))} "
             f"(preset {config.preset}, {model.n0:,} weights) gamma={config.gamma:g}{ramp} "
             f"seed={config.seed} on {dev} [{torch.get_num_threads()} threads], "
