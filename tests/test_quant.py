@@ -363,3 +363,93 @@ def test_setting_exponents_that_would_move_an_integer_raises():
     conv = QConv2d(3, 4, init_bits=4.0)
     with pytest.raises(RuntimeError, match="changed .* of 108 integers"):
         conv.set_exponents(torch.full((4,), 200.0), "a test")  # 2^200 overflows float32
+
+
+def fading_resnet(seed: int) -> ResNet9:
+    """A smoke-width ResNet-9 with ``fade`` on a 3-bit floor: bit depths spread over the
+    fade zone (2, 3) and above, one channel per layer dead (b = 0), BatchNorms moved."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    net = ResNet9((8, 16, 32, 64))
+    for _, block in net.blocks():
+        random_block(block, gen)
+    for _, layer in net.quant_layers():
+        layer.min_bits, layer.skip_one_bit, layer.fade = 3.0, True, True
+        with torch.no_grad():
+            layer.b.copy_(torch.rand(layer.b.shape, generator=gen) * 3 + 2.0)  # (2, 5)
+            layer.b[0] = 0.0
+    return net
+
+
+def test_a_fading_channel_quantizes_at_the_floor_and_its_gate_is_what_b_learns_from():
+    conv = QConv2d(8, 6, init_bits=4.0)
+    conv.min_bits, conv.fade = 3.0, True
+    with torch.no_grad():
+        conv.b.copy_(torch.tensor([0.0, 2.0, 2.25, 2.75, 3.0, 4.5]))
+        conv.e.sub_(2.0)  # every channel clips its largest weights: b gets the bounds' gradient
+    assert conv.dead_below() == 2.0  # dies one bit below the floor
+    torch.testing.assert_close(conv.gate(), torch.tensor([0.0, 0.0, 0.25, 0.75, 1.0, 1.0]))
+    torch.testing.assert_close(conv.quant_bits(), torch.tensor([0.0, 3.0, 3.0, 3.0, 3.0, 4.5]))
+    assert torch.equal(conv.qints()[2], integer_ints(conv, 3.0, 2))  # the floor's grid
+    # the quantizer gives b no gradient in the zone; the gate does
+    conv.qweight().pow(2).sum().backward()
+    assert torch.all(conv.b.grad[1:4] == 0) and conv.b.grad[5] != 0
+    conv.b.grad = None
+    conv.gate().sum().backward()
+    assert conv.b.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 0.0, 0.0]
+    # exact size: a fading channel stores the floor's bits
+    from trainer.quant import layer_size
+    bits = layer_size(conv, torch.ones(8, dtype=torch.bool))[1]
+    assert float(bits) == 72 * (3 + 3 + 3 + 3 + 5)
+
+
+def integer_ints(conv: QConv2d, bits: float, row: int) -> torch.Tensor:
+    from trainer.quant import integer_weights
+    return integer_weights(conv.weight[row:row + 1], torch.tensor([bits]), conv.e[row:row + 1])[0]
+
+
+def test_a_fading_network_trains_in_one_pass_as_layer_by_layer_and_folds_exactly():
+    from trainer.quant import fold_gates
+
+    net = fading_resnet(7)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    flat = net(x)  # training mode: every layer quantized at once (trainer/flat.py)
+    layers = [layer for _, layer in net.quant_layers()]
+    assert all(layer.qweight_now is None for layer in layers)
+    by_layer = net.head(torch.amax(net.res3(net.layer3(net.layer2(net.res1(net.layer1(
+        net.prep(x)))))), dim=(2, 3))) * 0.125
+    torch.testing.assert_close(flat, by_layer, rtol=1e-5, atol=1e-7)
+    flat.sum().backward()
+    zone = torch.cat([(layer.b > 2) & (layer.b < 3) for layer in layers])
+    grads = torch.cat([layer.b.grad for layer in layers])
+    assert zone.sum() > 50 and (grads[zone] != 0).float().mean() > 0.8  # through the gates
+    net.eval()
+    with torch.no_grad():
+        before = net(x)
+        fold_gates(net)
+        gates = torch.cat([layer.gate() for layer in layers])
+        assert set(gates.unique().tolist()) == {0.0, 1.0}  # every live gate 1: a plain net
+        torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-7)
+        for layer in layers:  # and it stays that net with the gates off (what exports see)
+            layer.fade = False
+        torch.testing.assert_close(net(x), before, rtol=1e-5, atol=1e-7)
+
+
+def test_with_fade_a_dead_channel_is_silent_at_once_and_the_main_path_keeps_one_at_the_floor():
+    from trainer.quant import keep_one_channel, skip_zones
+    from trainer.surgery import cuttable
+
+    net = fading_resnet(3)
+    block = net.layer2
+    assert cuttable(block)[0]  # b = 0: gate 0, so its BatchNorm constant emits nothing
+    assert float(net.dead_penalty().detach()) == 0.0  # nothing left to drain
+    with torch.no_grad():
+        block.conv.b.copy_(torch.linspace(1.5, 2.9, block.conv.b.numel()))
+    skip_zones([block.conv])
+    b = block.conv.b.detach()
+    assert torch.all(b[torch.linspace(1.5, 2.9, b.numel()) <= 2.0] == 0)
+    assert torch.all(b[torch.linspace(1.5, 2.9, b.numel()) > 2.0] > 2.0)  # still fading
+    with torch.no_grad():
+        block.conv.b.zero_()
+    keep_one_channel([block.conv])
+    assert sorted(block.conv.b.tolist())[-2:] == [0.0, 3.0]  # back at the floor: gate 1

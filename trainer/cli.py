@@ -123,6 +123,11 @@ def parser() -> argparse.ArgumentParser:
                         "channels keep at least this many bits and the size term buys cut "
                         "channels instead of coarser ones (default %(default)s; 0: only "
                         "--skip-one-bit's 1.58)")
+    p.add_argument("--fade", action=argparse.BooleanOptionalAction, default=d.fade,
+                   help="a bit depth that falls below --min-bits fades its channel out over "
+                        "one more bit (a gate after the BatchNorm, so the loss sees what the "
+                        "channel is worth) instead of dropping to 0 at once; the gates fold "
+                        "into the BatchNorms after training (default: off; docs/ablation.md)")
     p.add_argument("--cut-align", type=int, default=d.cut_align,
                    help="cuts leave each conv a multiple of this many channels, cutting fewer "
                         "dead ones at a time (8 suits a GPU's bf16 convolutions; default "

@@ -63,6 +63,9 @@ class TrainConfig:
     min_bits: float = 3.0  # a b falling below this goes to 0 (the channel dies): live
     #   channels keep at least 3 bits, so the size term buys cut channels rather than coarser
     #   ones (0: only skip_one_bit's 1.58; docs/method.md §2, docs/ablation.md)
+    fade: bool = False  # with min_bits >= 2: a b that falls below the floor fades the
+    #   channel out over one bit (a gate b - (min_bits - 1) on its BatchNorm's output, which
+    #   the cross-entropy sees) instead of dying at once; folded away after the last step
     hold_range: bool = True  # learn (b, clipping range e+b-1) instead of (b, e): the size
     #   term then drops low-order bits instead of clipping the largest weights (docs/method.md §2)
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
@@ -167,6 +170,9 @@ def validate(c: TrainConfig) -> None:
     need(c.kind != "compress" or c.min_bits == 0 or c.min_bits < c.init_bits,
          f"--init-bits {c.init_bits:g} is not above --min-bits {c.min_bits:g}: every channel "
          "would die at the first step; lower --min-bits (0 turns it off) or raise --init-bits")
+    need(not c.fade or c.min_bits >= 2,
+         f"--fade needs a floor of at least 2 bits to fade below, got --min-bits "
+         f"{c.min_bits:g}: e.g. --min-bits 3 --fade")
     need(c.lr_exp is None or c.lr_exp >= 0, f"--lr-exp must be >= 0, got {c.lr_exp}")
     need(c.size_term in ("bits", "bops"),
          f"unknown --size-term {c.size_term!r}: choose bits (storage) or bops (compute)")

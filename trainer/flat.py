@@ -131,4 +131,4 @@ def quantize_layers(layers: Sequence[QuantMixin], plan: Plan) -> tuple[Tensor, .
     """``layer.qweight()`` of every layer (all quantized, one ``hold_range``, no empty
     weight), computed together; ``plan`` is ``make_plan(layers)``."""
     return _QuantizeLayers.apply(plan, layers[0].hold_range, *(m.weight for m in layers),
-                                 *(m.b for m in layers), *(m.e for m in layers))
+                                 *(m.quant_bits() for m in layers), *(m.e for m in layers))

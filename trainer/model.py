@@ -75,7 +75,9 @@ class ConvBlock(nn.Module):
         else:
             z = self.conv(x)
         y = F.relu(self.bn(z))
-        return F.max_pool2d(y, 2) if self.pool else y
+        y = F.max_pool2d(y, 2) if self.pool else y
+        gate = self.conv.gate()  # fade: a channel below its floor fades out (t >= 0)
+        return y if gate is None else y * gate.view(1, -1, 1, 1)
 
     @torch.no_grad()
     def integer_exponents(self) -> None:
@@ -123,7 +125,9 @@ class ConvBlock(nn.Module):
         eval mode subtracts the running mean first. Both go through the ReLU.
         """
         bn = self.bn
-        return constant_outputs(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        outs = constant_outputs(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
+        gate = self.conv.gate()  # fade: a dead channel's gate is 0, and so is its constant
+        return outs if gate is None else tuple(c * gate.detach() for c in outs)
 
 
 class UnionSum(torch.autograd.Function):
@@ -381,6 +385,9 @@ class ResNet9(nn.Module):
                for name in ("weight", "bias", "running_mean", "running_var")}
         train_c, eval_c = constant_outputs(cat["weight"], cat["bias"], cat["running_mean"],
                                            cat["running_var"], blocks[0].bn.eps)  # one eps
+        gates = [block.conv.gate() for block in blocks]
+        if all(g is not None for g in gates):  # fade: a dead channel's gate 0 silences it
+            dead = dead * torch.cat(gates).detach()
         return ((train_c + eval_c) * dead).sum()
 
     def layout(self) -> dict[str, dict[str, list[int]] | None]:

@@ -32,6 +32,7 @@ def model_for(config: TrainConfig) -> ResNet9:
         layer.hold_range = config.hold_range and not fixed
         layer.skip_one_bit = config.skip_one_bit and not fixed
         layer.min_bits = 0.0 if fixed else config.min_bits
+        layer.fade = config.fade and not fixed
     return model
 
 

@@ -145,6 +145,9 @@ class QuantMixin:
         self.qweight_now: Tensor | None = None
         self.skip_one_bit = False  # after each step, a b in (0, ONE_BIT_TOP) goes to 0
         self.min_bits = 0.0  # after each step, a b in (0, min_bits) goes to 0
+        # with min_bits: a channel whose b falls below the floor fades out over the bit
+        # beneath it (``gate``) instead of dying at once; it dies at min_bits - 1
+        self.fade = False
         # Original indices of the rows (outputs) and columns (inputs) still present: a
         # shrunken layer knows where it sits in the uncompressed network.
         self.register_buffer("out_idx", torch.arange(self.weight.shape[0]))
@@ -161,14 +164,30 @@ class QuantMixin:
         if self.qweight_now is not None:
             return self.qweight_now
         # with hold_range b's gradient is taken at a fixed range e + b - 1 (same value)
-        return quantize_fused(self.weight, self.b, self.e, self.hold_range)
+        return quantize_fused(self.weight, self.quant_bits(), self.e, self.hold_range)
+
+    def quant_bits(self) -> Tensor:
+        """The b the quantizer uses: b, except that with ``fade`` a live b below the floor
+        (fading) quantizes at the floor; its gradient then comes from the gate alone."""
+        if not (self.quantized and self.fade):
+            return self.b
+        return torch.where(self.b > 0, self.b.clamp_min(self.min_bits), self.b)
+
+    def gate(self) -> Tensor | None:
+        """With ``fade``, the factor (O,) on each output channel after its BatchNorm (the
+        head: on its output): b - (min_bits - 1) clamped to [0, 1]. 1 at or above the
+        floor, 0 for a dead channel, and in between the cross-entropy sees what the
+        channel is worth in b's gradient as it fades. None without ``fade``."""
+        if not (self.quantized and self.fade):
+            return None
+        return (self.b - (self.min_bits - 1)).clamp(0.0, 1.0)
 
     def qints(self) -> Tensor:
         """The integers k of the quantized weight: ``qweight() == 2^e * k`` exactly (int64).
 
         (``hold_range`` changes only e's gradient in ``qweight``, not its value.)
         """
-        return integer_weights(self.weight, self.b, self.e)
+        return integer_weights(self.weight, self.quant_bits(), self.e)
 
     @torch.no_grad()
     def snap_bits(self) -> None:
@@ -203,7 +222,10 @@ class QuantMixin:
 
     def dead_below(self) -> float:
         """The bit depth under which a live channel dies at the next step (0: none): 1.58
-        with ``skip_one_bit``, raised to ``min_bits``."""
+        with ``skip_one_bit``, raised to ``min_bits``; with ``fade``, min_bits - 1 (a
+        fading channel quantizes at the floor, so no one-sign zone lies below it)."""
+        if self.fade:
+            return self.min_bits - 1
         return max(ONE_BIT_TOP if self.skip_one_bit else 0.0, self.min_bits)
 
     @torch.no_grad()
@@ -240,7 +262,9 @@ class QLinear(nn.Linear, QuantMixin):
         self._init_quant(quantized, init_bits)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, I) -> (B, O)
-        return F.linear(x, self.qweight())
+        y = F.linear(x, self.qweight())
+        gate = self.gate()
+        return y if gate is None else y * gate
 
 
 @dataclass
@@ -276,7 +300,7 @@ def layer_size(layer: QuantMixin, live_in: Tensor) -> tuple[Tensor, Tensor, Tens
     n_in = live_inputs_weights(layer, live_in)
     diff = layer_q(layer, n_in)
     if layer.quantized:
-        exact = n_in * torch.ceil(F.relu(layer.b.detach())).sum()
+        exact = n_in * torch.ceil(F.relu(layer.quant_bits().detach())).sum()
         live = n_in * (layer.b.detach() > 0).sum()
     else:
         exact = diff
@@ -287,11 +311,18 @@ def layer_size(layer: QuantMixin, live_in: Tensor) -> tuple[Tensor, Tensor, Tens
 # --- the quantizer's rules around each optimizer step, and after the last one ------------
 # ``model`` is a ``trainer.model.ResNet9`` (not imported: the model imports this module).
 
+def held_bits(model) -> list[Tensor]:
+    """The b the quantizer uses (``quant_bits``) of every hold-range layer: the b itself,
+    or with ``fade`` a new tensor that stays at the floor while the channel fades."""
+    return [layer.quant_bits() for _, layer in model.quant_layers()
+            if layer.quantized and layer.hold_range]
+
+
 def bits_before_step(model) -> list[Tensor]:
-    """Copies of the b of every hold-range layer, before the optimizers step (in one
-    operation), for ``after_step``."""
-    held = [layer.b for _, layer in model.quant_layers() if layer.quantized and layer.hold_range]
+    """Copies of the quantizer's b of every hold-range layer, before the optimizers step
+    (in one operation), for ``after_step``."""
     with torch.no_grad():
+        held = held_bits(model)
         return torch._foreach_mul(held, 1.0) if held else []  # copies, in one operation
 
 
@@ -300,9 +331,9 @@ def after_step(model, b_before: list[Tensor]) -> None:
     (every layer's ``follow_bits`` in two multi-tensor operations), ``skip_zones`` sends a b
     that fell below its layer's floor to 0, and ``keep_one_channel`` keeps a main-path conv
     from losing its last channel."""
-    held = [layer.b for _, layer in model.quant_layers() if layer.quantized and layer.hold_range]
     layers = [layer for _, layer in model.quant_layers() if layer.quantized]
     with torch.no_grad():
+        held = held_bits(model)
         if held:  # every layer's follow_bits in two multi-tensor operations
             torch._foreach_sub_([layer.e for layer in layers if layer.hold_range],
                                 torch._foreach_sub(held, b_before))
@@ -321,7 +352,8 @@ def keep_one_channel(layers: list) -> None:
     for layer in layers:
         top = layer.b.argmax().view(1)  # on the device: no host read
         b_top = layer.b.gather(0, top)
-        floor = max(layer.dead_below(), ONE_BIT_TOP)
+        # with fade: back at the floor, its gate 1 (at dead_below() it would be 0)
+        floor = layer.min_bits if layer.fade else max(layer.dead_below(), ONE_BIT_TOP)
         layer.b.scatter_(0, top, torch.where(b_top > 0, b_top, torch.full_like(b_top, floor)))
 
 
@@ -342,6 +374,7 @@ def skip_zones(layers: list) -> None:
 
 def finish_quantizers(model, config: TrainConfig) -> None:
     """After the last step, before the final test: the network in the form an export stores."""
+    fold_gates(model)
     for _, layer in model.quant_layers():
         if config.kind == "compress" and config.snap_bits:
             layer.snap_bits()  # the same weights, stored in fewer bits
@@ -350,3 +383,30 @@ def finish_quantizers(model, config: TrainConfig) -> None:
     if config.integer_exponents and config.kind in QUANTIZED_KINDS:
         for _, block in model.blocks():  # not the head: it has no BatchNorm to take the factor
             block.integer_exponents()  # conv e in 1 byte, the fraction in the BatchNorm
+
+
+@torch.no_grad()
+def fold_gates(model) -> None:
+    """With ``fade``: fold each channel's gate into what follows its quantized weights and
+    raise a fading channel's b to the floor (a channel whose gate is 0 gets b 0), so every
+    live gate is 1 and the network is a plain one (what an export stores), the same
+    function in eval mode.
+
+    A conv block's gate t >= 0 multiplies relu(BatchNorm(z)); t relu(u) = relu(t u), and
+    t u is the eval-mode BatchNorm with weight and bias times t. A dead channel's t is 0:
+    its weight and bias become 0, so it emits 0 whatever the flag. The head's gate scales
+    its row: e + log2 t, every integer k kept (``set_exponents``).
+    """
+    for _, block in model.blocks():
+        gate = block.conv.gate()
+        if gate is not None:
+            block.bn.weight.mul_(gate)
+            block.bn.bias.mul_(gate)
+            block.conv.b.copy_(torch.where(gate > 0, block.conv.quant_bits(), 0.0))
+    head = model.head
+    gate = head.gate()
+    if gate is not None:
+        live = gate > 0
+        shift = torch.where(live, torch.log2(gate.clamp_min(1e-30)), 0.0)
+        head.set_exponents(head.e + shift, "fold_gates")
+        head.b.copy_(torch.where(live, head.quant_bits(), 0.0))
