@@ -224,3 +224,36 @@ def test_the_start_line_says_when_gamma_is_ramped():
              ((p, resolve(TrainConfig(preset=p, gamma=0.01))) for p in ("cpu", "smoke"))}
     assert "gamma=0.01 (ramped up over the first 50% of steps) seed=0" in lines["cpu"]
     assert "gamma=0.01 seed=0" in lines["smoke"]
+
+
+def test_a_fading_run_cuts_resumes_exactly_and_ends_with_every_gate_folded(tmp_path):
+    """``--fade``: channels pass through the fade zone (2, 3) mid-run and some die and are
+    cut; a resume from the checkpoint taken while channels fade ends where the run ended;
+    the final network has no b left in the zone (the gates folded into the BatchNorms), and
+    its saved ``model.pt`` computes what it computed."""
+    config = TrainConfig(preset="smoke", dataset="synthetic", synthetic_size=1024, epochs=3,
+                         batch_size=128, width=0.25, gamma=1.0, lr_quant=0.2, init_bits=4.0,
+                         fade=True, cut_every=5, threads=1)
+    states, fading, last = [], [], {}
+
+    def keep(metrics, state):
+        states.append(copy.deepcopy(state.state_dict()))
+        b = torch.cat([layer.b.detach() for _, layer in state.model.quant_layers()])
+        fading.append(int(((b > 2) & (b < 3)).sum()))
+        last["state"] = state
+
+    result = train(config, on_epoch=keep, verbose=False)
+    assert fading[1] > 50  # mid-run, many channels fade
+    assert result["weights_kept_fraction"] < 0.9 and result["test_accuracy"] > 0.5
+    model = last["state"].model
+    b = torch.cat([layer.b.detach() for _, layer in model.quant_layers()])
+    assert not ((b > 0) & (b < 3)).any()  # every live channel at or above the floor
+    assert all(set(layer.gate().unique().tolist()) <= {0.0, 1.0}
+               for _, layer in model.quant_layers())
+    resumed = train(config, resume=states[1], verbose=False)
+    for key in ("train_loss", "test_accuracy", "size_bits", "weights_kept_fraction"):
+        assert result["history"][-1][key] == resumed["history"][-1][key], key
+    save_model(tmp_path / "model.pt", last["state"])
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(load_model(tmp_path / "model.pt")(x), model.eval()(x))

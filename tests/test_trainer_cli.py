@@ -24,6 +24,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--min-bits", "-1"], "--min-bits must be in [0, 16]"),
     (["--cut-align", "0"], "--cut-align must be at least 1"),
     (["--init-bits", "2"], "--init-bits 2 is not above --min-bits 3"),
+    (["--fade", "--min-bits", "0"], "--fade needs a floor of at least 2 bits"),
     (["--gamma", "nan"], "--gamma must be a number >= 0, got nan"),
     (["--width", "inf"], "--width must be > 0, got inf"),
     (["--threads", "-1"], "--threads must be >= 0"),
