@@ -453,3 +453,41 @@ def test_with_fade_a_dead_channel_is_silent_at_once_and_the_main_path_keeps_one_
         block.conv.b.zero_()
     keep_one_channel([block.conv])
     assert sorted(block.conv.b.tolist())[-2:] == [0.0, 3.0]  # back at the floor: gate 1
+
+
+def test_a_ration_holds_the_highest_falling_channels_at_the_floor_with_their_range():
+    """``ration_deaths`` then ``skip_zones`` on a 3-bit floor: two channels stand at or above
+    it, three fell below it this step, one was dead. A ration of 4 live channels lifts the
+    two highest fallers back to 3 bits, e down by as much (the clipping range e + b - 1
+    stays) and the lowest dies; a ration of 0 lets all three die."""
+    from trainer.quant import ration_deaths, skip_zones
+
+    for min_live, after in ((4, [5.0, 3.0, 0.0, 3.0, 0.0, 3.2]),
+                            (0, [5.0, 0.0, 0.0, 0.0, 0.0, 3.2])):
+        torch.manual_seed(0)
+        layer = QConv2d(4, 6)
+        layer.min_bits, layer.skip_one_bit, layer.hold_range = 3.0, True, True
+        with torch.no_grad():
+            layer.b.copy_(torch.tensor([5.0, 2.9, 2.5, 2.95, 0.0, 3.2]))
+        layer.min_live = torch.tensor(min_live)
+        e0, range0 = layer.e.detach().clone(), (layer.e + layer.b).detach().clone()
+        ration_deaths([layer])
+        skip_zones([layer])
+        assert layer.b.tolist() == pytest.approx(after)
+        lifted = torch.tensor([b == 3.0 for b in after])
+        torch.testing.assert_close((layer.e + layer.b).detach()[lifted], range0[lifted])
+        torch.testing.assert_close(layer.e.detach()[~lifted], e0[~lifted])
+
+
+def test_rations_are_set_per_epoch_from_each_convs_live_channels():
+    """``set_rations``: floor((1 - ration) * live) per quantized conv; ration 1 clears them."""
+    from trainer.quant import set_rations
+
+    model = ResNet9((16, 32, 64, 128), quantized=True)
+    with torch.no_grad():
+        model.layer1.conv.b[:10] = 0.0  # 22 of 32 live
+    set_rations(model, 0.5)
+    assert int(model.layer1.conv.min_live) == 11 and int(model.prep.conv.min_live) == 8
+    assert int(model.res3.conv2.conv.min_live) == 64
+    set_rations(model, 1.0)
+    assert all(block.conv.min_live is None for _, block in model.blocks())

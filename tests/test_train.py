@@ -257,3 +257,31 @@ def test_a_fading_run_cuts_resumes_exactly_and_ends_with_every_gate_folded(tmp_p
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path / "model.pt")(x), model.eval()(x))
+
+
+def test_a_rationed_run_loses_at_most_its_share_of_each_layer_per_epoch_and_resumes_exactly():
+    """``--ration 0.5`` where an unrationed run empties layers in its first epoch: no conv
+    ends an epoch with fewer than half the live channels it began it with (rounded down),
+    the network ends larger, and a resume from the first epoch's checkpoint ends where the
+    run ended (the rations are set again from the live channels at each epoch's start)."""
+    config = TrainConfig(preset="smoke", dataset="synthetic", synthetic_size=1024, epochs=3,
+                         batch_size=128, width=0.25, gamma=3.0, lr_quant=0.2, init_bits=4.0,
+                         cut_every=5, threads=1)
+    free = train(config, verbose=False)["history"]
+    states = []
+    rationed = train(config.replace(ration=0.5), verbose=False,
+                     on_epoch=lambda m, s: states.append(copy.deepcopy(s.state_dict())))
+    start = {"prep": 16, "layer1": 32, "res1.conv1": 32, "res1.conv2": 32, "layer2": 64,
+             "layer3": 128, "res3.conv1": 128, "res3.conv2": 128}
+
+    def halved(history) -> list[bool]:  # per epoch: did a conv end below half its start?
+        ends = [start] + [h["channels"] for h in history]
+        return [any(now[n] < then[n] // 2 for n in start)
+                for then, now in zip(ends[:-1], ends[1:], strict=True)]
+
+    assert any(halved(free))  # unrationed, layers empty within an epoch
+    assert not any(halved(rationed["history"]))
+    assert rationed["history"][-1]["channels_kept"] > free[-1]["channels_kept"]
+    resumed = train(config.replace(ration=0.5), resume=states[0], verbose=False)
+    for key in ("train_loss", "test_accuracy", "size_bits", "channels"):
+        assert rationed["history"][-1][key] == resumed["history"][-1][key], key

@@ -128,6 +128,11 @@ def parser() -> argparse.ArgumentParser:
                         "one more bit (a gate after the BatchNorm, so the loss sees what the "
                         "channel is worth) instead of dropping to 0 at once; the gates fold "
                         "into the BatchNorms after training (default: off; docs/ablation.md)")
+    p.add_argument("--ration", type=float, default=d.ration,
+                   help="the largest share of a conv's live channels that may die in one "
+                        "epoch; of those whose bit depth falls below --min-bits beyond it, "
+                        "the highest wait at the floor (default %(default)s: no limit; "
+                        "docs/ablation.md)")
     p.add_argument("--cut-align", type=int, default=d.cut_align,
                    help="cuts leave each conv a multiple of this many channels, cutting fewer "
                         "dead ones at a time (8 suits a GPU's bf16 convolutions; default "

@@ -66,6 +66,9 @@ class TrainConfig:
     fade: bool = False  # with min_bits >= 2: a b that falls below the floor fades the
     #   channel out over one bit (a gate b - (min_bits - 1) on its BatchNorm's output, which
     #   the cross-entropy sees) instead of dying at once; folded away after the last step
+    ration: float = 1.0  # the largest share of a conv's live channels that may die in one
+    #   epoch: the rest of those whose b falls below the floor wait at the floor, highest b
+    #   first (1: no limit; docs/method.md §2)
     hold_range: bool = True  # learn (b, clipping range e+b-1) instead of (b, e): the size
     #   term then drops low-order bits instead of clipping the largest weights (docs/method.md §2)
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
@@ -173,6 +176,10 @@ def validate(c: TrainConfig) -> None:
     need(not c.fade or c.min_bits >= 2,
          f"--fade needs a floor of at least 2 bits to fade below, got --min-bits "
          f"{c.min_bits:g}: e.g. --min-bits 3 --fade")
+    need(0 < c.ration <= 1 and math.isfinite(c.ration),
+         f"--ration must be in (0, 1], got {c.ration}: e.g. --ration 0.5 (1: no limit)")
+    need(c.ration == 1 or not c.fade,
+         "--ration and --fade are two ways to slow a layer's deaths: choose one")
     need(c.lr_exp is None or c.lr_exp >= 0, f"--lr-exp must be >= 0, got {c.lr_exp}")
     need(c.size_term in ("bits", "bops"),
          f"unknown --size-term {c.size_term!r}: choose bits (storage) or bops (compute)")

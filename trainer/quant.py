@@ -148,6 +148,9 @@ class QuantMixin:
         # with min_bits: a channel whose b falls below the floor fades out over the bit
         # beneath it (``gate``) instead of dying at once; it dies at min_bits - 1
         self.fade = False
+        # with a ration (``set_rations``): the fewest live channels this layer may have
+        # until the epoch ends, a tensor on b's device (None: no limit)
+        self.min_live: Tensor | None = None
         # Original indices of the rows (outputs) and columns (inputs) still present: a
         # shrunken layer knows where it sits in the uncompressed network.
         self.register_buffer("out_idx", torch.arange(self.weight.shape[0]))
@@ -328,18 +331,61 @@ def bits_before_step(model) -> list[Tensor]:
 
 def after_step(model, b_before: list[Tensor]) -> None:
     """The rules after the optimizers' step: hold-range layers move e against b's change
-    (every layer's ``follow_bits`` in two multi-tensor operations), ``skip_zones`` sends a b
-    that fell below its layer's floor to 0, and ``keep_one_channel`` keeps a main-path conv
-    from losing its last channel."""
+    (every layer's ``follow_bits`` in two multi-tensor operations), ``ration_deaths`` holds
+    at the floor the b a layer's ration does not let die, ``skip_zones`` sends a b that fell
+    below its layer's floor to 0, and ``keep_one_channel`` keeps a main-path conv from
+    losing its last channel."""
     layers = [layer for _, layer in model.quant_layers() if layer.quantized]
     with torch.no_grad():
         held = held_bits(model)
         if held:  # every layer's follow_bits in two multi-tensor operations
             torch._foreach_sub_([layer.e for layer in layers if layer.hold_range],
                                 torch._foreach_sub(held, b_before))
+        ration_deaths([layer for layer in layers if layer.min_live is not None])
         skip_zones([layer for layer in layers if layer.dead_below() > 0])
         keep_one_channel([block.conv for block in model.main_path()
                           if block.conv.quantized and block.conv.b.requires_grad])
+
+
+@torch.no_grad()
+def set_rations(model, ration: float) -> None:
+    """At an epoch's start: every quantized conv may keep no fewer than
+    floor((1 - ``ration``) * live) live channels until the epoch ends (``ration_deaths``).
+    With ``ration`` 1 there is no limit. A layer down to one channel may still lose it (a
+    residual branch may still vanish; ``keep_one_channel`` guards the main path)."""
+    for _, block in model.blocks():
+        conv = block.conv
+        if not conv.quantized or ration >= 1:
+            conv.min_live = None
+            continue
+        live = int((conv.b.detach() > 0).sum())
+        if conv.min_live is None or conv.min_live.device != conv.b.device:
+            conv.min_live = torch.zeros((), dtype=torch.long, device=conv.b.device)
+        conv.min_live.fill_(int((1 - ration) * live))  # filled in place: a CUDA graph keeps it
+
+
+@torch.no_grad()
+def ration_deaths(layers: list) -> None:
+    """Before ``skip_zones``: a layer keeps ``min_live`` live channels. If fewer b than that
+    stand at or above the floor (``dead_below``), the highest of those that fell below it
+    this step go back to the floor, as many as it lacks, and wait there; the rest die in
+    ``skip_zones``. So a layer's channels die over the epochs, the ones the loss defends
+    least first, instead of all at the one step their b cross the floor together. Under
+    ``hold_range`` e moves back with the b it quantizes with (``quant_bits``), so the
+    clipping range the loss chose stays. No host read: a CUDA graph can hold it."""
+    for layer in layers:
+        b, floor = layer.b, layer.dead_below()
+        falling = (b > 0) & (b < floor)
+        short = (layer.min_live - (b >= floor).sum()).clamp_min(0)
+        key = torch.where(falling, b, torch.full_like(b, -math.inf))
+        rank = key.argsort(descending=True).argsort()  # 0: the highest falling b
+        lift = torch.where(falling & (rank < short), floor - b, torch.zeros_like(b))
+        if layer.hold_range:
+            before = layer.quant_bits().clone()
+            b.add_(lift)
+            layer.e.sub_(layer.quant_bits() - before)
+        else:
+            b.add_(lift)
 
 
 @torch.no_grad()

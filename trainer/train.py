@@ -25,7 +25,7 @@ from trainer.graphs import GraphedStep, sgd_step
 from trainer.heap import keep_freed_memory
 from trainer.model import ResNet9
 from trainer.network import model_for
-from trainer.quant import after_step, bits_before_step, finish_quantizers
+from trainer.quant import after_step, bits_before_step, finish_quantizers, set_rations
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
 
@@ -219,6 +219,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
     graphed = GraphedStep(step, step.zero_grad) if c.cuda_graphs else None
     for epoch in range(state.epoch + 1, c.epochs + 1):
         epoch_start = time.perf_counter()
+        if c.kind == "compress" and c.ration < 1:
+            set_rations(model, c.ration)
         progress = Progress(steps_per_epoch) if verbose else None
         step.loss_sum.zero_()  # the epoch's summed CE, on the device
         batches = D.train_batches(data, c.batch_size, state.gen, c.cutout, channels_last=True)
