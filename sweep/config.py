@@ -21,9 +21,13 @@ from trainer.config import ConfigError, TrainConfig, check_writable_folder, reso
 
 SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
 RECIPE_FILE = "recipe.json"  # the TrainConfig its trials start from, as resolved when it began
+# TrainConfig fields added since recipe.json began, whose preset value differs from what
+# training did before them: a recorded recipe without one trained with this value (cpu's
+# ration is 0.5 since 2026-12-03; no limit before).
+ADDED_SINCE_RECIPE = {"ration": 1.0}
 # What a sweep begun before recipe.json existed trained with, where a preset has changed
 # since: its resume trains with these instead of today's preset (cpu's gamma_ramp was 0).
-BEFORE_RECIPE = {"gamma_ramp": 0.0}
+BEFORE_RECIPE = {"gamma_ramp": 0.0, **ADDED_SINCE_RECIPE}
 MLFLOW_DB = "mlflow.db"  # the default MLflow store of --mlflow without a URI, in the sweep folder
 # Fields that say how this invocation runs, not what the sweep is: never saved, free on resume.
 RUNTIME_FIELDS = ("address", "dashboard", "results_dir", "name", "resume")
@@ -36,14 +40,17 @@ FREE_ON_RESUME = ("export",)
 # hence 3e-4 (near the float accuracy) to 0.03 (about 1.5 % of the bits). With γ ramped over
 # the first half (the cpu preset's gamma_ramp 0.5 since the sweep cpu-ramp) 0.03 keeps 76 %
 # at about 2 % of the bits and 0.1 66 % at 0.5 %, where without the ramp it fell to 29 % at
-# 0.08 % (two seeds each); past 0.1 it still falls off a cliff (45 % at 0.15, chance at 0.2,
-# seed 0): hence up to 0.1 (docs/ablation.md). Without the floor
+# 0.08 % (two seeds each); past 0.1 it still fell off a cliff (45 % at 0.15, chance at 0.2,
+# seed 0). With a conv's deaths rationed to half its channels per epoch (the cpu preset's
+# ration 0.5 since the sweep cpu-ration) it falls gradually instead: 72 % at 0.1, 67 % at
+# 0.2, 62 % at 0.3 (0.23 % of the bits), 54 % at 0.5, 38 % at 1 (seed 0; docs/ablation.md);
+# hence up to 0.3, past which each trial buys less. Without the floor
 # (only skip-one-bit) the same points took 10x the gamma (3e-3 to 0.3). paper and smoke are
 # unmeasured with the floor: on one GPU the paper preset without it spanned 91-25 % of the
 # weights over gamma 0.005-0.05 (docs/results.md), so 10x lower here, with a decade of margin.
 # demo (the first look, synthetic data): 3e-3 keeps 100 % at about 15 % of the bits, 0.03
 # about 99.6 % at 2.7 %, 0.1 about 38 % at 0.45 %, 0.3 chance at 0.06 % (docs/train.md).
-GAMMA_RANGES = {"cpu": (3e-4, 0.1), "demo": (3e-3, 0.3)}
+GAMMA_RANGES = {"cpu": (3e-4, 0.3), "demo": (3e-3, 0.3)}
 GAMMA_RANGE = (1e-4, 0.1)  # every other preset
 # --references: which reference trials run besides the compress trials, all at gamma 0.
 # default: float-baseline and floor; full: also the two obvious alternatives to the method,
@@ -377,8 +384,9 @@ def save_recipe(folder: Path, train: TrainConfig) -> None:
 
 
 def load_recipe(folder: Path) -> dict | None:
-    """The recipe ``folder``'s sweep recorded (fields this code no longer knows dropped), or
-    None for a sweep older than the record. ConfigError if the file cannot be read."""
+    """The recipe ``folder``'s sweep recorded (fields this code no longer knows dropped,
+    fields added since at ``ADDED_SINCE_RECIPE``), or None for a sweep older than the
+    record. ConfigError if the file cannot be read."""
     path = folder / RECIPE_FILE
     if not path.is_file():
         return None
@@ -388,4 +396,4 @@ def load_recipe(folder: Path) -> dict | None:
         raise ConfigError(f"cannot read {path} ({err}): restore it, or delete it to resume "
                           "with this code's preset") from None
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {k: v for k, v in recorded.items() if k in names}
+    return {**ADDED_SINCE_RECIPE, **{k: v for k, v in recorded.items() if k in names}}

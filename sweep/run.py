@@ -35,7 +35,7 @@ from sweep.config import (
 )
 from trainer.cifar10 import DataError
 from trainer.cli import fail
-from trainer.config import ConfigError, TrainConfig, ramp_words, resolve
+from trainer.config import ConfigError, TrainConfig, ramp_words, ration_words, resolve
 from trainer.results import LAYERS_FILE, TRIALS_FILE
 
 STOPPED = 130  # exit status of a sweep stopped by a signal: resume it
@@ -115,9 +115,13 @@ def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
 
 
 def describe_sweep(c: SweepConfig, train: TrainConfig) -> str:
-    """What the settled sweep trains, in one line (its γ ramp unless the space sets it)."""
-    ramp = ramp_words(train) if "gamma_ramp" not in (c.space or {}) else ""
+    """What the settled sweep trains, in one line (its γ ramp and ration of deaths unless
+    the space sets them)."""
+    space = c.space or {}
+    ramp = ramp_words(train) if "gamma_ramp" not in space else ""
     ramp = f", gamma {ramp}" if ramp else ""
+    ration = ration_words(train) if "ration" not in space and "fade" not in space else ""
+    ramp += f", {ration}" if ration else ""
     return (f"{describe_points(c)}{describe_references(c.references)}{describe_search(c)}; "
             f"preset {c.preset}, {c.epochs} epochs{ramp}; {c.cpus_per_trial:g} CPUs and "
             f"{c.gpus_per_trial:g} GPUs per trial; results in {c.folder}")

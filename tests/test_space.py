@@ -591,19 +591,25 @@ def test_the_sweeps_in_docs_still_draw_their_gammas(name):
     assert sorted(drawn) == sorted(have["gamma"]) and len(drawn) == c.num_samples * c.seeds
 
 
-def test_todays_cpu_defaults_are_the_sweep_cpu_ramp():
-    """docs/cpu-ramp ran with the ramp and the range given as flags, before they became the
-    cpu preset's defaults: a plain sweep now draws its γs and trains with its recipe."""
-    folder = Path(__file__).resolve().parents[1] / "docs" / "cpu-ramp"
+def test_todays_cpu_recipe_is_the_sweep_cpu_ration_which_drew_the_gammas_of_cpu_ramp():
+    """docs/cpu-ration ran with the ration given as a flag, before it became the cpu preset's
+    default, over cpu-ramp's range (3e-4 to 0.1, today's ends at 0.3), so that the two drew
+    the same γs: a plain sweep now trains with its recipe, and with --gamma-max 0.1 draws
+    its γs and cpu-ramp's."""
+    docs = Path(__file__).resolve().parents[1] / "docs"
     plain = SweepConfig(preset="cpu", num_samples=12, seed=0, references="none",
                         dataset="synthetic")
-    plain = with_gamma_range(plain, "cpu")
-    drawn = [t["gamma"] for t in configs(plain) if t["kind"] == "compress"]
-    assert sorted(drawn) == sorted(pd.read_parquet(folder / TRIALS_FILE)["gamma"])
+    assert with_gamma_range(plain, "cpu").gamma_max == 0.3
+    paired = with_gamma_range(plain.replace(gamma_max=0.1), "cpu")
+    drawn = sorted(t["gamma"] for t in configs(paired) if t["kind"] == "compress")
+    assert drawn == sorted(pd.read_parquet(docs / "cpu-ramp" / TRIALS_FILE)["gamma"])
+    began = pd.read_parquet(docs / "cpu-ration" / TRIALS_FILE)["gamma"]  # its trials so far
+    assert len(began) >= 6 and set(began) <= set(drawn)
+    folder = docs / "cpu-ration"
     trained = sweep_config.load_recipe(folder)  # its base recipe, then its space's one value
     space = sweep_config.load_saved(folder)["space"]
     trained.update({k: spec["value"] for k, spec in space.items()})
-    assert trained["gamma_ramp"] == 0.5
+    assert trained["gamma_ramp"] == 0.5 and trained["ration"] == 0.5
     today = resolve(sweep_config.base_train_config(plain), has_gpu=False)
     differ = {k for k, v in trained.items() if getattr(today, k) != v}
     assert differ == {"dataset", "data_dir"}  # where it read CIFAR-10; the recipe is the same

@@ -57,7 +57,7 @@ def free_port() -> int:
     (["--refine", "-1"], "--refine must be >= 0"),
     (["--gamma-min", "0"], "--gamma-min must be > 0"),
     (["--gamma-min", "0.1", "--gamma-max", "0.01"], "must be above --gamma-min"),
-    (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.0003 to 0.1"),
+    (["--preset", "cpu", "--gamma-min", "2"], "the cpu preset's range is 0.0003 to 0.3"),
     (["--gamma-max", "-1"], "--gamma-max must be > 0"),
     (["--resume", "--name", "nope"], "no sweep named 'nope'"),
     (["--resume"], "no sweep to resume"),
@@ -434,7 +434,7 @@ def proposed(c: SweepConfig) -> list[dict]:
 
 
 def test_the_default_gamma_range_is_the_presets_and_a_given_bound_wins():
-    assert gamma_range("cpu") == (3e-4, 0.1) and gamma_range("paper") == GAMMA_RANGE
+    assert gamma_range("cpu") == (3e-4, 0.3) and gamma_range("paper") == GAMMA_RANGE
     c = SweepConfig(gamma_max=0.5)
     assert (with_gamma_range(c, "cpu").gamma_min, with_gamma_range(c, "cpu").gamma_max) == (
         3e-4, 0.5)
@@ -518,18 +518,23 @@ def test_a_resumed_sweep_trains_with_the_recipe_it_began_with_not_todays_preset(
     resumed = keep_recipe(c.replace(resume=True), today)
     assert resumed == began
     assert capsys.readouterr().out.strip().endswith("differs in lr, gamma_ramp")
-    # A field this code no longer knows is dropped; one it added since takes today's value.
+    # A field this code no longer knows is dropped; one it added since takes today's value,
+    # but for a field whose preset value changed what training did (ADDED_SINCE_RECIPE):
+    # a recipe recorded before the cpu preset's ration trained without one (1).
+    assert began.ration == 0.5  # the cpu preset's since cpu-ration
     recorded["retired_field"] = 1
-    del recorded["gamma_ramp"]
+    del recorded["gamma_ramp"], recorded["ration"]
     (c.folder / sweep_config.RECIPE_FILE).write_text(json.dumps(recorded))
-    assert keep_recipe(c.replace(resume=True), today) == began.replace(gamma_ramp=0.25)
+    assert keep_recipe(c.replace(resume=True), today) == began.replace(gamma_ramp=0.25,
+                                                                        ration=1.0)
     # A sweep older than the record began before the cpu preset's ramp: it resumes with
     # today's recipe but for that, says so, and keeps that recipe from now on.
     (c.folder / sweep_config.RECIPE_FILE).unlink()
     capsys.readouterr()
-    assert keep_recipe(c.replace(resume=True), began) == began.replace(gamma_ramp=0.0)
-    assert capsys.readouterr().out.strip().endswith("differs in gamma_ramp")
-    assert keep_recipe(c.replace(resume=True), today) == began.replace(gamma_ramp=0.0)
+    before = began.replace(gamma_ramp=0.0, ration=1.0)
+    assert keep_recipe(c.replace(resume=True), began) == before
+    assert capsys.readouterr().out.strip().endswith("differs in gamma_ramp, ration")
+    assert keep_recipe(c.replace(resume=True), today) == before
     # A new sweep records its own recipe over whatever a dead one left in the folder.
     assert keep_recipe(c, began) == began
     assert json.loads((c.folder / sweep_config.RECIPE_FILE).read_text())["lr"] == began.lr
@@ -1154,7 +1159,10 @@ def test_the_sweeps_start_line_says_when_gamma_is_ramped(tmp_path):
         c = c.replace(epochs=train.epochs, cpus_per_trial=1.0, gpus_per_trial=0.0)  # as settled
         return describe_sweep(c, train)
 
-    assert "preset cpu, 5 epochs, gamma ramped up over the first 50% of steps;" in line("cpu")
+    assert ("preset cpu, 5 epochs, gamma ramped up over the first 50% of steps, at most 50% of "
+            "a conv's live channels die per epoch;") in line("cpu")
     assert "preset smoke, 2 epochs; " in line("smoke")
     fixed = line("cpu", {"gamma_ramp": {"value": 0.25}})  # the space's own words say it
     assert "gamma_ramp = 0.25" in fixed and "ramped up over" not in fixed
+    fixed = line("cpu", {"ration": {"value": 1.0}})
+    assert "ration = 1" in fixed and "die per epoch" not in fixed

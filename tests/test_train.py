@@ -222,7 +222,8 @@ def test_the_start_line_says_when_gamma_is_ramped():
     data = SimpleNamespace(n_train=512, y_test=torch.zeros(256))
     lines = {p: describe(c, model_for(c), data) for p, c in
              ((p, resolve(TrainConfig(preset=p, gamma=0.01))) for p in ("cpu", "smoke"))}
-    assert "gamma=0.01 (ramped up over the first 50% of steps) seed=0" in lines["cpu"]
+    assert ("gamma=0.01 (ramped up over the first 50% of steps; at most 50% of a conv's live "
+            "channels die per epoch) seed=0") in lines["cpu"]
     assert "gamma=0.01 seed=0" in lines["smoke"]
 
 

@@ -26,7 +26,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--init-bits", "2"], "--init-bits 2 is not above --min-bits 3"),
     (["--fade", "--min-bits", "0"], "--fade needs a floor of at least 2 bits"),
     (["--ration", "0"], "--ration must be in (0, 1], got 0.0"),
-    (["--ration", "0.5", "--fade"], "--ration and --fade are two ways"),
+    (["--ration", "0.5", "--fade"], "--ration 0.5 and --fade are two ways"),
     (["--gamma", "nan"], "--gamma must be a number >= 0, got nan"),
     (["--width", "inf"], "--width must be > 0, got inf"),
     (["--threads", "-1"], "--threads must be >= 0"),

@@ -131,8 +131,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ration", type=float, default=d.ration,
                    help="the largest share of a conv's live channels that may die in one "
                         "epoch; of those whose bit depth falls below --min-bits beyond it, "
-                        "the highest wait at the floor (default %(default)s: no limit; "
-                        "docs/ablation.md)")
+                        "the highest wait at the floor (default: the preset's, 0.5 for cpu, "
+                        "1 (no limit) for the others, and 1 with --fade; docs/ablation.md)")
     p.add_argument("--cut-align", type=int, default=d.cut_align,
                    help="cuts leave each conv a multiple of this many channels, cutting fewer "
                         "dead ones at a time (8 suits a GPU's bf16 convolutions; default "

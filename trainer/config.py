@@ -66,9 +66,9 @@ class TrainConfig:
     fade: bool = False  # with min_bits >= 2: a b that falls below the floor fades the
     #   channel out over one bit (a gate b - (min_bits - 1) on its BatchNorm's output, which
     #   the cross-entropy sees) instead of dying at once; folded away after the last step
-    ration: float = 1.0  # the largest share of a conv's live channels that may die in one
-    #   epoch: the rest of those whose b falls below the floor wait at the floor, highest b
-    #   first (1: no limit; docs/method.md §2)
+    ration: float | None = None  # the largest share of a conv's live channels that may die
+    #   in one epoch: the rest of those whose b falls below the floor wait at it, the highest
+    #   b first (1: no limit; the cpu preset: 0.5, docs/method.md §2)
     hold_range: bool = True  # learn (b, clipping range e+b-1) instead of (b, e): the size
     #   term then drops low-order bits instead of clipping the largest weights (docs/method.md §2)
     size_term: str = "bits"  # what Q counts: bits (storage) | bops (bits x uses per image)
@@ -98,26 +98,38 @@ class TrainConfig:
 PRESETS: dict[str, dict] = {
     # Page's DAWNBench recipe at full width; ~10 s/epoch-scale work on a modern GPU.
     "paper": dict(epochs=24, width=1.0, batch_size=512, lr=0.4, lr_quant=0.02,
-                  warmup_fraction=5 / 24, gamma_ramp=0.0, train_subset=0, test_subset=0),
+                  warmup_fraction=5 / 24, gamma_ramp=0.0, ration=1.0, train_subset=0,
+                  test_subset=0),
     # Quarter width and few epochs: a full-CIFAR-10 trial in about 10 minutes on 2 CPU cores.
     # γ ramps up over the first half: the same front as without, and no cliff up to γ 0.1
-    # (docs/ablation.md, "γ ramped over the first half").
+    # (docs/ablation.md, "γ ramped over the first half"); a conv loses at most half its live
+    # channels per epoch: past 0.1 the accuracy falls gradually instead of over a cliff
+    # (docs/ablation.md, "A ration on each conv's deaths").
     "cpu": dict(epochs=5, width=0.25, batch_size=512, lr=0.4, lr_quant=0.05,
-                warmup_fraction=0.2, gamma_ramp=0.5, train_subset=0, test_subset=0),
+                warmup_fraction=0.2, gamma_ramp=0.5, ration=0.5, train_subset=0, test_subset=0),
     # Seconds: tiny network on a slice of the data, for tests and a first look.
     "smoke": dict(epochs=2, width=0.125, batch_size=256, lr=0.4, lr_quant=0.05,
-                  warmup_fraction=0.2, gamma_ramp=0.0, train_subset=4096, test_subset=1024),
+                  warmup_fraction=0.2, gamma_ramp=0.0, ration=1.0, train_subset=4096,
+                  test_subset=1024),
     # The first look: smoke's network and data, one more epoch and a quantizer that learns
     # ten times faster, so that a sweep over gamma 3e-3..0.3 (its default range) spans
     # 100 % accuracy at about 15 % of the bits down to chance below 0.1 % (docs/train.md).
     "demo": dict(epochs=3, width=0.125, batch_size=256, lr=0.4, lr_quant=0.5,
-                 warmup_fraction=0.2, gamma_ramp=0.0, train_subset=4096, test_subset=1024),
+                 warmup_fraction=0.2, gamma_ramp=0.0, ration=1.0, train_subset=4096,
+                 test_subset=1024),
 }
 
 
 def ramp_words(c: TrainConfig) -> str:
     """How the size term's weight is ramped, for a start line ("" when it is not)."""
     return f"ramped up over the first {c.gamma_ramp:.0%} of steps" if c.gamma_ramp else ""
+
+
+def ration_words(c: TrainConfig) -> str:
+    """How a conv's deaths are rationed, for a start line ("" when they are not)."""
+    if c.ration is None or c.ration >= 1:
+        return ""
+    return f"at most {c.ration:.0%} of a conv's live channels die per epoch"
 
 
 def gpu_available() -> bool:
@@ -140,6 +152,8 @@ def resolve(config: TrainConfig, has_gpu: bool | None = None) -> TrainConfig:
         if has_gpu is None:
             has_gpu = gpu_available() and config.device != "cpu"
         preset = "paper" if has_gpu else "cpu"
+    if config.fade and config.ration is None:  # the preset's ration is for channels that die
+        config = config.replace(ration=1.0)   # at the floor, not for those that fade below it
     filled = {k: v for k, v in PRESETS[preset].items() if getattr(config, k) is None}
     config = config.replace(preset=preset, **filled)
     if config.kind == "narrow-float" and config.full_width is None:
@@ -179,7 +193,8 @@ def validate(c: TrainConfig) -> None:
     need(0 < c.ration <= 1 and math.isfinite(c.ration),
          f"--ration must be in (0, 1], got {c.ration}: e.g. --ration 0.5 (1: no limit)")
     need(c.ration == 1 or not c.fade,
-         "--ration and --fade are two ways to slow a layer's deaths: choose one")
+         f"--ration {c.ration:g} and --fade are two ways to slow a layer's deaths: choose one "
+         "(--fade with --ration 1)")
     need(c.lr_exp is None or c.lr_exp >= 0, f"--lr-exp must be >= 0, got {c.lr_exp}")
     need(c.size_term in ("bits", "bops"),
          f"unknown --size-term {c.size_term!r}: choose bits (storage) or bops (compute)")

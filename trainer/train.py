@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from trainer import data as D
-from trainer.config import ConfigError, TrainConfig, ramp_words, resolve
+from trainer.config import ConfigError, TrainConfig, ramp_words, ration_words, resolve
 from trainer.graphs import GraphedStep, sgd_step
 from trainer.heap import keep_freed_memory
 from trainer.model import ResNet9
@@ -341,7 +341,8 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
 def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
     """One line saying what is about to be trained."""
     dev = next(model.parameters()).device
-    ramp = ramp_words(config) if config.kind == "compress" else ""
+    words = [ramp_words(config), ration_words(config)] if config.kind == "compress" else []
+    ramp = "; ".join(w for w in words if w)
     ramp = f" ({ramp})" if ramp else ""
     return (f"scnn: {config.kind} ResNet-9 {'-'.join(map(str, model.widths))} "
             f"(preset {config.preset}, {model.n0:,} weights) gamma={config.gamma:g}{ramp} "
