@@ -1,6 +1,6 @@
 """Two training recipes side by side, for the ablation figures in docs/ (not a package:
 ``docs/ablation-fade/figure.py`` and ``docs/ablation-ration/figure.py`` put this folder on
-``sys.path`` and import it).
+``sys.path`` and import it; ``docs/ablation-ramp/figure.py`` takes ``style`` alone).
 
 ``budgets`` maps a budget's title (the proxy, the ``cpu`` preset) to ``{recipe: runs}``,
 each runs a trials.parquet frame; ``recipes`` maps a recipe to its (label, colour), the
@@ -55,6 +55,18 @@ def print_against_front(budget: str, runs: dict[str, pd.DataFrame],
                   f"{row.mean_bits:.2f} | {cells[0]} | {cells[1]} |")
 
 
+def style(by_gamma, by_bits, gamma_title: str) -> None:
+    """Log axes, labels, a dotted line at chance and the legend of one row's two panels."""
+    by_gamma.set(xscale="log", xlabel="γ, weight of the size term (log scale)",
+                 ylabel="test accuracy, %", title=gamma_title)
+    by_bits.set(xscale="log", xlabel="bits kept, % of the float network (log scale)",
+                ylabel="test accuracy, %", title="accuracy against size")
+    for ax in (by_gamma, by_bits):
+        ax.axhline(10, color="grey", linestyle=":", linewidth=1)  # chance
+        ax.grid(True, which="both", alpha=0.3)
+    by_gamma.legend(fontsize=8, loc="lower left")
+
+
 def draw(budgets: dict[str, dict[str, pd.DataFrame]], recipes: dict[str, tuple[str, str]],
          title: str, path: Path) -> None:
     """The figure (one row per budget) to ``path``, and the tables to stdout."""
@@ -68,14 +80,7 @@ def draw(budgets: dict[str, dict[str, pd.DataFrame]], recipes: dict[str, tuple[s
             rows = rows.sort_values("bits_fraction")
             by_bits.plot(100 * rows["bits_fraction"], 100 * rows["test_accuracy"], "o-",
                          color=colour, alpha=0.8)
-        by_gamma.set(xscale="log", xlabel="γ, weight of the size term (log scale)",
-                     ylabel="test accuracy, %", title=f"{budget}: accuracy against γ")
-        by_bits.set(xscale="log", xlabel="bits kept, % of the float network (log scale)",
-                    ylabel="test accuracy, %", title="accuracy against size")
-        for ax in (by_gamma, by_bits):
-            ax.axhline(10, color="grey", linestyle=":", linewidth=1)  # chance
-            ax.grid(True, which="both", alpha=0.3)
-        by_gamma.legend(fontsize=8, loc="lower left")
+        style(by_gamma, by_bits, f"{budget}: accuracy against γ")
         print_against_front(budget, runs, recipes)
     fig.suptitle(title)
     fig.tight_layout()

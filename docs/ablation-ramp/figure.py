@@ -12,11 +12,15 @@ crosses are the seed-0 sweeps of the first two (cpu-mb3 and cpu-ab/A without the
 cpu-ramp with it).
 """
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+
+sys.path.insert(0, str(Path(__file__).parent.parent))  # docs/: the shared axis styling
+from recipe_figure import style  # noqa: E402
 
 HERE = Path(__file__).parent
 RECIPES = {"0": ("no ramp", "tab:red"), "0.5": ("--gamma-ramp 0.5", "tab:blue"),
@@ -87,14 +91,7 @@ def main() -> None:
         by_gamma.plot(means["gamma"], means["accuracy"], color=colour, alpha=0.6)
         means = means.sort_values("bits")
         by_bits.plot(means["bits"], means["accuracy"], color=colour, alpha=0.6)
-    by_gamma.set(xscale="log", xlabel="γ, weight of the size term (log scale)",
-                 ylabel="test accuracy, %", title="accuracy against γ (line: mean of seeds)")
-    by_bits.set(xscale="log", xlabel="bits kept, % of the float network (log scale)",
-                ylabel="test accuracy, %", title="accuracy against size")
-    for ax in (by_gamma, by_bits):
-        ax.axhline(10, color="grey", linestyle=":", linewidth=1)  # chance
-        ax.grid(True, which="both", alpha=0.3)
-    by_gamma.legend(fontsize=8, loc="lower left")
+    style(by_gamma, by_bits, "accuracy against γ (line: mean of seeds)")
     fig.suptitle("cpu preset, 5 epochs, full CIFAR-10, one thread per run")
     fig.tight_layout()
     fig.savefig(HERE / "gamma_curve.png")
