@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sweep.config import SweepConfig, reference_trials
+from sweep.config import ADDED_SINCE_RECIPE, SweepConfig, reference_trials
 from trainer.config import TrainConfig
 
 # Set per trial, not shared: gamma and kind by the search, device and threads by the trainable.
@@ -109,7 +109,7 @@ def swept_values(trial: dict) -> dict:
 
 # Recipe fields added after a sweep may have started, with the value a trial whose saved
 # config lacks them trained with: a resumed sweep finishes its trials as they began.
-RECIPE_BEFORE = {"skip_one_bit": False, "min_bits": 0.0, "ration": 1.0}
+RECIPE_BEFORE = {"skip_one_bit": False, "min_bits": 0.0, **ADDED_SINCE_RECIPE}
 
 
 def train_config(trial: dict, device: str, threads: int) -> TrainConfig:

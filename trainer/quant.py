@@ -371,8 +371,9 @@ def ration_deaths(layers: list) -> None:
     this step go back to the floor, as many as it lacks, and wait there; the rest die in
     ``skip_zones``. So a layer's channels die over the epochs, the ones the loss defends
     least first, instead of all at the one step their b cross the floor together. Under
-    ``hold_range`` e moves back with the b it quantizes with (``quant_bits``), so the
-    clipping range the loss chose stays. No host read: a CUDA graph can hold it."""
+    ``hold_range`` e moves back as much as b, so the clipping range the loss chose stays
+    (a ration excludes ``fade``, so the quantizer's b is b itself). No host read: a CUDA
+    graph can hold it."""
     for layer in layers:
         b, floor = layer.b, layer.dead_below()
         falling = (b > 0) & (b < floor)
@@ -380,12 +381,9 @@ def ration_deaths(layers: list) -> None:
         key = torch.where(falling, b, torch.full_like(b, -math.inf))
         rank = key.argsort(descending=True).argsort()  # 0: the highest falling b
         lift = torch.where(falling & (rank < short), floor - b, torch.zeros_like(b))
+        b.add_(lift)
         if layer.hold_range:
-            before = layer.quant_bits().clone()
-            b.add_(lift)
-            layer.e.sub_(layer.quant_bits() - before)
-        else:
-            b.add_(lift)
+            layer.e.sub_(lift)
 
 
 @torch.no_grad()
