@@ -17,6 +17,13 @@ from trainer.export.sources import ExportError, Source
 from trainer.results import TRIALS_FILE
 
 STATE_FILE, META_FILE = "state.pt", "meta.json"
+BASELINES_DIR = "baselines"  # <sweep>/baselines/seed-<s>/model.pt: each float baseline's
+#   final network (trainer.network.save_model), which --start baseline trials start from
+
+
+def baseline_file(folder: str | Path, seed: int) -> Path:
+    """Where the sweep in ``folder`` keeps the final network of its float baseline of ``seed``."""
+    return Path(folder) / BASELINES_DIR / f"seed-{seed}" / "model.pt"
 TRIAL_HELP = "pass --trial ID (a trial_id of its trials.parquet) or --front"
 
 

@@ -15,6 +15,7 @@ from sweep.config import (
     REFERENCES,
     SAMPLERS,
     SEARCHES,
+    STARTS,
     SweepConfig,
 )
 from sweep.params import SWEEPABLE
@@ -50,6 +51,8 @@ examples:
   python -m sweep.run --param 'min_bits=[0, 2, 3, 4]' --num-samples 16 # and the floor
   python -m sweep.run --address 10.0.0.1:6379 --data-dir /shared/cifar     # on a cluster
   python -m sweep.run --num-samples 64 --name big --mlflow                 # and in MLflow
+  python -m sweep.run --start baseline --data-dir ../shared/data  # compress a float baseline
+  python -m sweep.run --init-from results/baseline --data-dir ../shared/data  # or your own
   python -m sweep.run --resume --name sweep-20250101-120000                # after a kill
   python -m sweep.run --export front --data-dir ../shared/data   # then export its front
 """
@@ -123,6 +126,19 @@ def parser() -> argparse.ArgumentParser:
                       f"(default: {d.references})")
     refs.add_argument("--no-references", dest="references", action="store_const",
                       const="none", help="the same as --references none")
+    start = search.add_mutually_exclusive_group()
+    start.add_argument("--start", metavar="{" + ",".join(STARTS) + "}",
+                       help="where the compress and fixed-bits trials start. scratch: random "
+                       "weights, the paper's method (training gets cheaper as it compresses); "
+                       "baseline: the sweep's float-baseline trial (one per seed) trains first "
+                       "and every such trial compresses its final network, in the preset's "
+                       "recipe for a trained start (cpu: 3 epochs); they wait for it and "
+                       f"start the moment it ends (default {d.start}; docs/sweep.md)")
+    start.add_argument("--init-from", metavar="PATH",
+                       help="start every compress and fixed-bits trial from your trained float "
+                       "network instead: a --float-baseline run's model.pt (or its folder), or "
+                       "a PyTorch state dict of the same ResNet-9; no baseline is trained, the "
+                       "float-baseline row measures your network")
     train = p.add_argument_group("each trial (as in python -m trainer.train)")
     train.add_argument("--preset", metavar="{" + ",".join(PRESET_NAMES) + "}",
                        help="paper (GPU), cpu (laptop), smoke (seconds); auto = paper when "

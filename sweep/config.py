@@ -17,8 +17,16 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.config import ConfigError, TrainConfig, check_writable_folder, resolve
+from trainer.config import (
+    START_RECIPES,
+    ConfigError,
+    TrainConfig,
+    check_writable_folder,
+    resolve,
+)
 
+BASELINE = "baseline"  # a trial's init_from when it starts from the sweep's own float baseline
+#   (sweep.checkpoints.baseline_file), resolved to the file by the trial
 SWEEP_FILE = "sweep.json"  # the sweep's settings, in its results folder
 RECIPE_FILE = "recipe.json"  # the TrainConfig its trials start from, as resolved when it began
 # TrainConfig fields added since recipe.json began, whose preset value differs from what
@@ -59,6 +67,10 @@ REFERENCES = ("default", "full", "none")
 REFERENCE_KINDS = ("float-baseline", "floor")  # the reference trials of --references default
 NARROW_FRACTIONS = (1 / 8, 1 / 4, 1 / 2, 3 / 4)  # narrow-float widths, of the sweep's width
 FIXED_BITS = (2, 3, 4, 6, 8)  # bit depths of the fixed-bits trials (at the sweep's width)
+# --start: where the compress and fixed-bits trials start. scratch: random weights (the
+# paper's method: training itself gets cheaper as it compresses); baseline: the final
+# weights of the sweep's float-baseline trial of the same seed, which runs first.
+STARTS = ("scratch", "baseline")
 # --export: what the sweep exports (python -m trainer.export) once it has finished.
 # none: nothing; front: every trial on its Pareto front of bits against accuracy.
 EXPORTS = ("none", "front")
@@ -78,6 +90,13 @@ class SweepConfig:
     seeds: int = 1  # training seeds per gamma and reference trial: seed, seed+1, ...
     refine: int = 0  # gammas chosen after the samples, one at a time, in the front's widest gap
     references: str = "default"  # reference trials: default | full | none (see REFERENCES)
+    start: str = "scratch"  # where compress and fixed-bits trials start (see STARTS):
+    #   scratch: random weights | baseline: the sweep's float-baseline trial, trained first
+    init_from: str | None = None  # or a trained float network's file (made absolute): every
+    #   such trial starts from it, and the float-baseline reference measures it
+    start_recipe: dict | None = None  # filled when the sweep settles (start_fields), saved:
+    #   {"trials": fields its compress and fixed-bits points set, "baseline": its
+    #   float-baseline point's}; None: from scratch
     space: dict | None = None  # fields varied besides γ's default range, normalised
     #   (sweep.params: field -> {distribution, min, max} | {values} | {value}); None: γ only
     search: str = "random"  # random: seeded draws | optuna: a two-objective study (sweep.study)
@@ -181,6 +200,8 @@ def validate(c: SweepConfig) -> None:
     need(c.sampler in SAMPLERS, f"unknown --sampler {c.sampler!r}: choose tpe (multivariate "
          "TPE with the constant liar), gp (Gaussian process, log-EHVI) or random")
     need(c.startup_trials >= 0, f"--startup-trials must be >= 0, got {c.startup_trials}")
+    need(c.start in STARTS, f"unknown --start {c.start!r}: choose scratch (random weights) or "
+         "baseline (the sweep's float baseline, trained first)")
     check_combinations(c)
     resolve(base_train_config(c), has_gpu=False)  # preset, dataset, epochs, width
 
@@ -202,6 +223,16 @@ def check_combinations(c: SweepConfig) -> None:
         if c.space and name in c.space and value is not None:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{name} is given twice, by {flag} and in the space: keep one")
+    if c.init_from and c.start != "scratch":
+        raise ConfigError("--init-from starts every trial from your network, --start baseline "
+                          "from the sweep's own float baseline: choose one")
+    if c.start == "baseline" and c.references == "none":
+        raise ConfigError("--start baseline compresses the sweep's float-baseline trial, which "
+                          "--no-references leaves out: drop --no-references (or use "
+                          "--references default)")
+    if (c.start != "scratch" or c.init_from) and c.space and "init_from" in c.space:
+        raise ConfigError("init_from is given twice, by --start/--init-from and in the space: "
+                          "keep one")
     if c.space and "gamma" in c.space and (c.gamma_min is not None or c.gamma_max is not None):
         raise ConfigError("γ's range is given twice, in the space and by --gamma-min/--gamma-"
                           "max: keep one")
@@ -261,6 +292,8 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
     check_writable_folder(c.results_dir, "--results-dir")
     if c.data_dir:
         c = c.replace(data_dir=str(Path(c.data_dir).expanduser().resolve()))
+    if c.init_from:
+        c = c.replace(init_from=str(Path(c.init_from).expanduser().resolve()))
     validate(c)
     if c.resume:
         folder = find_resumable(c)
@@ -281,7 +314,44 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
         c = with_gamma_range(c, c.preset)
     check_space(c)
     check_data(c)
+    check_start(c)
     return c
+
+
+def check_start(c: SweepConfig) -> None:
+    """ConfigError now, not in every trial, when --init-from's file cannot start this sweep's
+    networks (trainer.network.read_start)."""
+    if c.init_from:
+        from trainer.network import read_start
+
+        train = resolve(base_train_config(c).replace(init_from=c.init_from), has_gpu=False)
+        read_start(c.init_from, train)
+
+
+def start_fields(c: SweepConfig) -> tuple[dict | None, dict | None]:
+    """The fields a settled sweep's compress and fixed-bits points, and its float-baseline
+    point, set over the shared recipe (``start_recipe``); (None, None) from scratch."""
+    recipe = c.start_recipe or {}
+    return recipe.get("trials"), recipe.get("baseline")
+
+
+def with_start_recipe(c: SweepConfig, preset: str) -> SweepConfig:
+    """``c`` (as given: fields the preset fills still None) with its ``start_recipe`` for the
+    resolved ``preset``: what a compress or fixed-bits point, and the float-baseline point,
+    set over the shared recipe when the sweep starts from a trained network:
+    ``init_from`` (a path, or ``BASELINE``: the sweep's own float baseline of the trial's
+    seed) and the fields of the preset's recipe for a trained start (START_RECIPES; a value
+    the sweep was given wins). (None, None) for a sweep from scratch."""
+    if c.start == "scratch" and not c.init_from or c.start_recipe is not None:
+        return c  # from scratch, or settled before (a resume keeps what it began with)
+    source = c.init_from or BASELINE
+    recipe = resolve(base_train_config(c).replace(preset=preset, init_from=source),
+                     has_gpu=False)
+    trials = {"init_from": source,
+              **{k: getattr(recipe, k) for k in START_RECIPES.get(recipe.preset, {})}}
+    # --init-from: the baseline is the given network, measured (0 epochs), not trained
+    baseline = {"init_from": source, "epochs": 0} if c.init_from else None
+    return c.replace(start_recipe={"trials": trials, "baseline": baseline})
 
 
 def with_mlflow_uri(c: SweepConfig, folder: Path) -> SweepConfig:
@@ -358,8 +428,10 @@ def load_saved(folder: Path) -> dict:
     saved = {"space": None, "search": "random", "objective": "bits", **saved}
     # Studies started before --sampler: TPE after 4 random points.
     saved = {"sampler": "tpe", "startup_trials": 4, **saved}
-    # Older code trained one seed and refined nothing: a resume cannot add either.
-    return {"seeds": 1, "refine": 0, **saved}
+    # Older code trained one seed and refined nothing: a resume cannot add either; its
+    # trials started from random weights.
+    return {"seeds": 1, "refine": 0, "start": "scratch", "init_from": None, "start_recipe": None,
+            **saved}
 
 
 def save(c: SweepConfig) -> None:

@@ -106,6 +106,7 @@ def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
     if c.preset == "auto":
         print(f"{PROG}: --preset auto chose {train.preset!r} "
               f"({'trials get GPUs' if gpus else 'no GPU per trial'})")
+    c = sweep_config.with_start_recipe(c, train.preset)  # before the preset fills epochs
     c = with_gamma_range(c.replace(cpus_per_trial=cpus, gpus_per_trial=gpus,
                                    preset=train.preset, epochs=train.epochs,
                                    width=train.width), train.preset)
@@ -123,8 +124,22 @@ def describe_sweep(c: SweepConfig, train: TrainConfig) -> str:
     ration = ration_words(train) if "ration" not in space and "fade" not in space else ""
     ramp += f", {ration}" if ration else ""
     return (f"{describe_points(c)}{describe_references(c.references)}{describe_search(c)}; "
-            f"preset {c.preset}, {c.epochs} epochs{ramp}; {c.cpus_per_trial:g} CPUs and "
+            f"preset {c.preset}, {c.epochs} epochs{ramp}{describe_start(c)}; {c.cpus_per_trial:g} CPUs and "
             f"{c.gpus_per_trial:g} GPUs per trial; results in {c.folder}")
+
+
+def describe_start(c: SweepConfig) -> str:
+    """E.g. ``; compress and fixed-bits trials start from the float baseline (trained first,
+    per seed), 3 epochs each``; "" from scratch."""
+    start, _ = sweep_config.start_fields(c)
+    if start is None:
+        return ""
+    source = ("the float baseline (trained first, per seed)" if c.start == "baseline"
+              else f"{c.init_from} (the float-baseline row measures it)")
+    recipe = ", ".join(f"{v} epoch{'s' * (v != 1)} each" if k == "epochs" else f"{k} {v}"
+                       for k, v in start.items() if k != "init_from")
+    return f"; compress and fixed-bits trials start from {source}" + (f", {recipe}" if recipe
+                                                                      else "")
 
 
 def watch_message(c: SweepConfig) -> str:

@@ -34,6 +34,7 @@ from ray.tune.search import Searcher
 
 from analysis.frontier import gamma_means, next_gamma
 
+STARTED_KINDS = ("compress", "fixed-bits")  # the trials a trained start applies to
 REFINE_FILE = "refine.txt"  # the refine γs in the order chosen, one per line, in the sweep folder
 STATE_KEYS = ("queue", "live", "ended", "refine_left", "refine_gammas", "max_concurrent")
 
@@ -92,6 +93,11 @@ def tune_trials(folder: str | Path | None) -> list[TuneTrial] | None:
     return trials
 
 
+def is_baseline(point: dict) -> bool:
+    """The float-baseline reference point (the one a trained start compresses)."""
+    return point["kind"] == "float-baseline" and point.get("width") is None
+
+
 def same_point(queued: dict, proposed: dict) -> bool:
     """Whether a queued point is the one a trial was proposed with (the study's key for a
     point is this searcher's own name for it, and may differ after a restore)."""
@@ -106,6 +112,12 @@ class PointSearcher(Searcher):
     STATE_KEYS: tuple[str, ...] = ()
     max_concurrent = 0  # 0: no limit of its own
     folder: str | None = None  # the sweep folder, where Tune's experiment state is
+    # A sweep that starts from a trained network (--start baseline, --init-from): the fields
+    # its compress and fixed-bits points, and its float-baseline point, set over the shared
+    # recipe (sweep.config.start_fields); None: from scratch (and searchers pickled before).
+    start: dict | None = None
+    baseline_start: dict | None = None
+    base_seed = 0  # the sweep's --seed: the training seed of a point whose seed is None
     queue: list[dict]  # points to propose, in order
     live: dict[str, dict]  # Tune trial id -> its point, proposed and not ended
 
@@ -113,6 +125,41 @@ class PointSearcher(Searcher):
         """The ConcurrencyLimiter's limit: this searcher counts its live trials itself."""
         self.max_concurrent = max_concurrent
         return True
+
+    def set_start(self, start: dict | None, baseline_start: dict | None, seed: int) -> None:
+        self.start, self.baseline_start, self.base_seed = start, baseline_start, seed
+
+    def propose(self, trial_id: str) -> dict | None:
+        """The first queued point that can start now, with its start fields, taken from the
+        queue into ``live``; None when every queued point waits for its baseline."""
+        at = next((i for i, p in enumerate(self.queue) if self.ready(p)), None)
+        if at is None:
+            return None
+        point = self.queue.pop(at)
+        fields = self.baseline_start if is_baseline(point) else (
+            self.start if point["kind"] in STARTED_KINDS else None)
+        if fields:
+            point = {**point, "start": dict(fields)}
+        self.live[trial_id] = point
+        return dict(point)
+
+    def ready(self, point: dict) -> bool:
+        """Whether ``point`` can start: it does not start from the sweep's own baseline, or
+        that baseline's network is on disk, or its trial ended without one (then the point's
+        trial fails, saying so, instead of waiting for ever)."""
+        from sweep.checkpoints import baseline_file
+        from sweep.config import BASELINE
+
+        if (self.start or {}).get("init_from") != BASELINE or point["kind"] not in STARTED_KINDS:
+            return True
+        seed = self.seed_of(point)
+        if self.folder is None or baseline_file(self.folder, seed).is_file():
+            return True
+        return not any(is_baseline(p) and self.seed_of(p) == seed
+                       for p in [*self.queue, *self.live.values()])
+
+    def seed_of(self, point: dict) -> int:
+        return self.base_seed if point.get("seed") is None else int(point["seed"])
 
     def get_state(self) -> dict:
         return {k: getattr(self, k) for k in self.STATE_KEYS}
@@ -178,9 +225,7 @@ class GammaSearcher(PointSearcher):
             self._choose_refine_gamma()
         if not self.queue:
             return Searcher.FINISHED if not self.live else None
-        point = self.queue.pop(0)
-        self.live[trial_id] = point
-        return dict(point)
+        return self.propose(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:

@@ -1,7 +1,8 @@
 """What a trial's Tune config holds, and the searcher that fills it.
 
 A trial's config is ``{"kind", "gamma", "width", "full_width", "fixed_bits", "seed",
-"refined", "train"}``, plus ``params`` (the values of the fields the sweep's space varies
+"refined", "train"}``, plus ``start`` (the fields a trial of a sweep that starts from a
+trained network sets: ``init_from`` and the recipe for a trained start, sweep.config.start_fields), ``params`` (the values of the fields the sweep's space varies
 besides γ, sweep.params), ``study_point``/``study_trial`` (its point in an Optuna study,
 sweep.study): ``train`` holds the
 resolved TrainConfig fields shared by every trial, so a trial rebuilds exactly the config
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from sweep.config import ADDED_SINCE_RECIPE, SweepConfig, reference_trials
+from sweep.config import ADDED_SINCE_RECIPE, SweepConfig, reference_trials, start_fields
 from trainer.config import TrainConfig
 
 # Set per trial, not shared: gamma and kind by the search, device and threads by the trainable.
@@ -83,6 +84,7 @@ def searcher(c: SweepConfig, train: TrainConfig, record: bool = True):
     else:
         search = GammaSearcher(points + sample_points(c), training_seeds(c), c.refine,
                                folder=str(c.folder) if record else None)
+    search.set_start(*start_fields(c), c.seed)
     return ConcurrencyLimiter(search, max_concurrent=c.max_concurrent or c.num_trials)
 
 
@@ -98,8 +100,11 @@ def trial_dirname(trial) -> str:
 
 
 def overrides(trial: dict) -> dict:
-    """The fields a reference trial sets over the shared ones (none for other trials)."""
-    return {k: trial[k] for k in OVERRIDE_FIELDS if trial.get(k) is not None}
+    """The fields a trial sets over the shared ones: a reference trial's, and where the sweep
+    starts from a trained network its ``start`` fields (init_from, and the preset's recipe for
+    a trained start); none for the compress trials of a sweep from scratch."""
+    return {**{k: trial[k] for k in OVERRIDE_FIELDS if trial.get(k) is not None},
+            **(trial.get("start") or {})}
 
 
 def swept_values(trial: dict) -> dict:

@@ -24,7 +24,7 @@ WRITE_EVERY_S = 2.0  # rewrite the files at most this often for epoch results al
 SUMMARY_KEYS = (*TRIALS_SCHEMA.names, "history", "layers")
 # The trials.parquet columns that are TrainConfig fields (kind and gamma are set per trial).
 CONFIG_COLUMNS = ("seed", "preset", "width", "full_width", "fixed_bits", "epochs", "size_term",
-                  "min_bits")
+                  "min_bits", "init_from")
 SIZE_METRICS = ("test_accuracy", "size_bits", "bits_fraction", "weights_kept_fraction",
                 "macs_kept_fraction",
                 "mean_bits")

@@ -104,9 +104,7 @@ class StudySearcher(PointSearcher):
             self._ask()
         if not self.queue:
             return Searcher.FINISHED if not self.live else None
-        point = self.queue.pop(0)
-        self.live[trial_id] = point
-        return dict(point)
+        return self.propose(trial_id)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:

@@ -19,7 +19,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from sweep.checkpoints import META_FILE, STATE_FILE
+from sweep.checkpoints import META_FILE, STATE_FILE, baseline_file
+from sweep.search import is_baseline
 from sweep.space import train_config, trial_key
 
 # Ray's live table shows the first four scalar metrics of a report, so these come first
@@ -44,13 +45,44 @@ def run_trial(config: dict) -> None:
     fail_if_asked(config["gamma"])
     key = trial_key(config)
     resume = load_latest(checkpoint_dirs(), key)
+    folder = Path(tune.get_context().get_storage().experiment_fs_path)
+    train_cfg = with_baseline_file(train_config(config, device, threads), folder)
+    keep = baseline_file(folder, train_cfg.seed) if is_baseline(config) else None
 
     def on_epoch(metrics: dict, state) -> None:
+        if keep is not None and metrics["epoch"] == state.config.epochs:
+            keep_baseline(state, keep)  # before the checkpoint that ends the trial
         report_epoch(metrics, state, key)
 
-    result = train(train_config(config, device, threads), on_epoch=on_epoch, resume=resume,
-                   verbose=False)
+    result = train(train_cfg, on_epoch=on_epoch, resume=resume, verbose=False)
     tune.report(summary_report(result))
+
+
+def with_baseline_file(train_cfg, folder: Path):
+    """A trial that starts from the sweep's own float baseline (``init_from`` BASELINE) starts
+    from that baseline's file for its seed; ConfigError, saying why, when it has none."""
+    from sweep.config import BASELINE
+    from trainer.config import ConfigError
+
+    if train_cfg.init_from != BASELINE:
+        return train_cfg
+    path = baseline_file(folder, train_cfg.seed)
+    if not path.is_file():
+        raise ConfigError(f"this trial starts from the sweep's float baseline of seed "
+                          f"{train_cfg.seed}, which ended without a network ({path}): see "
+                          "its error in trials.parquet")
+    return train_cfg.replace(init_from=str(path))
+
+
+def keep_baseline(state, path: Path) -> None:
+    """Write the float baseline's final network where --start baseline trials find it, whole
+    or not at all (a trial waiting for it starts the moment the file appears)."""
+    from trainer.network import save_model
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_model(tmp, state)
+    tmp.replace(path)
 
 
 def quiet_stop() -> None:

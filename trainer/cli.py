@@ -48,6 +48,7 @@ examples:
   python -m trainer.train --preset smoke --dataset synthetic       # seconds, no download
   python -m trainer.train --gamma 0.05 --data-dir ../shared/data   # a compressed network
   python -m trainer.train --float-baseline --out results/baseline  # plain float ResNet-9
+  python -m trainer.train --init-from results/baseline --gamma 0.02  # compress a trained one
 """
 
 
@@ -71,6 +72,12 @@ def parser() -> argparse.ArgumentParser:
     mode.add_argument("--kind", choices=KINDS, help="what to train: the method (compress) or "
                       "a reference: narrow-float (float at --width, sized against the "
                       "preset's width), fixed-bits (every channel at --fixed-bits bits)")
+    p.add_argument("--init-from", metavar="PATH",
+                   help="start from this trained float network instead of random weights: a "
+                        "--float-baseline run's model.pt (or its --out folder, or a "
+                        "checkpoint), or a PyTorch state dict of the same ResNet-9; each "
+                        "channel's exponent is fitted to its loaded weights. With it the cpu "
+                        "preset trains 3 epochs (docs/train.md)")
     p.add_argument("--fixed-bits", type=float,
                    help="bit depth every channel keeps (implies --kind fixed-bits)")
     p.add_argument("--full-width", type=float, help="width whose weights sizes are measured "
@@ -84,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per step (preset)")
     p.add_argument("--lr", type=float, help="peak SGD learning rate of the weights (preset)")
     p.add_argument("--lr-quant", type=float, help="peak Adam learning rate of b and e (preset)")
+    p.add_argument("--warmup-fraction", type=float,
+                   help="fraction of training spent ramping the learning rates up from 0 "
+                        "(preset)")
     p.add_argument("--train-subset", type=int, help="use the first N training images (0 = all)")
     p.add_argument("--test-subset", type=int, help="evaluate on the first N test images")
     p.add_argument("--init-bits", type=float, default=d.init_bits,

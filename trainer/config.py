@@ -33,6 +33,9 @@ class TrainConfig:
     kind: str = "compress"  # one of KINDS (above): the method or a reference
     preset: str = "auto"  # paper | cpu | smoke | demo | auto (paper on a GPU, else cpu)
     seed: int = 0  # seeds weight init, data order and augmentation
+    init_from: str | None = None  # start from this trained float network (its model.pt or a
+    #   checkpoint; trainer.network.read_start) instead of random weights, with the preset's
+    #   recipe for a trained start (START_RECIPES)
     # --- filled in by the preset when None ---
     epochs: int | None = None  # passes over the training set
     width: float | None = None  # channel multiplier on 64-128-256-512 (1.0 = Page's ResNet-9)
@@ -120,6 +123,19 @@ PRESETS: dict[str, dict] = {
 }
 
 
+# What a run that starts from a trained float network (--init-from) changes in its preset:
+# the float features exist, so fewer epochs compress them (docs/ablation.md, "Compressing a
+# trained network"). A field given explicitly still wins. Presets not listed: unchanged.
+START_RECIPES: dict[str, dict] = {
+    "cpu": dict(epochs=3),
+    "smoke": dict(epochs=1),
+    "demo": dict(epochs=2),
+}
+# Kinds a trained float network can start: those of its widths (narrow-float and floor
+# trials have other widths and train from scratch).
+STARTABLE_KINDS = ("compress", "fixed-bits", "float-baseline")
+
+
 def ramp_words(c: TrainConfig) -> str:
     """How the size term's weight is ramped, for a start line ("" when it is not)."""
     return f"ramped up over the first {c.gamma_ramp:.0%} of steps" if c.gamma_ramp else ""
@@ -154,7 +170,8 @@ def resolve(config: TrainConfig, has_gpu: bool | None = None) -> TrainConfig:
         preset = "paper" if has_gpu else "cpu"
     if config.fade and config.ration is None:  # the preset's ration is for channels that die
         config = config.replace(ration=1.0)   # at the floor, not for those that fade below it
-    filled = {k: v for k, v in PRESETS[preset].items() if getattr(config, k) is None}
+    recipe = {**PRESETS[preset], **(START_RECIPES.get(preset, {}) if config.init_from else {})}
+    filled = {k: v for k, v in recipe.items() if getattr(config, k) is None}
     config = config.replace(preset=preset, **filled)
     if config.kind == "narrow-float" and config.full_width is None:
         # A narrow reference is measured against the network the preset compresses.
@@ -174,7 +191,9 @@ def validate(c: TrainConfig) -> None:
          f"unknown dataset {c.dataset!r}: choose one of {', '.join(DATASETS)}")
     need(math.isfinite(c.gamma) and c.gamma >= 0,
          f"--gamma must be a number >= 0, got {c.gamma}: try --gamma 0.01")
-    need(c.epochs is not None and c.epochs >= 1, f"--epochs must be at least 1, got {c.epochs}")
+    need(c.epochs is not None and (c.epochs >= 1 or c.epochs == 0 and c.init_from),
+         f"--epochs must be at least 1 (0 with --init-from: measure the loaded network), "
+         f"got {c.epochs}")
     need(c.width is not None and c.width > 0 and math.isfinite(c.width),
          f"--width must be > 0, got {c.width}: 1.0 is Page's 64-128-256-512 ResNet-9")
     need(c.batch_size is not None and c.batch_size >= 1,
@@ -211,6 +230,9 @@ def validate(c: TrainConfig) -> None:
     need(c.cut_every >= 1, f"--cut-every must be at least 1, got {c.cut_every}")
     need(c.cut_align >= 1, f"--cut-align must be at least 1, got {c.cut_align}: e.g. 8 on a GPU")
     need(c.threads >= 0, f"--threads must be >= 0 (0: torch's choice), got {c.threads}")
+    need(c.init_from is None or c.kind in STARTABLE_KINDS,
+         f"--init-from starts a network of the trained one's widths; a {c.kind} trial has "
+         f"others: drop --init-from, or train one of {', '.join(STARTABLE_KINDS)}")
     need(c.synthetic_size >= 16, f"--synthetic-size must be at least 16, got {c.synthetic_size}")
     need((c.train_subset or 0) >= 0 and (c.test_subset or 0) >= 0,
          "--train-subset / --test-subset must be >= 0 (0 = all)")

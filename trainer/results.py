@@ -45,6 +45,8 @@ TRIALS_SCHEMA = pa.schema([
     ("size_term", pa.string()),  # what the size term counted: bits | bops (null: bits)
     ("min_bits", pa.float64()),  # bit depth under which a compress trial's channels died
     #   at once (TrainConfig.min_bits; null: written before it existed, when it was 0)
+    ("init_from", pa.string()),  # what it started from: the trained float network's file
+    #   (--init-from; a sweep's own baseline: "baseline"), null: random weights
     ("train_time_s", pa.float64()),  # wall time of training, evaluation included
     ("device", pa.string()),
     ("hostname", pa.string()),

@@ -10,6 +10,7 @@ that ``train(config, resume=...)`` continues from.
 from __future__ import annotations
 
 import dataclasses
+import math
 import socket
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from trainer.config import ConfigError, TrainConfig, ramp_words, ration_words, r
 from trainer.graphs import GraphedStep, sgd_step
 from trainer.heap import keep_freed_memory
 from trainer.model import ResNet9
-from trainer.network import model_for
+from trainer.network import load_start, model_for, read_start
 from trainer.quant import after_step, bits_before_step, finish_quantizers, set_rations
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
@@ -179,8 +180,12 @@ def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.Devic
         # Large activations from the heap, not fresh pages each step (docs/benchmarks-history.md)
         keep_freed_memory()
     torch.manual_seed(config.seed)
+    start = read_start(config.init_from, config) if config.init_from and resume is None else None
     data = load_data(config, device)
-    model = model_for(config).to(device)
+    model = model_for(config)
+    if start is not None:
+        load_start(model, start)
+    model = model.to(device)
     if resume is not None:
         apply_layout(model, resume["layout"])
         model.load_state_dict(resume["model"])
@@ -217,13 +222,15 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
     lr = 0.0
     step = Step(model, opts, c, autocast, torch.zeros((), device=data.y_train.device))
     graphed = GraphedStep(step, step.zero_grad) if c.cuda_graphs else None
-    for epoch in range(state.epoch + 1, c.epochs + 1):
+    last = max(c.epochs, 1)  # --epochs 0 (with --init-from): the loaded network, measured
+    for epoch in range(state.epoch + 1, last + 1):
         epoch_start = time.perf_counter()
         if c.kind == "compress" and c.ration < 1:
             set_rations(model, c.ration)
         progress = Progress(steps_per_epoch) if verbose else None
         step.loss_sum.zero_()  # the epoch's summed CE, on the device
-        batches = D.train_batches(data, c.batch_size, state.gen, c.cutout, channels_last=True)
+        batches = D.train_batches(data, c.batch_size, state.gen, c.cutout,
+                                  channels_last=True) if c.epochs else []
         for i, (x, y) in enumerate(batches, start=1):
             lr = set_lr(opts, c, lr_factor(state.step, total_steps, c.warmup_fraction))
             step.gamma.fill_(gamma_at(state.step, total_steps, c))
@@ -238,7 +245,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
                     graphed.invalidate()
             if progress:
                 progress.update(i, epoch)
-        if epoch == c.epochs:
+        if epoch == last:
             finish_quantizers(model, c)
         if cut_dead_channels(model, opts, c.cut_align) and graphed is not None:
             graphed.invalidate()
@@ -247,7 +254,8 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         epoch_time = time.perf_counter() - epoch_start
         if progress:
             progress.close()
-        metrics = {"epoch": epoch, "train_loss": float(step.loss_sum) / steps_per_epoch,
+        metrics = {"epoch": epoch if c.epochs else 0,
+                   "train_loss": float(step.loss_sum) / steps_per_epoch if c.epochs else math.nan,
                    "test_accuracy": evaluate(model, data, autocast, True), **size_metrics(model)}
         per_layer = channels(model)
         metrics.update(channels_kept=sum(per_layer.values()), epoch_time_s=epoch_time,
@@ -327,7 +335,7 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
         "kind": state.config.kind, "gamma": state.config.gamma, "seed": state.config.seed,
         "preset": state.config.preset, "width": state.config.width,
         "fixed_bits": state.config.fixed_bits, "size_term": state.config.size_term,
-        "min_bits": state.config.min_bits,
+        "min_bits": state.config.min_bits, "init_from": state.config.init_from,
         "full_width": state.config.full_width or state.config.width,
         "epochs": state.config.epochs, "test_accuracy": last.get("test_accuracy"),
         **size_metrics(model), "train_time_s": state.time_total_s,
@@ -338,6 +346,11 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
     }
 
 
+def start_words(config: TrainConfig) -> str:
+    """Where the weights start, for the start line ("" from random weights)."""
+    return f", starting from the trained {config.init_from}" if config.init_from else ""
+
+
 def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
     """One line saying what is about to be trained."""
     dev = next(model.parameters()).device
@@ -346,7 +359,7 @@ def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
     ramp = f" ({ramp})" if ramp else ""
     return (f"scnn: {config.kind} ResNet-9 {'-'.join(map(str, model.widths))} "
             f"(preset {config.preset}, {model.n0:,} weights) gamma={config.gamma:g}{ramp} "
-            f"seed={config.seed} on {dev} [{torch.get_num_threads()} threads], "
+            f"seed={config.seed}{start_words(config)} on {dev} [{torch.get_num_threads()} threads], "
             f"{data.n_train:,} train / {data.y_test.numel():,} test images, "
             f"{config.epochs} epochs of {max(data.n_train // config.batch_size, 1)} steps")
 
