@@ -58,6 +58,18 @@ def baseline_stats(trials: pd.DataFrame) -> tuple[float, float, float, int] | No
     return float(done.mean()), float(done.min()), float(done.max()), len(done)
 
 
+def start_note(points: pd.DataFrame) -> str:
+    """Where these trials started, for their legend entry: "" from random weights, else
+    e.g. ", compressed from a trained float network" (some: "(5 of them)")."""
+    if "init_from" not in points or points.empty:
+        return ""
+    n = int(points["init_from"].notna().sum())
+    if n == 0:
+        return ""
+    some = "" if n == len(points) else f" ({n} of them)"
+    return f", from a trained float network{some}"
+
+
 def draw_baseline(ax, trials: pd.DataFrame, colour: str, label_prefix: str) -> None:
     """The float baseline's mean accuracy as a horizontal line, with a band from its lowest
     to its highest seed (the same spread the trials' bars show)."""
@@ -139,7 +151,8 @@ def draw_references(ax, trials: pd.DataFrame, size_column: str, prefix: str,
         ax.scatter(x, y, marker=marker, s=24, color=colour, alpha=0.4, linewidths=0, zorder=2)
         ax.plot(x.iloc[on_front], y.iloc[on_front], color=colour, linestyle=linestyle,
                 linewidth=1.2, marker=marker, markersize=6, markeredgecolor="white",
-                markeredgewidth=0.6, zorder=2.5, label=f"{prefix}{FAMILY_NAMES[kind]}: {front}")
+                markeredgewidth=0.6, zorder=2.5,
+                label=f"{prefix}{FAMILY_NAMES[kind]}{start_note(points)}: {front}")
         rest = y.drop(y.index[on_front]).sort_values(ascending=False).index
         order = [points.index[i] for i in on_front] + list(rest)
         seen: set[str] = set()
@@ -222,6 +235,7 @@ def size_vs_accuracy(trials: pd.DataFrame, size_column: str) -> Figure | None:
         mine = trials[trials["sweep"] == sweep]
         n = len(finished(mine))
         label, colour = trials_label(n, norm, "trials" if several else "finished trials")
+        label += start_note(finished(mine))
         if several_seeds(mine):
             label = (f"{plural(len(by_gamma(mine)), 'γ')} ({n} trials): seeds' mean, bar "
                      "lowest to highest" + label[label.find(","):] if "," in label else label)
