@@ -124,8 +124,9 @@ def describe_sweep(c: SweepConfig, train: TrainConfig) -> str:
     ration = ration_words(train) if "ration" not in space and "fade" not in space else ""
     ramp += f", {ration}" if ration else ""
     return (f"{describe_points(c)}{describe_references(c.references)}{describe_search(c)}; "
-            f"preset {c.preset}, {c.epochs} epochs{ramp}{describe_start(c)}; {c.cpus_per_trial:g} CPUs and "
-            f"{c.gpus_per_trial:g} GPUs per trial; results in {c.folder}")
+            f"preset {c.preset}, {c.epochs} epochs{ramp}{describe_start(c)}; "
+            f"{c.cpus_per_trial:g} CPUs and {c.gpus_per_trial:g} GPUs per trial; "
+            f"results in {c.folder}")
 
 
 def describe_start(c: SweepConfig) -> str:

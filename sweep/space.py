@@ -1,11 +1,11 @@
 """What a trial's Tune config holds, and the searcher that fills it.
 
 A trial's config is ``{"kind", "gamma", "width", "full_width", "fixed_bits", "seed",
-"refined", "train"}``, plus ``start`` (the fields a trial of a sweep that starts from a
-trained network sets: ``init_from`` and the recipe for a trained start, sweep.config.start_fields), ``params`` (the values of the fields the sweep's space varies
-besides γ, sweep.params), ``study_point``/``study_trial`` (its point in an Optuna study,
-sweep.study): ``train`` holds the
-resolved TrainConfig fields shared by every trial, so a trial rebuilds exactly the config
+"refined", "train"}``, plus ``start`` (what a trial of a sweep that starts from a trained
+network sets: ``init_from`` and the recipe for a trained start, sweep.config.start_fields),
+``params`` (the values of the fields the sweep's space varies besides γ, sweep.params),
+``study_point``/``study_trial`` (its point in an Optuna study, sweep.study): ``train`` holds
+the resolved TrainConfig fields shared by every trial, so a trial rebuilds exactly the config
 the driver resolved (and ``params.json`` records it). The reference trials are the
 searcher's first points, so they run first and exactly once per training seed; a point sets
 ``width``, ``full_width``, ``fixed_bits`` or ``seed`` over the shared value (None: the

@@ -237,3 +237,16 @@ def test_a_sweep_from_a_users_network_measures_it_and_starts_every_trial_from_it
     assert trials.loc["float-baseline", "epochs"] == 0  # measured, not trained
     assert trials.loc["float-baseline", "init_from"] == path
     assert trials.loc["compress", "init_from"] == path and trials.loc["compress", "epochs"] == 1
+
+
+def test_a_trial_whose_baseline_left_no_network_fails_saying_so(tmp_path):
+    from sweep.trainable import with_baseline_file
+
+    config = resolve(SMALL.replace(init_from=BASELINE))
+    with pytest.raises(ConfigError, match="float baseline of seed 3, which ended without"):
+        with_baseline_file(config, tmp_path)
+    path = baseline_file(tmp_path, 3)
+    path.parent.mkdir(parents=True)
+    float_file(path)
+    assert with_baseline_file(config, tmp_path).init_from == str(path)
+    assert with_baseline_file(config.replace(init_from=None), tmp_path).init_from is None

@@ -359,7 +359,8 @@ def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
     ramp = f" ({ramp})" if ramp else ""
     return (f"scnn: {config.kind} ResNet-9 {'-'.join(map(str, model.widths))} "
             f"(preset {config.preset}, {model.n0:,} weights) gamma={config.gamma:g}{ramp} "
-            f"seed={config.seed}{start_words(config)} on {dev} [{torch.get_num_threads()} threads], "
+            f"seed={config.seed}{start_words(config)} on {dev} "
+            f"[{torch.get_num_threads()} threads], "
             f"{data.n_train:,} train / {data.y_test.numel():,} test images, "
             f"{config.epochs} epochs of {max(data.n_train // config.batch_size, 1)} steps")
 
