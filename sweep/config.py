@@ -230,9 +230,6 @@ def check_combinations(c: SweepConfig) -> None:
         raise ConfigError("--start baseline compresses the sweep's float-baseline trial, which "
                           "--no-references leaves out: drop --no-references (or use "
                           "--references default)")
-    if (c.start != "scratch" or c.init_from) and c.space and "init_from" in c.space:
-        raise ConfigError("init_from is given twice, by --start/--init-from and in the space: "
-                          "keep one")
     if c.space and "gamma" in c.space and (c.gamma_min is not None or c.gamma_max is not None):
         raise ConfigError("γ's range is given twice, in the space and by --gamma-min/--gamma-"
                           "max: keep one")

@@ -40,7 +40,8 @@ from trainer.config import ConfigError, TrainConfig, resolve
 # own flags set them: kind by the reference trials, seed by --seed/--seeds), the data, and
 # how the final test measures it.
 NOT_SWEPT = ("kind", "preset", "seed", "device", "threads", "data_dir", "dataset",
-             "synthetic_size", "test_subset", "fixed_bits", "full_width", "cuda_graphs")
+             "synthetic_size", "test_subset", "fixed_bits", "full_width", "cuda_graphs",
+             "init_from")  # init_from: a file, set by --start baseline / --init-from
 SWEEPABLE = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name not in NOT_SWEPT)
 RANGES = ("log_uniform_values", "uniform", "int_uniform")  # distributions with min and max
 DISTRIBUTIONS = (*RANGES, "values", "value")  # values: a choice; value: one fixed value
