@@ -17,6 +17,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+from sweep.lock import check_free
 from trainer.config import (
     START_RECIPES,
     ConfigError,
@@ -41,6 +42,12 @@ MLFLOW_DB = "mlflow.db"  # the default MLflow store of --mlflow without a URI, i
 RUNTIME_FIELDS = ("address", "dashboard", "results_dir", "name", "resume")
 # Saved fields that --resume may change (given on its command line, the new value is saved).
 FREE_ON_RESUME = ("export",)
+# Fields a sweep fills from its preset when it settles (sweep.run.settle), each with the field
+# of the space that sets the same thing. Where the space sets it, the filled value is not the
+# sweep's (every trial takes the space's), the user cannot have given it (check_combinations),
+# so it is neither saved nor, from an older sweep.json, taken for the user's on --resume.
+FILLED_BY_PRESET = {"gamma_min": "gamma", "gamma_max": "gamma", "epochs": "epochs",
+                    "width": "width"}
 # The default gamma range is the preset's: a longer run compresses more at the same gamma.
 # cpu, measured with --min-bits 3 (the default since the sweep cpu-mb3) on the CIFAR-10 copy
 # (5 epochs, seed 0, float 81.05 %; docs/results.md): 0.001 gives 80.8 % at 14 % of the float bits
@@ -282,7 +289,8 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
     """Validate, make paths absolute, name the sweep, check the folder and the data.
 
     For ``resume``, the saved settings of the sweep are loaded; ``given`` names the fields
-    set on the command line, which must agree with them (see ``merge_saved``).
+    set on the command line, which must agree with them (see ``merge_saved``). A folder a
+    running driver holds (sweep.lock) is refused first, with or without ``resume``.
     Raises ConfigError or trainer.cifar10.DataError with a message that says what to do.
     """
     c = c.replace(results_dir=str(Path(c.results_dir).expanduser().resolve()))
@@ -294,10 +302,12 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
     validate(c)
     if c.resume:
         folder = find_resumable(c)
+        check_free(folder)  # a driver runs it: say so, whatever else this command says
         c = merge_saved(with_mlflow_uri(c, folder), folder, given)
         validate(c)
     else:
         c = c.replace(name=c.name or time.strftime("sweep-%Y%m%d-%H%M%S"))
+        check_free(c.folder)
         if (c.folder / SWEEP_FILE).exists():
             raise ConfigError(f"a sweep named {c.name!r} already exists in {c.results_dir}: "
                               "add --resume to continue it, or pick another --name")
@@ -408,7 +418,9 @@ def merge_saved(c: SweepConfig, folder: Path, given: Collection[str]) -> SweepCo
             flag = "--" + key.replace("_", "-")
             drop = "--references / --no-references" if key == "references" else flag
             started = f"with {flag} {value}" if value is not None else f"without {flag}"
-            raise ConfigError(f"sweep {folder.name!r} was started {started}; "
+            asked = getattr(c, key)
+            asked = f"{flag} {asked}" if asked is not None else f"without {flag}"
+            raise ConfigError(f"sweep {folder.name!r} was started {started}, not {asked}; "
                               f"--resume continues it with its own settings: drop {drop}")
     changed = {k: getattr(c, k) for k in FREE_ON_RESUME if k in given}
     return c.replace(**{**saved, **changed}, name=folder.name, results_dir=str(folder.parent))
@@ -427,13 +439,23 @@ def load_saved(folder: Path) -> dict:
     saved = {"sampler": "tpe", "startup_trials": 4, **saved}
     # Older code trained one seed and refined nothing: a resume cannot add either; its
     # trials started from random weights.
-    return {"seeds": 1, "refine": 0, "start": "scratch", "init_from": None, "start_recipe": None,
-            **saved}
+    saved = {"seeds": 1, "refine": 0, "start": "scratch", "init_from": None,
+             "start_recipe": None, **saved}
+    return without_filled_by_space(saved)  # older code saved the preset's γ range beside γ
+
+
+def without_filled_by_space(fields: dict) -> dict:
+    """``fields`` (of a SweepConfig) with the values its preset filled in for what its space
+    sets (FILLED_BY_PRESET) back to None: not the user's, and no trial uses them."""
+    space = fields.get("space") or {}
+    return {**fields, **{k: None for k, name in FILLED_BY_PRESET.items() if name in space}}
 
 
 def save(c: SweepConfig) -> None:
-    """Write the sweep-defining fields to ``sweep.json`` in the sweep folder."""
+    """Write the sweep-defining fields to ``sweep.json`` in the sweep folder (not the values
+    its preset filled in for fields its space sets)."""
     fields = {k: v for k, v in dataclasses.asdict(c).items() if k not in RUNTIME_FIELDS}
+    fields = without_filled_by_space(fields)
     write_text_atomic(c.folder / SWEEP_FILE, json.dumps(fields, indent=1) + "\n")
 
 

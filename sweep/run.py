@@ -4,9 +4,10 @@ Checks the command line before any Ray process starts, connects to a cluster, ru
 resumes) the Tune experiment with the Parquet callback, and ends with the Pareto-optimal
 trials and the paths of the results. Exit status: 0 when the sweep finished (failed trials
 included, recorded), 1 when nothing could run or an export (``--export front``) failed, 2
-for bad input, 130 when it was stopped (Ctrl-C or SIGTERM) and can be resumed. With
-``--export front`` a finished sweep exports its Pareto front in this process
-(``trainer.export.export_front``) into ``exports/<trial_id>/`` of its folder.
+for bad input or a folder another driver holds (sweep.lock), 130 when it was stopped
+(Ctrl-C or SIGTERM) and can be resumed. With ``--export front`` a finished sweep exports
+its Pareto front in this process (``trainer.export.export_front``) into
+``exports/<trial_id>/`` of its folder.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sweep.config import (
     reference_trials,
     with_gamma_range,
 )
+from sweep.lock import FolderLock
 from trainer.cifar10 import DataError
 from trainer.cli import fail
 from trainer.config import ConfigError, TrainConfig, ramp_words, ration_words, resolve
@@ -59,7 +61,26 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(c: SweepConfig) -> int:
-    """Run the sweep ``c`` (already prepared) to its end; return the exit status."""
+    """Run the sweep ``c`` (already prepared) to its end; return the exit status.
+
+    The driver holds its sweep folder's lock (sweep.lock) until it exits: a folder that
+    exists (a resume) from before Ray starts, a new one from before anything is written in
+    it; a second driver on the folder gets one line and exit 2."""
+    lock = FolderLock(c.folder)
+    try:
+        if c.folder.is_dir():
+            try:
+                lock.acquire()
+            except ConfigError as err:
+                fail(str(err), prog=PROG)
+        return drive(c, lock)
+    finally:
+        lock.release()
+
+
+def drive(c: SweepConfig, lock: FolderLock) -> int:
+    """Connect, settle, and run the Tuner of ``c``, taking ``lock`` before the folder is
+    written; the exit status."""
     import ray
 
     for key, value in TUNE_ENV.items():
@@ -76,6 +97,7 @@ def run(c: SweepConfig) -> int:
             return 1
         try:
             c, train = settle(c)
+            lock.acquire()  # before the first file of the sweep is written
             train = keep_recipe(c, train)
         except ConfigError as err:
             ray.shutdown()
