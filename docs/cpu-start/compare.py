@@ -43,6 +43,15 @@ def targets(trials: pd.DataFrame) -> list[str]:
             f"{100 * abs(kept - 0.5):.1f} points of the weights)"]
 
 
+def cell(trials: pd.DataFrame, gamma: float) -> str:
+    """One trial's accuracy and sizes ("" when it has not finished)."""
+    if gamma not in trials.index or pd.isna(trials.loc[gamma, "test_accuracy"]):
+        return ""
+    r = trials.loc[gamma]
+    return (f"{100 * r['test_accuracy']:.2f} % at {100 * r['bits_fraction']:.3f} % of the "
+            f"bits, {100 * r['weights_kept_fraction']:.1f} % of the weights")
+
+
 def paired(start: pd.DataFrame, scratch: pd.DataFrame) -> str:
     """Each γ's two trials side by side."""
     cols = ["gamma", "test_accuracy", "bits_fraction", "weights_kept_fraction", "train_time_s"]
@@ -51,15 +60,9 @@ def paired(start: pd.DataFrame, scratch: pd.DataFrame) -> str:
     rows = ["| γ | from the trained baseline | from scratch | time (start / scratch) |",
             "|---:|---|---|---:|"]
     for g in sorted(set(a.index) | set(b.index)):
-        def cell(t):
-            if g not in t.index or pd.isna(t.loc[g, "test_accuracy"]):
-                return ""
-            r = t.loc[g]
-            return (f"{100 * r['test_accuracy']:.2f} % at {100 * r['bits_fraction']:.3f} % of "
-                    f"the bits, {100 * r['weights_kept_fraction']:.1f} % of the weights")
         ratio = (a.loc[g, "train_time_s"] / b.loc[g, "train_time_s"]
                  if g in a.index and g in b.index else float("nan"))
-        rows.append(f"| {g:.4g} | {cell(a)} | {cell(b)} | {ratio:.2f} |")
+        rows.append(f"| {g:.4g} | {cell(a, g)} | {cell(b, g)} | {ratio:.2f} |")
     return "\n".join(rows)
 
 
