@@ -80,6 +80,8 @@ def test_zero_epochs_measure_the_loaded_network_and_a_trained_start_compresses(t
                      verbose=False)
     assert measured["test_accuracy"] == result["test_accuracy"]
     assert [m["epoch"] for m in measured["history"]] == [0]
+    if Path("/proc/cpuinfo").is_file():  # the machine every time is measured on
+        assert result["cpu_model"] and result["cpu_model"] in Path("/proc/cpuinfo").read_text()
     squeezed = train(SMALL.replace(synthetic_size=256, gamma=0.05,
                                    init_from=str(tmp_path / "model.pt")), verbose=False)
     assert squeezed["epochs"] == 1 and squeezed["init_from"] == str(tmp_path / "model.pt")

@@ -50,6 +50,8 @@ TRIALS_SCHEMA = pa.schema([
     ("train_time_s", pa.float64()),  # wall time of training, evaluation included
     ("device", pa.string()),
     ("hostname", pa.string()),
+    ("cpu_model", pa.string()),  # the CPU's model name (/proc/cpuinfo; machines change from
+    #   day to day, so times compare only between rows of one model; null: not recorded)
     ("code_version", pa.string()),
     ("torch_version", pa.string()),
 ])
@@ -84,6 +86,18 @@ LAYERS_SCHEMA = pa.schema([
 
 SCHEMAS = {TRIALS_FILE: TRIALS_SCHEMA, EPOCHS_FILE: EPOCHS_SCHEMA, LAYERS_FILE: LAYERS_SCHEMA}
 EPOCH_METRICS = tuple(n for n in EPOCHS_SCHEMA.names if n != "trial_id")
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name as /proc/cpuinfo gives it (e.g. ``AMD EPYC``), or None where
+    there is no such file."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return None
 
 
 def code_version() -> str:

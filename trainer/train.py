@@ -326,7 +326,7 @@ class Step:
 
 def summarize(state: TrainState, data: D.DeviceData) -> dict:
     """The trial-level result: final metrics, history, layer rows and provenance."""
-    from trainer.results import code_version
+    from trainer.results import code_version, cpu_model
 
     model = state.model
     last = state.history[-1] if state.history else {}
@@ -340,7 +340,8 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
         "epochs": state.config.epochs, "test_accuracy": last.get("test_accuracy"),
         **size_metrics(model), "train_time_s": state.time_total_s,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "hostname": socket.gethostname(), "code_version": code_version(),
+        "hostname": socket.gethostname(), "cpu_model": cpu_model(),
+        "code_version": code_version(),
         "torch_version": str(torch.__version__), "history": state.history,
         "layers": layer_rows(model), "n_train": data.n_train,
     }
