@@ -87,8 +87,8 @@ def train_step_fn(model: ResNet9, x: torch.Tensor, y: torch.Tensor, gamma: float
                   autocast: Callable = nullcontext) -> Callable[[], None]:
     """One full training step, the trainer's own ``Step`` (zero_grad, forward, loss with the
     size term for a quantized network, backward, both optimizers); ``config``: the `cpu`
-    preset's recipe by default, of the network's kind; ``autocast``: the trainer's on a GPU
-    (``trainer.train.autocast_for``), none on a CPU."""
+    preset's recipe by default, of the network's kind; ``autocast``: the trainer's for the
+    step's precision (``trainer.precision.autocast_for``; none: fp32)."""
     kind = "compress" if model.quantized else "float-baseline"
     config = config or resolve(TrainConfig(preset="cpu", kind=kind), has_gpu=False)
     step = Step(model, make_optimizers(model, config), config, autocast,

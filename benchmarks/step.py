@@ -36,7 +36,8 @@ def make_step(preset: str, kind: str, device: torch.device, graphs: bool, steps:
     model = model_for(config).to(device).to(memory_format=torch.channels_last)
     opts = make_optimizers(model, config)
     cuda = device.type == "cuda"
-    step = Step(model, opts, config, autocast_for(cuda, graphs), torch.zeros((), device=device))
+    step = Step(model, opts, config, autocast_for(device.type, config.precision, graphs),
+                torch.zeros((), device=device))
     run = GraphedStep(step, step.zero_grad) if graphs else None
     x = torch.randn(config.batch_size, 3, 32, 32, device=device).contiguous(
         memory_format=torch.channels_last)

@@ -37,6 +37,15 @@ ADDED_SINCE_RECIPE = {"ration": 1.0}
 # What a sweep begun before recipe.json existed trained with, where a preset has changed
 # since: its resume trains with these instead of today's preset (cpu's gamma_ramp was 0).
 BEFORE_RECIPE = {"gamma_ramp": 0.0, **ADDED_SINCE_RECIPE}
+
+
+def precision_before(gpu: bool) -> str:
+    """What a trial trained in before TrainConfig.precision existed (2026-12): bf16 autocast
+    on a GPU, fp32 on every CPU. A recipe.json or a trial's saved config without the field
+    resumes in this, named as fp32 or bf16 rather than as "auto": auto's CPU rule is to change
+    once bf16 on CPUs has its parity measurement (docs/train.md, "Precision"), and a resumed
+    sweep trains in what it began in."""
+    return "bf16" if gpu else "fp32"
 MLFLOW_DB = "mlflow.db"  # the default MLflow store of --mlflow without a URI, in the sweep folder
 # Fields that say how this invocation runs, not what the sweep is: never saved, free on resume.
 RUNTIME_FIELDS = ("address", "dashboard", "results_dir", "name", "resume")
@@ -474,10 +483,11 @@ def save_recipe(folder: Path, train: TrainConfig) -> None:
     write_text_atomic(folder / RECIPE_FILE, json.dumps(dataclasses.asdict(train), indent=1) + "\n")
 
 
-def load_recipe(folder: Path) -> dict | None:
+def load_recipe(folder: Path, gpu: bool) -> dict | None:
     """The recipe ``folder``'s sweep recorded (fields this code no longer knows dropped,
-    fields added since at ``ADDED_SINCE_RECIPE``), or None for a sweep older than the
-    record. ConfigError if the file cannot be read."""
+    fields added since at ``ADDED_SINCE_RECIPE``, a precision it lacks at what its trials
+    trained in then: ``precision_before(gpu)``, ``gpu``: whether its trials get GPUs), or
+    None for a sweep older than the record. ConfigError if the file cannot be read."""
     path = folder / RECIPE_FILE
     if not path.is_file():
         return None
@@ -487,4 +497,5 @@ def load_recipe(folder: Path) -> dict | None:
         raise ConfigError(f"cannot read {path} ({err}): restore it, or delete it to resume "
                           "with this code's preset") from None
     names = {f.name for f in dataclasses.fields(TrainConfig)}
-    return {**ADDED_SINCE_RECIPE, **{k: v for k, v in recorded.items() if k in names}}
+    return {**ADDED_SINCE_RECIPE, "precision": precision_before(gpu),
+            **{k: v for k, v in recorded.items() if k in names}}

@@ -210,10 +210,13 @@ def describe_search(c: SweepConfig) -> str:
 
 def keep_recipe(c: SweepConfig, train: TrainConfig) -> TrainConfig:
     """A new sweep records its recipe; a resumed one trains with the recipe it recorded (a
-    field added to TrainConfig since takes ``train``'s value)."""
-    recorded = sweep_config.load_recipe(c.folder) if c.resume else None
+    field added to TrainConfig since takes ``train``'s value, but for those whose value
+    would change what it trains: ADDED_SINCE_RECIPE, and the precision, precision_before)."""
+    gpu = (c.gpus_per_trial or 0) > 0
+    recorded = sweep_config.load_recipe(c.folder, gpu) if c.resume else None
     if c.resume and recorded is None:  # older than the record: it began with the preset of
-        recorded = dict(sweep_config.BEFORE_RECIPE)  # its day, today's but for these fields
+        recorded = {**sweep_config.BEFORE_RECIPE,  # its day, today's but for these fields
+                    "precision": sweep_config.precision_before(gpu)}
         sweep_config.save_recipe(c.folder, train.replace(**recorded))
     if recorded is None:  # a new sweep
         sweep_config.save_recipe(c.folder, train)

@@ -17,7 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from sweep.config import ADDED_SINCE_RECIPE, SweepConfig, reference_trials, start_fields
+from sweep.config import (
+    ADDED_SINCE_RECIPE,
+    SweepConfig,
+    precision_before,
+    reference_trials,
+    start_fields,
+)
 from trainer.config import TrainConfig
 
 # Set per trial, not shared: gamma and kind by the search, device and threads by the trainable.
@@ -119,8 +125,10 @@ RECIPE_BEFORE = {"skip_one_bit": False, "min_bits": 0.0, **ADDED_SINCE_RECIPE}
 
 def train_config(trial: dict, device: str, threads: int) -> TrainConfig:
     """The TrainConfig of one trial, from its Tune config (``RECIPE_BEFORE`` for the recipe
-    fields a config saved by older code lacks)."""
-    return TrainConfig(**{**RECIPE_BEFORE, **trial["train"], **swept_values(trial),
+    fields a config saved by older code lacks, and for its precision what a trial on
+    ``device`` trained in then: precision_before)."""
+    before = {**RECIPE_BEFORE, "precision": precision_before(device != "cpu")}
+    return TrainConfig(**{**before, **trial["train"], **swept_values(trial),
                           **overrides(trial)},
                        gamma=float(trial["gamma"]), kind=trial["kind"], device=device,
                        threads=threads)

@@ -127,7 +127,7 @@ def test_captured_steps_compute_what_eager_steps_compute():
     config = resolve(TrainConfig(preset="smoke", gamma=0.5, cuda_graphs=True), has_gpu=True)
     torch.manual_seed(0)
     base = model_for(config).cuda().to(memory_format=torch.channels_last)
-    autocast = autocast_for(True, graphs=True)
+    autocast = autocast_for("cuda", config.precision, graphs=True)
     runs = []
     for _ in range(2):
         model = copy.deepcopy(base)

@@ -606,7 +606,7 @@ def test_todays_cpu_recipe_is_the_sweep_cpu_ration_which_drew_the_gammas_of_cpu_
     began = pd.read_parquet(docs / "cpu-ration" / TRIALS_FILE)["gamma"]  # its trials so far
     assert len(began) >= 6 and set(began) <= set(drawn)
     folder = docs / "cpu-ration"
-    trained = sweep_config.load_recipe(folder)  # its base recipe, then its space's one value
+    trained = sweep_config.load_recipe(folder, gpu=False)  # its recipe, then its space's value
     space = sweep_config.load_saved(folder)["space"]
     trained.update({k: spec["value"] for k, spec in space.items()})
     assert trained["gamma_ramp"] == 0.5 and trained["ration"] == 0.5

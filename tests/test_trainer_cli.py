@@ -30,6 +30,7 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     (["--gamma", "nan"], "--gamma must be a number >= 0, got nan"),
     (["--width", "inf"], "--width must be > 0, got inf"),
     (["--threads", "-1"], "--threads must be >= 0"),
+    (["--precision", "fp16"], "unknown --precision 'fp16': choose auto"),
 ])
 def test_bad_input_exits_2_with_one_line(args, says, tmp_path, capsys):
     """In-process: the parser and the checks are what a subprocess would run."""

@@ -12,6 +12,7 @@ from pathlib import Path
 from trainer.config import (
     DATASETS,
     KINDS,
+    PRECISIONS,
     PRESET_NAMES,
     PRESETS,
     ConfigError,
@@ -157,6 +158,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="folder holding cifar-10-batches-py/ (or that folder); "
                    "default: download once into ~/.cache/scnn (or $SCNN_DATA_CACHE)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--precision", default=d.precision, metavar="{" + ",".join(PRECISIONS) + "}",
+                   help="what a training step computes in: fp32, or bf16, bfloat16 autocast "
+                        "(convolutions and activations in bfloat16; weights, optimizer state, "
+                        "the quantizer's b and e, the size term and BatchNorm statistics stay "
+                        "float32). auto (default): bf16 on a GPU, fp32 on a CPU, also on one "
+                        "with native bf16 units until bf16's parity on CPUs is measured; on a "
+                        "CPU without them bf16 is slower (docs/train.md). The start line says "
+                        "which and why")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="torch CPU threads (default: torch's choice)")
     p.add_argument("--out", type=Path, help="write trials/epochs/layers.parquet and model.pt here")
@@ -178,7 +187,8 @@ def run(argv: list[str] | None = None) -> None:
 
     args = parser().parse_args(argv)
     try:
-        config = resolve(config_from_args(args))
+        asked = config_from_args(args)  # train() resolves it again, to say why: auto or asked
+        config = resolve(asked)
         if args.out is not None:
             check_writable_folder(args.out, "--out")
         if config.dataset == "cifar10" and config.data_dir:
@@ -188,7 +198,7 @@ def run(argv: list[str] | None = None) -> None:
         if args.preset == "auto":
             print(f"scnn: --preset auto chose {config.preset!r} "
                   f"({'GPU found' if config.preset == 'paper' else 'no GPU'})")
-        result = _train(config, args)
+        result = _train(asked, args)
     except (ConfigError, DataError) as err:
         fail(str(err))
     except KeyboardInterrupt:

@@ -20,6 +20,13 @@ KINDS = ("compress", "float-baseline", "narrow-float", "fixed-bits", "floor")
 QUANTIZED_KINDS = ("compress", "fixed-bits")
 DATASETS = ("cifar10", "synthetic")
 PRESET_NAMES = ("paper", "cpu", "smoke", "demo", "auto")
+# What a step computes in (trainer.precision): fp32, or bf16 autocast (convolutions and
+# activations in bfloat16; parameters, optimizer state, quantizer and loss in float32);
+# auto: bf16 on a CUDA GPU, fp32 on a CPU (also one with native bf16 units, until bf16 on
+# CPUs has its parity measurement: docs/train.md, "Precision"). resolve() turns auto into
+# the one it chose, so a recipe.json or a checkpoint records what ran, and a later change of
+# auto's rule cannot reach a sweep that began under this one.
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 class ConfigError(ValueError):
@@ -88,6 +95,8 @@ class TrainConfig:
     synthetic_size: int = 2048  # training images of the synthetic set (test set: a quarter)
     cutout: int = 8  # side of the cutout square in pixels (0 = off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # what a step computes in: fp32 | bf16 (autocast) | auto (bf16 on
+    #   a GPU, fp32 on a CPU); resolve() replaces auto by the one chosen (PRECISIONS, above)
     threads: int = 0  # torch CPU threads (0 = leave torch's default)
     cuda_graphs: bool = False  # a CUDA GPU only: capture the training step in a CUDA graph,
     #   re-captured after each cut (trainer.graphs); unmeasured, so not on the CLI yet:
@@ -154,20 +163,32 @@ def gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
+def auto_precision(has_gpu: bool) -> str:
+    """What ``--precision auto`` computes in: bf16 on a CUDA GPU, fp32 on any CPU (native
+    bf16 or not, until its parity measurement: docs/train.md, "Precision")."""
+    return "bf16" if has_gpu else "fp32"
+
+
 def resolve(config: TrainConfig, has_gpu: bool | None = None) -> TrainConfig:
     """Validate ``config`` and fill every ``None`` field from its preset.
 
-    ``preset="auto"`` becomes ``paper`` when a GPU is usable, else ``cpu``.
+    ``preset="auto"`` becomes ``paper`` when a GPU is usable, else ``cpu``;
+    ``precision="auto"`` becomes ``bf16`` when a GPU is usable, else ``fp32``.
     Raises ConfigError with a message that says what to do.
     """
     if config.preset not in PRESET_NAMES:
         raise ConfigError(
             f"unknown preset {config.preset!r}: choose one of {', '.join(PRESET_NAMES)}")
+    if config.precision not in PRECISIONS:
+        raise ConfigError(f"unknown --precision {config.precision!r}: choose auto (bf16 on a "
+                          "GPU, fp32 on a CPU), fp32 or bf16")
     preset = config.preset
+    if (preset == "auto" or config.precision == "auto") and has_gpu is None:
+        has_gpu = gpu_available() and config.device != "cpu"
     if preset == "auto":
-        if has_gpu is None:
-            has_gpu = gpu_available() and config.device != "cpu"
         preset = "paper" if has_gpu else "cpu"
+    if config.precision == "auto":
+        config = config.replace(precision=auto_precision(has_gpu))
     if config.fade and config.ration is None:  # the preset's ration is for channels that die
         config = config.replace(ration=1.0)   # at the floor, not for those that fade below it
     recipe = {**PRESETS[preset], **(START_RECIPES.get(preset, {}) if config.init_from else {})}
@@ -229,6 +250,8 @@ def validate(c: TrainConfig) -> None:
          f"warmup_fraction must be in [0, 1), got {c.warmup_fraction}")
     need(c.cut_every >= 1, f"--cut-every must be at least 1, got {c.cut_every}")
     need(c.cut_align >= 1, f"--cut-align must be at least 1, got {c.cut_align}: e.g. 8 on a GPU")
+    need(c.precision in PRECISIONS[1:],
+         f"precision must be fp32 or bf16 once resolved, got {c.precision!r}")
     need(c.threads >= 0, f"--threads must be >= 0 (0: torch's choice), got {c.threads}")
     need(c.init_from is None or c.kind in STARTABLE_KINDS,
          f"--init-from starts a network of the trained one's widths; a {c.kind} trial has "

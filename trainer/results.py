@@ -49,6 +49,9 @@ TRIALS_SCHEMA = pa.schema([
     #   (--init-from; a sweep's own baseline: "baseline"), null: random weights
     ("train_time_s", pa.float64()),  # wall time of training, evaluation included
     ("device", pa.string()),
+    ("precision", pa.string()),  # what its steps computed in: fp32 | bf16 (autocast), auto
+    #   already resolved (TrainConfig.precision; null: written before it existed, when a GPU
+    #   trained in bf16 and a CPU in fp32)
     ("hostname", pa.string()),
     ("cpu_model", pa.string()),  # the CPU's model name (/proc/cpuinfo; machines change from
     #   day to day, so times compare only between rows of one model; null: not recorded)

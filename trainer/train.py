@@ -14,7 +14,6 @@ import math
 import socket
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -26,6 +25,7 @@ from trainer.graphs import GraphedStep, sgd_step
 from trainer.heap import keep_freed_memory
 from trainer.model import ResNet9
 from trainer.network import load_start, model_for, read_start
+from trainer.precision import autocast_for, precision_words
 from trainer.quant import after_step, bits_before_step, finish_quantizers, set_rations
 from trainer.report import Progress, channels, layer_rows, size_metrics, table_header, table_row
 from trainer.surgery import apply_layout, cut_dead_channels
@@ -207,15 +207,17 @@ def setup(config: TrainConfig, resume: dict | None) -> tuple[TrainState, D.Devic
 def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
           resume: dict | None = None, verbose: bool = True) -> dict:
     """Train one network; return the final metrics, per-epoch history and per-layer rows."""
+    asked = config.precision  # auto, or what the user (or the sweep's recipe) set
     config = resolve(config)
     state, data = setup(config, resume)
     model, opts, c = state.model, state.optimizers, config
-    cuda = next(model.parameters()).device.type == "cuda"
-    autocast = autocast_for(cuda, c.cuda_graphs)
+    device_type = next(model.parameters()).device.type
+    cuda = device_type == "cuda"
+    autocast = autocast_for(device_type, c.precision, c.cuda_graphs)
     steps_per_epoch = max(data.n_train // c.batch_size, 1)
     total_steps = steps_per_epoch * c.epochs
     if verbose and state.epoch == 0:
-        print(describe(config, model, data))
+        print(describe(config, model, data, asked))
     if verbose:
         print(table_header(), flush=True)
     started = time.perf_counter() - state.time_total_s
@@ -267,14 +269,6 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None,
         if on_epoch is not None:
             on_epoch(metrics, state)
     return summarize(state, data)
-
-
-def autocast_for(cuda: bool, graphs: bool) -> Callable:
-    """The context a step's forward pass runs in: bf16 autocast on a GPU, nothing on a CPU.
-    A captured step (``graphs``) casts afresh at every replay: autocast's cache stays off."""
-    if not cuda:
-        return nullcontext
-    return lambda: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not graphs)
 
 
 class Step:
@@ -336,6 +330,7 @@ def summarize(state: TrainState, data: D.DeviceData) -> dict:
         "preset": state.config.preset, "width": state.config.width,
         "fixed_bits": state.config.fixed_bits, "size_term": state.config.size_term,
         "min_bits": state.config.min_bits, "init_from": state.config.init_from,
+        "precision": state.config.precision,
         "full_width": state.config.full_width or state.config.width,
         "epochs": state.config.epochs, "test_accuracy": last.get("test_accuracy"),
         **size_metrics(model), "train_time_s": state.time_total_s,
@@ -352,8 +347,10 @@ def start_words(config: TrainConfig) -> str:
     return f", starting from the trained {config.init_from}" if config.init_from else ""
 
 
-def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
-    """One line saying what is about to be trained."""
+def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData,
+             asked: str | None = None) -> str:
+    """One line saying what is about to be trained (``asked``: the precision the config gave
+    before it was resolved, to say why it computes in what it does; None: as resolved)."""
     dev = next(model.parameters()).device
     words = [ramp_words(config), ration_words(config)] if config.kind == "compress" else []
     ramp = "; ".join(w for w in words if w)
@@ -363,7 +360,8 @@ def describe(config: TrainConfig, model: ResNet9, data: D.DeviceData) -> str:
             f"seed={config.seed}{start_words(config)} on {dev} "
             f"[{torch.get_num_threads()} threads], "
             f"{data.n_train:,} train / {data.y_test.numel():,} test images, "
-            f"{config.epochs} epochs of {max(data.n_train // config.batch_size, 1)} steps")
+            f"{config.epochs} epochs of {max(data.n_train // config.batch_size, 1)} steps, "
+            f"in {precision_words(config.precision, asked or config.precision, dev.type)}")
 
 
 if __name__ == "__main__":  # python -m trainer.train: its command line is trainer.cli

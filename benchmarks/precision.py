@@ -1,0 +1,68 @@
+"""A training step in fp32 against the same step in bf16 autocast, side by side in one process.
+
+Both are the trainer's own ``Step`` (``benchmarks.common.train_step_fn``: channels_last, the
+compress kind with its size term, both optimizers, the trainer's heap and denormal settings)
+on two copies of one fresh network, the bf16 one under ``trainer.precision.autocast_for`` as
+``--precision bf16`` runs it; their repetitions alternate (``interleaved``), so a busy host
+slows both alike. ``ratio`` = bf16 seconds per step / fp32: below 1, bf16 is faster here.
+The machine is printed with the figures: ``lscpu``'s model name and which of its bf16 flags
+(``amx_bf16``, ``avx512_bf16``) it has, since the answer depends on them (docs/train.md,
+"Precision").
+
+    python -m benchmarks.precision [--preset cpu] [--batch 128] [--reps 5] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+
+import torch
+
+from benchmarks.common import count, emit, interleaved, model_for, parser, train_step_fn
+from trainer.heap import keep_freed_memory
+from trainer.precision import BF16_UNITS, autocast_for, native_bf16
+
+LSCPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # x86 flags of bfloat16 arithmetic units
+
+
+def lscpu() -> dict:
+    """lscpu's model name and which of LSCPU_BF16_FLAGS its flags list (empty if no lscpu)."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"cpu_model": None, "lscpu_bf16_flags": []}
+    model = re.search(r"^Model name:\s*(.+)$", text, re.MULTILINE)
+    flags = re.search(r"^Flags:\s*(.+)$", text, re.MULTILINE)
+    flags = set(flags.group(1).split()) if flags else set()
+    return {"cpu_model": model.group(1).strip() if model else None,
+            "lscpu_bf16_flags": [f for f in LSCPU_BF16_FLAGS if f in flags]}
+
+
+def main() -> None:
+    p = parser("precision", __doc__)
+    p.add_argument("--preset", default="cpu", help="the network's preset (%(default)s)")
+    p.add_argument("--batch", type=count, default=128, help="images per step (%(default)s)")
+    p.add_argument("--reps", type=count, default=5,
+                   help="timed steps of each, alternating (%(default)s)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)
+    keep_freed_memory()  # as the trainer runs a CPU step (trainer/heap.py)
+    x = torch.randn(args.batch, 3, 32, 32)
+    y = torch.randint(0, 10, (args.batch,))
+    steps = {"fp32": train_step_fn(model_for(args.preset), x, y),
+             "bf16": train_step_fn(model_for(args.preset), x, y,
+                                   autocast=autocast_for("cpu", "bf16"))}
+    t = interleaved(steps, args.reps)
+    emit("precision", {"ratio": round(t["bf16"] / t["fp32"], 3),
+                       "fp32_step_s": round(t["fp32"], 4), "bf16_step_s": round(t["bf16"], 4),
+                       **lscpu(), "torch_bf16_units": native_bf16(),
+                       "torch_bf16_units_looked_for": list(BF16_UNITS),
+                       "batch": args.batch, "reps": args.reps, "preset": args.preset})
+
+
+if __name__ == "__main__":
+    main()
