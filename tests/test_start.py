@@ -165,6 +165,28 @@ def test_compress_points_wait_for_their_seeds_baseline_and_go_when_it_ends(tmp_p
     assert search.suggest("t5")["seed"] is None
 
 
+@pytest.mark.parametrize(("args", "says"), [
+    (["--start", "later"], "unknown --start 'later': choose scratch"),
+    (["--start", "baseline", "--no-references"], "which --no-references leaves out"),
+    (["--start", "baseline", "--init-from", "x.pt"], "not allowed with argument --start"),
+    (["--init-from", "missing.pt"], "missing.pt: no such file"),
+    (["--init-from", "model.pt", "--width", "0.25"], "this run trains 16-32-64-128"),
+])
+def test_a_sweep_that_cannot_start_from_a_trained_network_exits_2_before_ray(
+        tmp_path, capsys, monkeypatch, args, says):
+    from sweep.run import main
+
+    monkeypatch.chdir(tmp_path)
+    float_file(tmp_path / "model.pt")  # smoke's widths, 8-16-32-64
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as stop:
+        main([*SMOKE, *args, "--results-dir", str(results)])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and says in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert not results.exists()
+
+
 # --- real sweeps on the shared `ray start` head (one CPU: trials one after another) ---
 
 
