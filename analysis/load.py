@@ -173,7 +173,7 @@ def borrow_references(results: Results, folder: str | os.PathLike) -> Results:
         mine = results.trials[results.trials["sweep"] == sweep]
         if not (mine["kind"] == COMPRESS).any():
             continue  # nothing to compare
-        recipe = _recipe(mine[mine["kind"] == COMPRESS], sweep)
+        recipe = _recipe(recipe_trials(mine), sweep)
         if recipe != donor_recipe:
             raise ResultsError(
                 f"--references-from {path}: its references were trained with "
@@ -187,6 +187,17 @@ def borrow_references(results: Results, folder: str | os.PathLike) -> Results:
     if added:
         results.trials = pd.concat([results.trials, *added], ignore_index=True)
     return results
+
+
+def recipe_trials(trials: pd.DataFrame) -> pd.DataFrame:
+    """The trials whose (preset, epochs, width) are a sweep's recipe: its compress trials,
+    or, where they all started from a trained network (a shorter recipe on top of it), the
+    float baseline they started from, trained from scratch as references are."""
+    compress = trials[trials["kind"] == COMPRESS]
+    started = compress["init_from"].notna() if "init_from" in compress else None
+    if started is None or not started.all():
+        return compress if started is None else compress[~started]
+    return trials[trials["kind"] == BASELINE]
 
 
 def _recipe(trials: pd.DataFrame, where: object) -> tuple:

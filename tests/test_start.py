@@ -301,3 +301,16 @@ def test_a_trial_whose_baseline_left_no_network_fails_saying_so(tmp_path):
     float_file(path)
     assert with_baseline_file(config, tmp_path).init_from == str(path)
     assert with_baseline_file(config.replace(init_from=None), tmp_path).init_from is None
+
+
+def test_references_are_borrowed_by_the_recipe_of_the_baseline_a_trained_start_began_from():
+    """A sweep whose compress trials started from its float baseline (3 epochs on top of 5)
+    is compared with references trained from scratch in the baseline's recipe (5 epochs)."""
+    from analysis.load import recipe_trials
+
+    rows = pd.DataFrame({"kind": ["float-baseline", "compress", "compress", "floor"],
+                         "epochs": [5, 3, 3, 5], "init_from": [None, "b.pt", "b.pt", None]})
+    assert list(recipe_trials(rows).index) == [0]
+    rows.loc[2, "init_from"] = None  # one from scratch: the sweep's recipe is its own
+    assert list(recipe_trials(rows).index) == [2]
+    assert list(recipe_trials(rows.drop(columns="init_from")).index) == [1, 2]  # older rows

@@ -11,12 +11,12 @@ run() {  # name, flags...
   [ -f "$out/$name/trials.parquet" ] || python -m trainer.train "${common[@]}" "$@" --out "$out/$name"
 }
 run float --float-baseline --epochs 5
-for g in 0.01 0.03 0.1; do
+for g in 0.01 0.03 0.1; do  # the candidates, γ by γ
   run "e3-lr0.4-g$g" --init-from "$out/float" --gamma $g --epochs 3
   run "e3-lr0.1-g$g" --init-from "$out/float" --gamma $g --epochs 3 --lr 0.1
   run "e2-lr0.4-g$g" --init-from "$out/float" --gamma $g --epochs 2
-  run "scratch-e5-g$g" --gamma $g --epochs 5
 done
-for g in 0.01 0.03 0.1; do  # second round: the candidates the first one left
+for g in 0.01 0.03 0.1; do  # then from scratch beside them, and a warm-up of 0
+  run "scratch-e5-g$g" --gamma $g --epochs 5
   run "e3-lr0.4-w0-g$g" --init-from "$out/float" --gamma $g --epochs 3 --warmup-fraction 0
 done
