@@ -133,9 +133,7 @@ def parser() -> argparse.ArgumentParser:
                        "baseline: the sweep's float-baseline trial (one per seed) trains first "
                        "and every such trial compresses its final network, in the preset's "
                        "recipe for a trained start (cpu: 3 epochs); they wait for it and "
-                       "start the moment it ends (default: baseline on the cpu preset, where "
-                       "it was measured, if the sweep trains a float baseline; else scratch; "
-                       "docs/sweep.md)")
+                       f"start the moment it ends (default {d.start}; docs/sweep.md)")
     start.add_argument("--init-from", metavar="PATH",
                        help="start every compress and fixed-bits trial from your trained float "
                        "network instead: a --float-baseline run's model.pt (or its folder), or "

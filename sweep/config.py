@@ -87,11 +87,6 @@ FIXED_BITS = (2, 3, 4, 6, 8)  # bit depths of the fixed-bits trials (at the swee
 # paper's method: training itself gets cheaper as it compresses); baseline: the final
 # weights of the sweep's float-baseline trial of the same seed, which runs first.
 STARTS = ("scratch", "baseline")
-# The default --start of a preset: where it was measured, the front from the trained baseline
-# was above the one from scratch, for less CPU time (the cpu preset: results.md, "Compressing
-# the trained baseline"); unmeasured presets keep scratch. A sweep without a float baseline
-# (--no-references) or with --init-from has none to train first: scratch there.
-START_DEFAULTS = {"cpu": "baseline"}
 # --export: what the sweep exports (python -m trainer.export) once it has finished.
 # none: nothing; front: every trial on its Pareto front of bits against accuracy.
 EXPORTS = ("none", "front")
@@ -111,9 +106,8 @@ class SweepConfig:
     seeds: int = 1  # training seeds per gamma and reference trial: seed, seed+1, ...
     refine: int = 0  # gammas chosen after the samples, one at a time, in the front's widest gap
     references: str = "default"  # reference trials: default | full | none (see REFERENCES)
-    start: str | None = None  # where compress and fixed-bits trials start (see STARTS):
-    #   scratch: random weights | baseline: the sweep's float-baseline trial, trained first;
-    #   None: the preset's default (START_DEFAULTS), settled with the preset
+    start: str = "scratch"  # where compress and fixed-bits trials start (see STARTS):
+    #   scratch: random weights | baseline: the sweep's float-baseline trial, trained first
     init_from: str | None = None  # or a trained float network's file (made absolute): every
     #   such trial starts from it, and the float-baseline reference measures it
     start_recipe: dict | None = None  # filled when the sweep settles (start_fields), saved:
@@ -222,8 +216,8 @@ def validate(c: SweepConfig) -> None:
     need(c.sampler in SAMPLERS, f"unknown --sampler {c.sampler!r}: choose tpe (multivariate "
          "TPE with the constant liar), gp (Gaussian process, log-EHVI) or random")
     need(c.startup_trials >= 0, f"--startup-trials must be >= 0, got {c.startup_trials}")
-    need(c.start is None or c.start in STARTS, f"unknown --start {c.start!r}: choose scratch "
-         "(random weights) or baseline (the sweep's float baseline, trained first)")
+    need(c.start in STARTS, f"unknown --start {c.start!r}: choose scratch (random weights) or "
+         "baseline (the sweep's float baseline, trained first)")
     check_combinations(c)
     resolve(base_train_config(c), has_gpu=False)  # preset, dataset, epochs, width
 
@@ -245,7 +239,7 @@ def check_combinations(c: SweepConfig) -> None:
         if c.space and name in c.space and value is not None:
             flag = "--" + name.replace("_", "-")
             raise ConfigError(f"{name} is given twice, by {flag} and in the space: keep one")
-    if c.init_from and c.start == "baseline":
+    if c.init_from and c.start != "scratch":
         raise ConfigError("--init-from starts every trial from your network, --start baseline "
                           "from the sweep's own float baseline: choose one")
     if c.start == "baseline" and c.references == "none":
@@ -358,15 +352,12 @@ def start_fields(c: SweepConfig) -> tuple[dict | None, dict | None]:
 
 
 def with_start_recipe(c: SweepConfig, preset: str) -> SweepConfig:
-    """``c`` (as given: fields the preset fills still None) with its ``start`` (the preset's
-    default when not given, START_DEFAULTS) and ``start_recipe`` for the resolved ``preset``:
-    what a compress or fixed-bits point, and the float-baseline point, set over the shared
-    recipe when the sweep starts from a trained network: ``init_from`` (a path, or
-    ``BASELINE``: the sweep's own float baseline of the trial's seed) and the fields of the
-    preset's recipe for a trained start (START_RECIPES; a value the sweep was given wins)."""
-    if c.start is None:  # the preset's default, where the sweep has a baseline to train
-        start = START_DEFAULTS.get(preset, "scratch")
-        c = c.replace(start="scratch" if c.init_from or c.references == "none" else start)
+    """``c`` (as given: fields the preset fills still None) with its ``start_recipe`` for the
+    resolved ``preset``: what a compress or fixed-bits point, and the float-baseline point,
+    set over the shared recipe when the sweep starts from a trained network:
+    ``init_from`` (a path, or ``BASELINE``: the sweep's own float baseline of the trial's
+    seed) and the fields of the preset's recipe for a trained start (START_RECIPES; a value
+    the sweep was given wins). (None, None) for a sweep from scratch."""
     if c.start == "scratch" and not c.init_from or c.start_recipe is not None:
         return c  # from scratch, or settled before (a resume keeps what it began with)
     source = c.init_from or BASELINE

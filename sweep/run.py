@@ -159,10 +159,10 @@ def describe_start(c: SweepConfig) -> str:
         return ""
     source = ("the float baseline (trained first, per seed)" if c.start == "baseline"
               else f"{c.init_from} (the float-baseline row measures it)")
-    recipe = "".join(f", {v} epoch{'s' * (v != 1)} each" if k == "epochs" else f", {k} {v}"
-                     for k, v in start.items() if k != "init_from")
-    scratch = " (--start scratch: from random weights)" if c.start == "baseline" else ""
-    return f"; compress and fixed-bits trials start from {source}{recipe}{scratch}"
+    recipe = ", ".join(f"{v} epoch{'s' * (v != 1)} each" if k == "epochs" else f"{k} {v}"
+                       for k, v in start.items() if k != "init_from")
+    return f"; compress and fixed-bits trials start from {source}" + (f", {recipe}" if recipe
+                                                                      else "")
 
 
 def watch_message(c: SweepConfig) -> str:

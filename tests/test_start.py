@@ -187,33 +187,6 @@ def test_a_sweep_that_cannot_start_from_a_trained_network_exits_2_before_ray(
     assert not results.exists()
 
 
-@pytest.mark.parametrize(("given", "preset", "start"), [
-    ({}, "cpu", "baseline"),  # measured there: results.md
-    ({}, "smoke", "scratch"),
-    ({}, "paper", "scratch"),
-    ({"references": "none"}, "cpu", "scratch"),  # no float baseline to train first
-    ({"init_from": "/x/model.pt"}, "cpu", "scratch"),  # the user's network instead
-    ({"start": "scratch"}, "cpu", "scratch"),
-    ({"start": "baseline"}, "smoke", "baseline"),
-])
-def test_the_start_is_the_presets_default_unless_given(given, preset, start):
-    from sweep.config import SweepConfig, start_fields, with_start_recipe
-    from sweep.run import describe_start
-
-    c = with_start_recipe(SweepConfig(preset=preset, **given), preset)
-    assert c.start == start
-    trials, baseline = start_fields(c)
-    if given.get("init_from"):
-        assert trials["init_from"] == "/x/model.pt" and baseline == {
-            "init_from": "/x/model.pt", "epochs": 0}
-    elif start == "baseline":
-        assert trials["init_from"] == BASELINE and baseline is None
-        assert "(--start scratch: from random weights)" in describe_start(c)
-    else:
-        assert (trials, baseline) == (None, None) and describe_start(c) == ""
-    assert with_start_recipe(c.replace(preset="smoke"), "smoke") == c.replace(preset="smoke")
-
-
 # --- real sweeps on the shared `ray start` head (one CPU: trials one after another) ---
 
 
