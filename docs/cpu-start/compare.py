@@ -13,6 +13,8 @@ import pandas as pd
 from analysis.quality import front_metrics, metrics_lines
 
 DOCS = Path(__file__).parent.parent
+sys.path.insert(0, str(DOCS))  # docs/recipe_figure.py, shared by the ablation figures
+from recipe_figure import finished, print_against_front  # noqa: E402
 
 
 def load(folder: Path) -> pd.DataFrame:
@@ -55,14 +57,18 @@ def cell(trials: pd.DataFrame, gamma: float) -> str:
 def paired(start: pd.DataFrame, scratch: pd.DataFrame) -> str:
     """Each γ's two trials side by side."""
     cols = ["gamma", "test_accuracy", "bits_fraction", "weights_kept_fraction", "train_time_s"]
-    a = start[start["kind"] == "compress"][cols].set_index("gamma")
-    b = scratch[scratch["kind"] == "compress"][cols].set_index("gamma")
+
+    def done(trials: pd.DataFrame) -> pd.DataFrame:
+        ended = (trials["kind"] == "compress") & (trials["status"] == "TERMINATED")
+        return trials[ended][cols].set_index("gamma")
+
+    a, b = done(start), done(scratch)
     rows = ["| γ | from the trained baseline | from scratch | time (start / scratch) |",
             "|---:|---|---|---:|"]
     for g in sorted(set(a.index) | set(b.index)):
-        ratio = (a.loc[g, "train_time_s"] / b.loc[g, "train_time_s"]
-                 if g in a.index and g in b.index else float("nan"))
-        rows.append(f"| {g:.4g} | {cell(a, g)} | {cell(b, g)} | {ratio:.2f} |")
+        ratio = (f"{a.loc[g, 'train_time_s'] / b.loc[g, 'train_time_s']:.2f}"
+                 if g in a.index and g in b.index else "")
+        rows.append(f"| {g:.4g} | {cell(a, g)} | {cell(b, g)} | {ratio} |")
     return "\n".join(rows)
 
 
@@ -70,6 +76,11 @@ def main(argv: list[str]) -> None:
     start_dir, scratch_dir = (Path(p) for p in (argv or [DOCS / "cpu-start", DOCS / "cpu-scratch"]))
     start, scratch = load(start_dir), load(scratch_dir)
     print(paired(start, scratch), "\n")
+    print_against_front("cpu preset, seed 0", {"start": finished(start),
+                                               "scratch": finished(scratch)},
+                        {"start": ("from the trained baseline", ""),
+                         "scratch": ("from scratch", "")})
+    print()
     for name, trials in (("from the trained baseline", start), ("from scratch", scratch)):
         print(f"{name}: {cpu_time(trials)}")
         print("  " + "\n  ".join(targets(trials)))
