@@ -419,6 +419,8 @@ def merge_saved(c: SweepConfig, folder: Path, given: Collection[str]) -> SweepCo
     """
     saved = load_saved(folder)
     for key, value in saved.items():
+        if key == "preset" and c.preset == "auto":
+            continue  # settled when the sweep began: the saved preset is what auto chose
         if key in given and key not in FREE_ON_RESUME and getattr(c, key) != value:
             if key == "space":
                 raise ConfigError(f"sweep {folder.name!r} was started with another search "

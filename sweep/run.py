@@ -124,16 +124,24 @@ def settle(c: SweepConfig) -> tuple[SweepConfig, TrainConfig]:
 
     nodes = [n["Resources"] for n in ray.nodes() if n["Alive"]]
     cpus, gpus = trial_resources(c, ray.cluster_resources(), nodes)
-    train = resolve(base_train_config(c), has_gpu=gpus > 0)
     if c.preset == "auto":
-        print(f"{PROG}: --preset auto chose {train.preset!r} "
+        preset = resolve(base_train_config(c), has_gpu=gpus > 0).preset
+        print(f"{PROG}: --preset auto chose {preset!r} "
               f"({'trials get GPUs' if gpus else 'no GPU per trial'})")
+    c, train = settled(c, cpus, gpus)
+    print(f"{PROG}: {describe_sweep(c, train)}", flush=True)
+    return c, train
+
+
+def settled(c: SweepConfig, cpus: float, gpus: float) -> tuple[SweepConfig, TrainConfig]:
+    """``c`` with what a trial of ``cpus`` and ``gpus`` makes of it filled in: the preset
+    (``auto`` chosen), its epochs, width and γ range, the trained start's recipe."""
+    train = resolve(base_train_config(c), has_gpu=gpus > 0)
     c = sweep_config.with_start_recipe(c, train.preset)  # before the preset fills epochs
     c = with_gamma_range(c.replace(cpus_per_trial=cpus, gpus_per_trial=gpus,
                                    preset=train.preset, epochs=train.epochs,
                                    width=train.width), train.preset)
     sweep_config.check_space(c)  # again, for the preset the cluster chose
-    print(f"{PROG}: {describe_sweep(c, train)}", flush=True)
     return c, train
 
 

@@ -45,7 +45,7 @@ CUTS = TrainConfig(preset="smoke", dataset="synthetic", gamma=1.0, epochs=3, bat
                    threads=1, skip_one_bit=False, min_bits=0.0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per process, however its tests interleave
 def run(tmp_path_factory):
     """A trained run folder (trainer --out layout) and the final checkpoint of its training."""
     folder = tmp_path_factory.mktemp("run")

@@ -95,7 +95,7 @@ def test_one_autocast_path_runs_cpu_bf16_and_keeps_what_is_learned_in_float32():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per process, however its tests interleave
 def bf16_run():
     """TINY on a CPU in bf16: ``(result, each epoch's state_dict)``."""
     states = []

@@ -77,6 +77,62 @@ def test_a_space_that_sets_a_field_the_preset_fills_resumes_both_ways(tmp_path, 
         assert stop.value.code == 2 and err.count("\n") == 1 and says in err, err
 
 
+SPACE_WITH_GAMMA = ("parameters:\n"
+                    "  gamma:    {distribution: log_uniform_values, min: 0.01, max: 1.0}\n"
+                    "  lr_quant: {distribution: log_uniform_values, min: 0.01, max: 0.2}\n")
+SPACE_WITHOUT_GAMMA = "parameters:\n  lr_quant: {values: [0.05, 0.1]}\n"
+# Every way the CLI starts a sweep (issue 37's matrix); "space" files are written first.
+WAYS = {
+    "gamma only": [],
+    "param": ["--param", "min_bits=[0, 2]"],
+    "space with gamma": ["--space", "with-gamma.yaml"],
+    "space without gamma": ["--space", "without-gamma.yaml"],
+    "optuna": ["--space", "with-gamma.yaml", "--search", "optuna"],
+    "refine": ["--refine", "2"],
+    "seeds": ["--seeds", "2"],
+    "references full": ["--references", "full"],
+    "export front": ["--export", "front"],
+    "mlflow": ["--mlflow"],
+    "start baseline": ["--start", "baseline"],
+    "init from": ["--init-from", "model.pt"],
+    "preset auto": ["--preset", "auto"],
+}
+
+
+def saved_fields(c: sweep_config.SweepConfig) -> dict:
+    return {k: v for k, v in c.__dict__.items() if k not in sweep_config.RUNTIME_FIELDS}
+
+
+@pytest.mark.parametrize("way", WAYS)
+def test_every_way_to_start_a_sweep_resumes_both_ways_to_what_its_driver_saved(tmp_path, way,
+                                                                             monkeypatch):
+    """Each way is settled and saved as its driver does (sweep.run.settled, one CPU per
+    trial); both resumes, ``--resume --name k`` alone and the original command plus
+    ``--resume``, settle again to exactly what was saved: no field is taken for the user's
+    that the preset or the cluster filled in. The real kills are in the Ray tests below and
+    in test_sweep, test_space and test_start."""
+    from sweep.run import settled
+
+    monkeypatch.chdir(tmp_path)  # the space files are named relative, as a user would
+    (tmp_path / "with-gamma.yaml").write_text(SPACE_WITH_GAMMA)
+    (tmp_path / "without-gamma.yaml").write_text(SPACE_WITHOUT_GAMMA)
+    if way == "init from":
+        from tests.test_start import SMALL, float_file
+
+        float_file(tmp_path / "model.pt", SMALL.replace(seed=0))
+    args = ["--preset", "smoke", "--dataset", "synthetic", "--num-samples", "2",
+            "--results-dir", str(tmp_path / "results"), "--name", "k", *WAYS[way]]
+    if way == "preset auto":
+        args.remove("smoke"), args.remove("--preset")
+    c, _ = settled(sweep_config.prepare(*parse(args)), 1, 0)
+    sweep_config.save(c)
+    for again in (["--resume", "--name", "k", "--results-dir", str(tmp_path / "results")],
+                  [*args, "--resume"]):
+        resumed, _ = settled(sweep_config.prepare(*parse(again)), 1, 0)
+        assert saved_fields(resumed) == saved_fields(c), again
+        assert resumed.resume and resumed.name == "k"
+
+
 def test_a_second_driver_is_refused_in_one_line_naming_the_first(tmp_path, capsys):
     sweep_config.save(sweep_config.SweepConfig(num_samples=2, dataset="synthetic",
                                                results_dir=str(tmp_path), name="k"))
@@ -182,3 +238,46 @@ def test_a_killed_sweep_whose_space_sets_gamma_resumes_both_ways_and_keeps_one_d
     study = optuna.load_study(study_name="k", storage=f"sqlite:///{results}/k/optuna.db")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert not (results / "k" / LOCK_FILE).exists()  # the last driver ended by itself
+
+
+@pytest.mark.ray
+@pytest.mark.xdist_group("shared-head")  # one process starts the head
+def test_a_killed_sweep_of_full_references_resumes_from_its_command_with_one_mlflow_run_each(
+        shared_head, tmp_path):
+    """The way no other kill test takes (``--references full``: narrow floats and fixed
+    bits), resumed by repeating its command plus ``--resume``: every trial finishes once,
+    the finished keep their rows, MLflow holds one FINISHED run per trial."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.test_sweep import cut_short_by_the_kill
+
+    env, address = shared_head
+    results = tmp_path / "results"
+    args = ["--preset", "smoke", "--dataset", "synthetic", "--epochs", "1", "--num-samples",
+            "1", "--references", "full", "--mlflow", "--results-dir", str(results), "--name",
+            "k", "--address", address]
+    proc = start_sweep(env, tmp_path, tmp_path / "killed.log", *args)
+    try:
+        before = wait_for(results / "k" / TRIALS_FILE,
+                          lambda t: (t["status"] == "TERMINATED").any(), proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out = sweep(env, tmp_path, *args, "--resume")
+    assert "resuming" in out.stdout and "12 trials finished, 0 failed" in out.stdout
+    trials = read(results / "k", TRIALS_FILE)
+    assert len(trials) == 12 and trials["trial_id"].is_unique
+    assert (trials["status"] == "TERMINATED").all()
+    assert sorted(trials["kind"].unique()) == ["compress", "fixed-bits", "float-baseline",
+                                               "floor", "narrow-float"]
+    epochs = read(results / "k", EPOCHS_FILE)
+    assert len(epochs) == 12 and not epochs.duplicated(["trial_id", "epoch"]).any()
+    done = before.loc[before["status"] == "TERMINATED"].set_index("trial_id")
+    after = trials.set_index("trial_id").loc[done.index]
+    assert (after["train_time_s"] == done["train_time_s"]).all()  # not trained again
+    client = MlflowClient(f"sqlite:///{results / 'k' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("k").experiment_id])
+    runs = cut_short_by_the_kill(runs, trials)
+    names = sorted(r.data.tags["trial_name"].removeprefix("run_trial_") for r in runs)
+    assert names == sorted(trials["trial_id"])
+    assert all(r.info.status == "FINISHED" for r in runs)

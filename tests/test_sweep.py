@@ -749,7 +749,7 @@ def assert_complete(folder: Path, n_trials: int, epochs: int) -> pd.DataFrame:
     return trials
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per process, however its tests interleave
 def smoke(tmp_path_factory):
     """One real smoke sweep (2 gammas and the references, MLflow on), shared by the tests
     that read what it wrote: ``(folder, stdout, stderr)``."""

@@ -18,7 +18,7 @@ STRONG = TrainConfig(preset="smoke", dataset="synthetic", gamma=2.0, epochs=6, b
                      skip_one_bit=False, min_bits=0.0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # built once per process, however its tests interleave
 def strong():
     """One STRONG run, shared: ``(result, each epoch's state_dict, the last TrainState)``."""
     states, last = [], {}
