@@ -69,6 +69,8 @@ def find_sweep_folders(paths: Sequence[str | os.PathLike]) -> list[Path]:
             raise ResultsError(f"{path} is not a folder: pass --results DIR, a sweep folder "
                                "(holding trials.parquet) or a folder of sweep folders")
         found = sorted(p.parent for p in path.rglob(TRIALS_FILE) if p.is_file())
+        # A sweep's own subfolders may hold copies (MLflow's artifacts): not sweeps.
+        found = [f for f in found if not any(a in found for a in f.parents)]
         if not found:
             raise ResultsError(f"no {TRIALS_FILE} under {path}: run a sweep first "
                                "(python -m sweep.run) or pass --results DIR")

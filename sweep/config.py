@@ -315,7 +315,7 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
         c = merge_saved(with_mlflow_uri(c, folder), folder, given)
         validate(c)
     else:
-        c = c.replace(name=c.name or time.strftime("sweep-%Y%m%d-%H%M%S"))
+        c = c.replace(name=c.name or default_name(Path(c.results_dir)))
         check_free(c.folder)
         if (c.folder / SWEEP_FILE).exists():
             raise ConfigError(f"a sweep named {c.name!r} already exists in {c.results_dir}: "
@@ -332,6 +332,13 @@ def prepare(c: SweepConfig, given: Collection[str] = ()) -> SweepConfig:
     check_data(c)
     check_start(c)
     return c
+
+
+def default_name(results_dir: Path) -> str:
+    """sweep-<date>-<time>, with -2, -3, ... when a sweep of that second exists."""
+    stamp = time.strftime("sweep-%Y%m%d-%H%M%S")
+    return next(name for name in (stamp, *(f"{stamp}-{i}" for i in range(2, 1000)))
+                if not (results_dir / name).exists())
 
 
 def check_start(c: SweepConfig) -> None:

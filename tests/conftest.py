@@ -44,3 +44,17 @@ def shared_head(tmp_path_factory):
             yield env, f"127.0.0.1:{port}"
         finally:
             stop_head(head, env)
+
+
+@pytest.fixture(scope="session")  # built once per process, however its tests interleave
+def smoke(tmp_path_factory):
+    """One real smoke sweep (2 gammas and the references, MLflow on), shared by the tests
+    that read what it wrote (the ``smoke-sweep`` group): ``(folder, stdout, stderr)``."""
+    from tests.test_sweep import SMOKE, ray_environment, sweep
+
+    root = tmp_path_factory.mktemp("smoke")
+    with ray_environment(root) as env:
+        out = sweep(env, root, *SMOKE, "--num-samples", "2", "--name", "smoke",
+                    "--results-dir", "results",  # relative: trials run in their own folders
+                    "--mlflow")
+    return root / "results" / "smoke", out.stdout, out.stderr

@@ -447,6 +447,19 @@ def test_default_results_folder_is_results_under_the_working_directory(tmp_path)
     assert "mine_03" in proc.stdout and "wrote" in proc.stdout
 
 
+def test_copies_of_a_sweeps_rows_inside_its_folder_are_not_more_sweeps(tmp_path):
+    """MLflow keeps each trial's rows as artifacts in the sweep's mlartifacts/."""
+    folder = tmp_path / "results" / "mine"
+    build_sweep(folder, "mine")
+    artifacts = folder / "mlartifacts" / "0" / "abc" / "artifacts"
+    artifacts.mkdir(parents=True)
+    (artifacts / TRIALS_FILE).write_bytes((folder / TRIALS_FILE).read_bytes())
+    build_sweep(tmp_path / "results" / "other", "other")
+    results = load_results([tmp_path / "results"])
+    assert results.folders == [folder, tmp_path / "results" / "other"]
+    assert len(results.trials) == 2 * len(pd.read_parquet(folder / TRIALS_FILE))
+
+
 def test_empty_trials_file_is_an_error(tmp_path):
     write_results(tmp_path, [], [], [])
     with pytest.raises(ResultsError, match="no trials yet"):

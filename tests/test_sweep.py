@@ -749,18 +749,6 @@ def assert_complete(folder: Path, n_trials: int, epochs: int) -> pd.DataFrame:
     return trials
 
 
-@pytest.fixture(scope="session")  # built once per process, however its tests interleave
-def smoke(tmp_path_factory):
-    """One real smoke sweep (2 gammas and the references, MLflow on), shared by the tests
-    that read what it wrote: ``(folder, stdout, stderr)``."""
-    root = tmp_path_factory.mktemp("smoke")
-    with ray_environment(root) as env:
-        out = sweep(env, root, *SMOKE, "--num-samples", "2", "--name", "smoke",
-                    "--results-dir", "results",  # relative: trials run in their own folders
-                    "--mlflow")
-    return root / "results" / "smoke", out.stdout, out.stderr
-
-
 @pytest.mark.ray
 @pytest.mark.xdist_group("smoke-sweep")  # one process builds the fixture
 def test_smoke_sweep_writes_parquet_with_the_right_rows(smoke):

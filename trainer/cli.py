@@ -180,21 +180,34 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**{k: v for k, v in vars(args).items() if k in fields and v is not None})
 
 
+def check(args: argparse.Namespace) -> tuple[TrainConfig, TrainConfig]:
+    """The run ``args`` ask for, as asked and resolved, checked before anything trains:
+    raises ConfigError or DataError for what would stop it (the --out folder, the data, a
+    start that cannot be loaded)."""
+    from trainer.config import resolve
+
+    asked = config_from_args(args)  # train() resolves it again, to say why: auto or asked
+    config = resolve(asked)
+    if args.out is not None:
+        check_writable_folder(args.out, "--out")
+    if config.dataset == "cifar10" and config.data_dir:
+        from trainer.cifar10 import find_batches
+
+        find_batches(config.data_dir)  # fail now, not after building the model
+    if config.init_from:
+        from trainer.network import read_start
+
+        read_start(config.init_from, config)  # train() reads it again: a few MB
+    return asked, config
+
+
 def run(argv: list[str] | None = None) -> None:
     """Parse, train, and write results; user mistakes exit 2 with one line."""
     from trainer.cifar10 import DataError
-    from trainer.config import resolve
 
     args = parser().parse_args(argv)
     try:
-        asked = config_from_args(args)  # train() resolves it again, to say why: auto or asked
-        config = resolve(asked)
-        if args.out is not None:
-            check_writable_folder(args.out, "--out")
-        if config.dataset == "cifar10" and config.data_dir:
-            from trainer.cifar10 import find_batches
-
-            find_batches(config.data_dir)  # fail now, not after building the model
+        asked, config = check(args)
         if args.preset == "auto":
             print(f"scnn: --preset auto chose {config.preset!r} "
                   f"({'GPU found' if config.preset == 'paper' else 'no GPU'})")
