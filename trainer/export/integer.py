@@ -10,10 +10,12 @@ convolution and the head, which onnxruntime fuses into integer QLinearConv and Q
 - weights int8 per output channel, zero point 0. For a compressed network they are the
   trained integers: row o of a conv holds ``sign(s_o) * k`` with scale ``fl32(|s_o| * 2^e_o)``
   (s = g / sqrt(var + eps) of its BatchNorm, which the dense network folds into the weight),
-  the head's row ``k`` with scale ``2^e * logit_scale``. A layer with a row that does not fit
-  int8 (a row of 9 bits or more) stays float, exactly as in ``model.onnx``. A float network
+  the head's row ``k`` with scale ``2^e * logit_scale``. A layer with a k outside
+  ``WEIGHT_RANGE`` (7 bits: a row of 8 bits or more) stays float, exactly as in
+  ``model.onnx``. A float network
   (float-baseline, narrow-float) gets onnxruntime's own scales (per channel, symmetric,
-  from each row's range): the post-training quantization a deployer would reach for;
+  from each row's range, 7-bit: ``reduce_range``, for the same reason): the post-training
+  quantization a deployer would reach for;
 - the logits stay float (the head's output is not quantized).
 
 ``write_int8`` writes it and, for a compressed network, checks that every int8 weight is
@@ -35,7 +37,11 @@ from trainer.export.packed import Exported
 INT8_FILE = "model.int8.onnx"
 CALIBRATION_IMAGES = 512  # training images the activation scales are calibrated on
 CALIBRATION_BATCH = 64  # images per calibration batch
-INT8_RANGE = (-128, 127)
+WEIGHT_RANGE = (-64, 64)  # the k an int8 layer may hold: 7 bits (and +64). onnxruntime's
+#   U8S8 kernels on x86 without VNNI (AVX2) sum pairs of uint8 x int8 products in int16
+#   (vpmaddubsw), which saturates beyond 2 * 255 * 64 = 32,640: its docs' advice is 7-bit
+#   weights (reduce_range). Measured: a cpu-preset network's 8-bit prep layer in int8 cost
+#   1.06 points on an AMD EPYC (AVX2), none with it float (docs/export.md)
 HEAD = "head"
 FORMAT = ("QDQ: uint8 activations (a scale and zero point per tensor, MinMax calibration), "
           "int8 weights per output channel (zero point 0), int32 biases, float logits")
@@ -93,14 +99,15 @@ def trained_int8(ex: Exported, net: DenseNet) -> dict[str, np.ndarray]:
 
 
 def why_float(layer, ints: np.ndarray) -> str | None:
-    """Why a layer cannot hold its trained integers in int8; None when it can."""
-    lo, hi = INT8_RANGE
+    """Why a layer does not hold its trained integers in int8; None when it does."""
+    lo, hi = WEIGHT_RANGE
     if ints.min(initial=0) >= lo and ints.max(initial=0) <= hi:
         return None
     top = int(layer.bits.max())
     if top > 8:
         return f"a row needs {top} bits (int8 holds 8)"
-    return "a k of -128 on a row whose BatchNorm scale is negative (+128 does not fit int8)"
+    return (f"a row needs {top} bits: int8 layers hold k in [{lo}, {hi}], as onnxruntime's "
+            "U8S8 kernels saturate beyond 7-bit weights on x86 without VNNI")
 
 
 class Images:
@@ -146,7 +153,7 @@ def write_int8(float_onnx: Path, out: Path, images: np.ndarray, ex: Exported | N
         quantize_static(
             str(pre), str(out), Images(images), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded,
+            nodes_to_exclude=excluded, reduce_range=ex is None,  # its weights: 7 bits
             extra_options={"TensorQuantOverrides": overrides,
                            "QDQDisableWeightAdjustForInt32Bias": True,
                            "OpTypesToExcludeOutputQuantization": ["Gemm"]})
@@ -156,7 +163,8 @@ def write_int8(float_onnx: Path, out: Path, images: np.ndarray, ex: Exported | N
     return {
         "file": INT8_FILE, "format": FORMAT, "opset": opset(out),
         "weights": "the trained integers k (sign(s) * k, scale fl32(|s| * 2^e))"
-                   if ex is not None else "onnxruntime's own (per channel, symmetric MinMax)",
+                   if ex is not None else "onnxruntime's own (per channel, symmetric MinMax, 7 bits: "
+                              "reduce_range)",
         "int8_layers": sorted(held), "float_layers": floats,
         "weight_bytes": weight_bytes(out),
         "calibration": {"images": len(images), "from": "training images, drawn by the run's "

@@ -208,7 +208,8 @@ def verdict(record: dict) -> dict:
             f"{reported:.2%} by {100 * gap:.2f} points (more than {100 * TOLERANCE:.2f}; "
             f"PyTorch float32 here: {record['test_accuracy_torch']:.2%}; the run's device: "
             f"{row.get('device') or 'not recorded'})")
-    if row and row.get("size_bits") is not None and row["size_bits"] != record["size_bits"]:
+    if row and row.get("size_bits") is not None and record["size_bits"] is not None and \
+            row["size_bits"] != record["size_bits"]:
         problems.append(f"packed {record['size_bits']} bits but the run reported "
                         f"{row['size_bits']:.0f}")
     int8_gap = abs(record["test_accuracy_int8"] - reported)
