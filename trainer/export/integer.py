@@ -163,8 +163,8 @@ def write_int8(float_onnx: Path, out: Path, images: np.ndarray, ex: Exported | N
     return {
         "file": INT8_FILE, "format": FORMAT, "opset": opset(out),
         "weights": "the trained integers k (sign(s) * k, scale fl32(|s| * 2^e))"
-                   if ex is not None else "onnxruntime's own (per channel, symmetric MinMax, 7 bits: "
-                              "reduce_range)",
+                   if ex is not None else
+                   "onnxruntime's own (per channel, symmetric MinMax, 7 bits: reduce_range)",
         "int8_layers": sorted(held), "float_layers": floats,
         "weight_bytes": weight_bytes(out),
         "calibration": {"images": len(images), "from": "training images, drawn by the run's "
