@@ -1,15 +1,22 @@
-"""Exported networks (``python -m trainer.export``) against the uncompressed one, onnxruntime.
+"""Exported networks (``python -m trainer.export``) against the uncompressed one, onnxruntime,
+each in float (``model.onnx``) and in int8 (``model.int8.onnx``), side by side in one run.
 
 Each PATH is a sweep folder with exports (``exports/*/model.onnx``, as ``python -m sweep.run
 --export front`` leaves them) or an export folder (``model.onnx`` and ``export.json``). The
-reference is the uncompressed network as the same kind of slim dense ONNX (BatchNorm folded):
-the sweep's float-baseline trial (its final checkpoint) when a PATH is a sweep with one, else
-a float ResNet-9 at the exports' width with fresh weights (speed does not depend on them).
-Every network runs on the CPU with onnxruntime at ``--threads`` threads; per repetition each
-network is timed once per batch size, interleaved, and the median counts. Printed per
-network: images/s and ``speedup`` (its images/s over the reference's) at each batch size;
-the headline ``ratio`` is, as in the other benchmarks, time over the reference's time: the
-median over the networks at the largest batch (below 1 is faster).
+reference is the uncompressed network: an export of a float-baseline network among the PATHs
+(``python -m trainer.export SWEEP --trial FLOAT_TRIAL``: its float file and onnxruntime's
+int8 of it), else the same kind of slim dense ONNX (BatchNorm folded) of the sweep's
+float-baseline trial (its final checkpoint) when a PATH is a sweep with one, else of a float
+ResNet-9 at the exports' width with fresh weights (speed does not depend on them), and
+onnxruntime's int8 of it calibrated on random images (for timing; its accuracy is not
+measured). Every file runs on the CPU with onnxruntime at ``--threads`` threads; per
+repetition each is timed once per batch size, interleaved, and the median counts. Printed
+per network and form (float, int8): images/s and ``time`` (the reference float network's
+images/s over its own: its time per image relative to the uncompressed float network) at
+each batch size, beside ``macs`` (its ONNX graph's multiply-accumulates over the
+reference's, pad and zero weights included) and the trained network's live MACs fraction.
+The headline ``ratio`` is the float time ratio, median over the networks at the largest
+batch (below 1 is faster); ``int8_ratio`` the same for the int8 files.
 
     python -m benchmarks.inference results/cpu-refs [--reps 5] [--threads 1] [--batches 1,256]
 """
@@ -28,6 +35,9 @@ from trainer.cli import fail
 from trainer.export.write import SPEED_THREADS
 
 EXPORTS_DIR, ONNX, REPORT, WEIGHTS = "exports", "model.onnx", "export.json", "weights.safetensors"
+INT8 = "model.int8.onnx"
+FORMS = {"float": ONNX, "int8": INT8}  # the files of an export, by form
+REFERENCE = "uncompressed"
 
 
 class BenchError(ValueError):
@@ -59,7 +69,11 @@ def find_exports(paths: list[Path]) -> tuple[list[Path], list[Path]]:
 
 
 def reference(sweeps: list[Path], exports: list[Path], folder: Path) -> tuple[Path, str]:
-    """(model.onnx of the uncompressed network, where it came from), written into ``folder``."""
+    """(a folder with model.onnx and model.int8.onnx of the uncompressed network, where it
+    came from): a float-baseline export among ``exports``, else written into ``folder``."""
+    for export in exports:
+        if describe(export)["kind"] == "float-baseline" and (export / INT8).is_file():
+            return export, f"the float-baseline export {export}"
     import torch
     from safetensors import safe_open
 
@@ -89,9 +103,13 @@ def reference(sweeps: list[Path], exports: list[Path], folder: Path) -> tuple[Pa
         torch.manual_seed(0)
         model = model_for(base).eval()
         said = f"a fresh float ResNet-9 at width {base.width:g} (no float-baseline trial)"
-    path = folder / ONNX
-    export_onnx(build_dense(float_exported(model.eval())), path)
-    return path, said
+    from trainer.export.integer import CALIBRATION_IMAGES, write_int8
+
+    export_onnx(build_dense(float_exported(model.eval())), folder / ONNX)
+    images = np.random.default_rng(0).standard_normal((CALIBRATION_IMAGES, 3, 32, 32),
+                                                      dtype=np.float32)
+    write_int8(folder / ONNX, folder / INT8, images)
+    return folder, said + "; int8: onnxruntime's, calibrated on random images"
 
 
 def describe(folder: Path) -> dict:
@@ -102,7 +120,40 @@ def describe(folder: Path) -> dict:
         raise BenchError(f"cannot read {folder / REPORT} ({err}): re-export {folder}") from None
     return {"name": report.get("trial") or folder.name, "kind": report.get("kind"),
             "payload_bytes": report.get("payload_bytes"),
-            "test_accuracy": report.get("test_accuracy_onnx")}
+            "test_accuracy": report.get("test_accuracy_onnx"),
+            "test_accuracy_int8": report.get("test_accuracy_int8"),
+            "macs_kept_fraction": (report.get("reported") or {}).get("macs_kept_fraction")}
+
+
+def timings(files: dict[str, Path], batch_sizes: list[int], reps: int,
+            threads: int) -> dict[str, dict[str, float]]:
+    """Images per second of each ONNX file at each batch size, interleaved, median."""
+    from trainer.export.dense import session
+
+    runs = {key: session(path, threads) for key, path in files.items()}
+    speeds: dict[str, dict[str, float]] = {key: {} for key in runs}
+    for batch in batch_sizes:
+        x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+        calls = max(1, 256 // batch)  # a timing long enough to read: >= 256 images
+
+        def timed(run, x=x, calls=calls):
+            return lambda: [run.run(["logits"], {"images": x}) for _ in range(calls)]
+
+        t = interleaved({key: timed(run) for key, run in runs.items()}, reps, warmup=2)
+        for key, seconds in t.items():
+            speeds[key][str(batch)] = batch * calls / seconds
+    return speeds
+
+
+def line(name: str, speeds: dict, ref: dict, macs: float, live: float | None) -> str:
+    """One network's figures: each form's images/s and time ratio, beside its MACs."""
+    said = []
+    for form, mine in speeds.items():
+        said.append(f"{form} " + ", ".join(f"{v:,.0f} images/s at batch {b} (time "
+                                           f"{ref['float'][b] / v:.2f}x)"
+                                           for b, v in mine.items()))
+    live_said = f", live {live:.3f}x" if live is not None else ""
+    return f"{name}: {'; '.join(said)}; MACs {macs:.3f}x{live_said}"
 
 
 def main() -> None:
@@ -120,40 +171,45 @@ def main() -> None:
         networks = {str(f): describe(f) for f in exports}
     except BenchError as err:
         fail(str(err), "benchmarks.inference")
-    from trainer.export.dense import session
+    from trainer.export.dense import onnx_macs
 
     with tempfile.TemporaryDirectory() as tmp:
-        ref_path, ref_said = reference(sweeps, exports, Path(tmp))
-        runs = {"uncompressed": session(ref_path, args.threads),
-                **{key: session(Path(key) / ONNX, args.threads) for key in networks}}
-        speeds: dict[str, dict[str, float]] = {name: {} for name in runs}
-        for batch in args.batches:
-            x = np.random.default_rng(0).standard_normal((batch, 3, 32, 32), dtype=np.float32)
-            calls = max(1, 256 // batch)  # a timing long enough to read: >= 256 images
-
-            def timed(run, x=x, calls=calls):
-                return lambda: [run.run(["logits"], {"images": x}) for _ in range(calls)]
-
-            t = interleaved({name: timed(run) for name, run in runs.items()}, args.reps,
-                            warmup=2)
-            for name, seconds in t.items():
-                speeds[name][str(batch)] = batch * calls / seconds
-    ref = speeds.pop("uncompressed")
+        ref_dir, ref_said = reference(sweeps, exports, Path(tmp))
+        folders = {REFERENCE: ref_dir, **{key: Path(key) for key in networks
+                                          if Path(key) != ref_dir}}
+        files = {(key, form): folder / name for key, folder in folders.items()
+                 for form, name in FORMS.items() if (folder / name).is_file()}
+        t = timings({f"{key}|{form}": path for (key, form), path in files.items()},
+                    args.batches, args.reps, args.threads)
+        macs = {key: onnx_macs(folder / ONNX) for key, folder in folders.items()}
+    speeds = {key: {form: t[f"{key}|{form}"] for (k, form) in files if k == key}
+              for key in folders}
+    ref = speeds[REFERENCE]
     rows = []
-    for key, info in networks.items():
-        mine = speeds[key]
-        rows.append({**info, "images_per_s": {b: round(v) for b, v in mine.items()},
-                     "speedup": {b: round(v / ref[b], 3) for b, v in mine.items()}})
-        said = ", ".join(f"{v:,.0f} images/s at batch {b} ({v / ref[b]:.2f}x)"
-                         for b, v in mine.items())
-        print(f"{info['name']}: {said}")
-    print("uncompressed: " + ", ".join(f"{v:,.0f} images/s at batch {b}"
-                                       for b, v in ref.items()) + f" [{ref_said}]")
+    for key in folders:
+        if key == REFERENCE:
+            continue
+        info, mine = networks[key], speeds[key]
+        macs_ratio = macs[key] / macs[REFERENCE]
+        rows.append({**info, "macs_ratio": round(macs_ratio, 4),
+                     "images_per_s": {f: {b: round(v) for b, v in s.items()}
+                                      for f, s in mine.items()},
+                     "time_ratio": {f: {b: round(ref["float"][b] / v, 3) for b, v in s.items()}
+                                    for f, s in mine.items()}})
+        print(line(info["name"], mine, ref, macs_ratio, info["macs_kept_fraction"]))
+    print(line(REFERENCE, ref, ref, 1.0, None) + f" [{ref_said}]")
     top = str(max(args.batches))
+
+    def median_ratio(form: str) -> float | None:
+        got = [r["time_ratio"][form][top] for r in rows if form in r["time_ratio"]]
+        return round(statistics.median(got), 3) if got else None
+
     emit("inference", {
-        "ratio": round(statistics.median(ref[top] / r["images_per_s"][top] for r in rows), 3),
+        "ratio": median_ratio("float"), "int8_ratio": median_ratio("int8"),
         "ratio_at_batch": int(top), "reference": ref_said,
-        "reference_images_per_s": {b: round(v) for b, v in ref.items()}, "networks": rows,
+        "reference_images_per_s": {f: {b: round(v) for b, v in s.items()}
+                                   for f, s in ref.items()},
+        "reference_macs_per_image": macs[REFERENCE], "networks": rows,
         "onnxruntime_threads": args.threads, "reps": args.reps})
 
 

@@ -1,8 +1,11 @@
 """Export: packed integers read back bit for bit, ONNX logits equal PyTorch's, the payload is
-the reported size, the re-measured accuracy is the reported one, bad input exits 2."""
+the reported size, the re-measured accuracy is the reported one, the int8 ONNX holds the
+trained integers and predicts as the float one, a float network exports, bad input exits 2."""
 
+import contextlib
 import copy
 import dataclasses
+import io
 import json
 import math
 import pickle
@@ -13,13 +16,16 @@ import pytest
 import torch
 
 from sweep.checkpoints import export_front
+from trainer import data
 from trainer.cli import write_run
 from trainer.config import TrainConfig, resolve
 from trainer.export import main, read_weights
 from trainer.export.dense import build_dense, export_onnx, onnx_logits
+from trainer.export.integer import int8_weights
 from trainer.export.packed import (
     FORMAT,
     FORMATS,
+    LOGIT_SCALE,
     deflate,
     float_exponents,
     inflate,
@@ -58,6 +64,17 @@ def run(tmp_path_factory):
     write_run(folder, "train-1", result)
     save_model(folder / "model.pt", final["state"])
     return folder, result, final["checkpoint"]
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    """The run folder exported by the command: (folder, its stdout)."""
+    out = tmp_path_factory.mktemp("export") / "e"
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit) as exit_:
+        main([str(run[0]), "--out", str(out), "--threads", "1"])
+    assert exit_.value.code == 0
+    return out, text.getvalue()
 
 
 def cli(argv, capsys) -> tuple[int, str, str]:
@@ -337,18 +354,17 @@ def test_onnx_logits_equal_pytorch_logits(run, tmp_path):
         np.testing.assert_allclose(logits, model(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
-def test_export_of_a_run_folder_reproduces_the_reported_accuracy(run, tmp_path, capsys):
-    folder, result, _ = run
-    code, out, err = cli([folder, "--out", tmp_path / "e", "--threads", "1"], capsys)
-    assert code == 0, err
-    report = json.loads((tmp_path / "e" / "export.json").read_text())
+def test_export_of_a_run_folder_reproduces_the_reported_accuracy(run, exported):
+    _, result, _ = run
+    folder, out = exported
+    report = json.loads((folder / "export.json").read_text())
     assert report["status"] == "ok" and report["trial"] == "train-1"
     assert report["reported_accuracy_from"] == "trials.parquet"
     assert abs(report["test_accuracy_onnx"] - result["test_accuracy"]) <= 0.0005
     assert 0.2 < report["test_accuracy_onnx"] < 1.0  # learned something, and can be wrong
     assert report["max_logit_diff_onnx_vs_torch"] < 1e-4
     assert report["payload_bytes"] == math.ceil(result["size_bits"] / 8)
-    files = {p.name: p.stat().st_size for p in (tmp_path / "e").iterdir()}
+    files = {p.name: p.stat().st_size for p in folder.iterdir()}
     assert files["weights.safetensors"] == report["files"]["weights.safetensors"] == (
         report["payload_bytes"] + report["metadata_bytes"] + report["unpriced_bytes"]
         + report["batchnorm_bytes"] + report["header_bytes"])
@@ -431,7 +447,6 @@ def unsafe_pickle(path):
     ("no-trial", "pass --trial ID"),
     ("foreign-dict", "is not a network saved by scnn"),
     ("unsafe-pickle", "is not a network saved by scnn"),
-    ("float-network", "not quantized"),
     ("trial-on-a-run", "drop them"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, says, sweep, run, tmp_path,
@@ -449,11 +464,6 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, says, sweep, r
         torch.save({"weights": torch.zeros(3)}, source)
     elif case == "unsafe-pickle":
         unsafe_pickle(source)
-    elif case == "float-network":
-        config = resolve(TrainConfig(preset="smoke", kind="float-baseline", width=0.0625))
-        model = model_for(config)
-        torch.save({"config": dataclasses.asdict(config), "layout": model.layout(),
-                    "model": model.state_dict()}, source)
     elif case == "trial-on-a-run":
         source, extra = run[0], ["--trial", "train-1"]
     code, out, err = cli([source, *extra, "--out", tmp_path / "out"], capsys)
@@ -482,6 +492,134 @@ def test_an_out_or_threads_it_cannot_use_is_refused_before_loading(run, tmp_path
 def test_help_explains_the_files_and_the_sources(capsys):
     code, out, _ = cli(["--help"], capsys)
     assert code == 0
-    for needle in ("weights.safetensors", "model.onnx", "export.json", "--trial", "--front",
-                   "0.05 points", "examples"):
+    for needle in ("weights.safetensors", "model.onnx", "model.int8.onnx", "export.json",
+                   "--trial", "--front", "0.05 points", "0.3 points", "float-baseline",
+                   "examples"):
         assert needle in out
+
+
+# --- the integer ONNX -------------------------------------------------------------------------
+
+def trained_scale(layer, bn, eps: float) -> np.ndarray:
+    """(O,) float32 weight scale of each row as the int8 file must hold it: fl32(|s| 2^e),
+    s = g / sqrt(var + eps) in float64 (the head: 2^e / 8, its logit scale)."""
+    e = layer.e.detach().double().numpy()
+    if bn is None:
+        return (2.0 ** e * LOGIT_SCALE).astype(np.float32)
+    s = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + eps)
+    return (np.abs(s.numpy()) * 2.0 ** e).astype(np.float32)
+
+
+def test_the_int8_weights_are_the_trained_integers_bit_for_bit(run, exported):
+    """Each int8 row is the network's own k (times the sign of its BatchNorm's s), placed in
+    the dense rows and columns, with scale fl32(|s| 2^e) and zero point 0; pads are 0."""
+    folder, _ = exported
+    model = load_model(run[0] / "model.pt")
+    net = build_dense(read_weights(folder / "weights.safetensors"))
+    held = int8_weights(folder / "model.int8.onnx")
+    report = json.loads((folder / "export.json").read_text())
+    blocks = dict(model.blocks())
+    assert sorted(held) == report["int8"]["int8_layers"] and not report["int8"]["float_layers"]
+    assert len(held) == len(list(model.quant_layers()))  # every layer fits 8 bits here
+    for name, layer in model.quant_layers():
+        q, scale, zero = held[name]
+        bn = blocks[name].bn if name in blocks else None
+        sign = torch.ones(len(layer.out_idx), dtype=torch.int64) if bn is None else \
+            torch.sign(bn.weight.detach()).long()
+        want = np.zeros(q.shape, np.int64)
+        rows, cols = net.places[name]
+        ints = layer.qints() * sign.view((-1,) + (1,) * (layer.weight.dim() - 1))
+        want[rows.numpy()[:, None], cols.numpy()] = ints.numpy()
+        assert q.dtype == np.int8 and np.array_equal(q.astype(np.int64), want), name
+        eps = bn.eps if bn is not None else 0.0
+        live = (layer.b > 0).numpy()  # a dead row (k = 0) stores no e: its scale is moot
+        got = scale[rows.numpy()][live]
+        want_scale = trained_scale(layer, bn, eps)[live]
+        assert np.array_equal(got.view(np.int32), want_scale.view(np.int32)), name
+        assert np.all(zero == 0), name
+        assert q.shape[0] % 16 == 0 or name == "head", (name, q.shape)  # padded rows
+
+
+def test_the_int8_file_predicts_as_the_float_file_and_the_reference_evaluator_agrees(
+        run, exported):
+    from onnx import load, version_converter
+    from onnx.reference import ReferenceEvaluator
+
+    folder, out = exported
+    report = json.loads((folder / "export.json").read_text())
+    x, _ = data.test_set(resolve(CUTS), None)
+    images = next(data.batches(x[:128], 128))
+    floats = onnx_logits(folder / "model.onnx", [images])
+    ints = onnx_logits(folder / "model.int8.onnx", [images])
+    assert (ints.argmax(1) == floats.argmax(1)).mean() >= 0.95
+    assert 0 < np.abs(ints - floats).max() < 0.5 * np.abs(floats).max()  # int8: close, not equal
+    assert report["int8_predictions_as_onnx"] >= 0.95 and report["int8_status"] == "ok"
+    assert abs(report["test_accuracy_int8"] - report["test_accuracy_onnx"]) <= 0.003
+    assert report["int8"]["opset"] == 17 and report["int8"]["inference"]["images_per_s"]["256"]
+    assert report["files"]["model.int8.onnx"] == (folder / "model.int8.onnx").stat().st_size
+    assert "model.int8.onnx" in out and "int8" in out
+    # onnx's own reference implementation (DequantizeLinear from opset 19) runs the same graph
+    graph = version_converter.convert_version(load(str(folder / "model.int8.onnx")), 19)
+    ref = ReferenceEvaluator(graph).run(None, {"images": images[:8].numpy()})[0]
+    np.testing.assert_allclose(ref, ints[:8], rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_with_a_row_over_8_bits_stays_float(run, tmp_path):
+    """A row whose integers need 12 bits: its layer is float in the int8 file (as in
+    model.onnx), export.json says why, and every other layer still holds its k."""
+    from trainer.export.sources import Source
+    from trainer.export.write import export_network
+
+    model = load_model(run[0] / "model.pt")
+    with torch.no_grad():
+        conv = model.layer2.conv
+        o = int((conv.b > 0).nonzero()[0])
+        conv.e[o] -= 8.0  # k 256x larger
+        conv.b[o] = 12.0
+    assert model.layer2.conv.qints().abs().max() > 127
+    config = dataclasses.asdict(resolve(CUTS))
+    test = data.test_set(resolve(CUTS), None)
+    calibration = data.train_sample(resolve(CUTS), None, 128)
+    record = export_network(Source(tmp_path / "model.pt", "wide row"), model,
+                            {"config": config}, test, calibration, tmp_path / "e", speed=False)
+    assert record["status"] == "ok"
+    assert record["int8"]["float_layers"] == {"layer2": "a row needs 12 bits (int8 holds 8)"}
+    held = int8_weights(tmp_path / "e" / "model.int8.onnx")  # checked against k on writing
+    assert "layer2" not in held and len(held) == len(list(model.quant_layers())) - 1
+    dense = build_dense(read_weights(tmp_path / "e" / "weights.safetensors"))
+    assert record["int8"]["weight_bytes"]["float32"] == 4 * dense.convs["layer2"].weight.numel()
+
+
+def test_padding_to_16_channels_leaves_the_logits_unchanged(run, tmp_path):
+    model = load_model(run[0] / "model.pt")
+    write_weights(model, {}, tmp_path / "w.safetensors")
+    ex = read_weights(tmp_path / "w.safetensors")
+    padded, plain = build_dense(ex), build_dense(ex, pad_to=1)
+    for name, conv in padded.convs.items():
+        assert conv.out_channels % 16 == 0, name
+        assert conv.in_channels % 16 == 0 or name == "prep", name
+    assert any(c.out_channels % 16 for c in plain.convs.values())  # something was padded
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(padded(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_float_network_exports_as_float_and_as_onnxruntimes_int8(tmp_path, capsys):
+    config = resolve(TrainConfig(preset="smoke", kind="float-baseline", width=0.0625,
+                                 dataset="synthetic", synthetic_size=256))
+    torch.manual_seed(0)
+    model = model_for(config).eval()
+    torch.save({"config": dataclasses.asdict(config), "layout": model.layout(),
+                "model": model.state_dict()}, tmp_path / "model.pt")
+    code, out, err = cli([tmp_path / "model.pt", "--out", tmp_path / "e", "--threads", "1"],
+                         capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "e" / "export.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == [
+        "export.json", "model.int8.onnx", "model.onnx"]  # no integers to pack
+    assert report["kind"] == "float-baseline" and report["payload_bytes"] is None
+    assert report["status"] == "ok" and report["max_logit_diff_onnx_vs_torch"] < 1e-4
+    assert report["int8"]["weights"].startswith("onnxruntime's own")
+    assert len(report["int8"]["int8_layers"]) == 9 and report["int8"]["weight_bytes"]["int8"]
+    assert report["int8"]["inference"]["images_per_s"]["1"] > 0
+    assert "float-baseline network (no integers to pack)" in out

@@ -63,6 +63,21 @@ def test_set(config: TrainConfig, data_dir: str | None) -> tuple[Tensor, Tensor]
     return x[:n], y[:n]
 
 
+def train_sample(config: TrainConfig, data_dir: str | None, n: int) -> Tensor:
+    """``n`` training images (uint8) of the run of ``config``, drawn without replacement from
+    the images it trained on (its ``train_subset``), by a generator seeded with its seed:
+    the same images every time (the export calibrates its int8 file on them)."""
+    if config.dataset == "synthetic":
+        x = make_synthetic(config.synthetic_size, config.seed)[0]
+    else:
+        folder = find_batches(data_dir or config.data_dir) if (data_dir or config.data_dir) \
+            else download(default_cache())
+        x = torch.from_numpy(np.concatenate([read_batch(folder / f)[0] for f in BATCH_FILES]))
+    x = x[:config.train_subset or len(x)]
+    pick = np.random.default_rng(config.seed).choice(len(x), min(n, len(x)), replace=False)
+    return x[torch.from_numpy(np.sort(pick))]
+
+
 def batches(x: torch.Tensor, size: int = 1000) -> Iterator[Tensor]:
     """Normalised float32 batches of uint8 images, as the training's test batches."""
     mean = torch.tensor(MEAN, dtype=torch.float32).view(1, 3, 1, 1)

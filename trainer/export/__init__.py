@@ -2,15 +2,18 @@
 
 Into ``--out`` go ``weights.safetensors`` (the integer weights bit-packed at each channel's
 bit depth: its payload is ``ceil(size_bits / 8)`` bytes), ``model.onnx`` (the slim dense
-float network rebuilt from that file) and ``export.json`` (sizes, and the accuracy
-re-measured from ``model.onnx``). The room, module by module:
+float network rebuilt from that file), ``model.int8.onnx`` (the same for onnxruntime's int8
+kernels, its int8 weights the trained integers) and ``export.json`` (sizes, and the
+accuracy and speed re-measured from both ONNX files). A float network gets the two ONNX
+files (the int8 one onnxruntime's own quantization). The room, module by module:
 
 - ``packed``: the file format ``scnn.weights/3`` (docs/export.md, "The file format"): write
   and read ``weights.safetensors``;
 - ``dense``: the slim dense network rebuilt from that file, and its ONNX file;
+- ``integer``: ``model.int8.onnx``, written from ``model.onnx`` and checked;
 - ``sources``: what a SOURCE names (a run folder, a ``model.pt``, a checkpoint the sweep
   hands over), loaded without running code from the files;
-- ``write``: the three files of one network, checked, and the lines that report them;
+- ``write``: the files of one network, checked, and the lines that report them;
 - ``cli``: the command line (``__main__`` runs it).
 
 ``python -m sweep.run --export front`` exports a sweep's front with

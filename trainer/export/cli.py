@@ -25,9 +25,14 @@ Export trained networks as files a user can deploy, and check them.
 Writes into --out: weights.safetensors (each live channel's integer weights bit-packed at
 its bit depth ceil(b+), with bit depths, exponents, channel indices and BatchNorm; the
 packed payload is size_bits / 8 bytes), model.onnx (the slim dense float network: cut
-channels gone, weights dequantized, BatchNorm folded) and export.json (sizes, and the test
-accuracy re-measured from model.onnx with onnxruntime). Exit status 1 when that accuracy is
-more than 0.05 points from the reported one (export.json then says failed), 2 for bad input.
+channels gone, weights dequantized, BatchNorm folded), model.int8.onnx (the same network
+for onnxruntime's int8 kernels, QDQ: uint8 activations calibrated on 512 training images,
+int8 weights that are the trained integers; a layer with a row over 8 bits stays float)
+and export.json (sizes, and the test accuracy and speed of both ONNX files, onnxruntime).
+Exit status 1 when model.onnx's accuracy is more than 0.05 points from the reported one
+(export.json then says failed), 2 for bad input; int8_status says whether model.int8.onnx's
+is within 0.3 points of it. A float network (a float-baseline or narrow-float run or trial)
+has no integers: it gets model.onnx and onnxruntime's own int8 of it (quantize_static).
 
 examples:
   python -m trainer.export results/run1 --out exported/run1          # a trainer --out folder

@@ -15,12 +15,19 @@ channels. Here the shortcut's producer (layer1, layer3) and the branch's last co
 their outputs directly on the union: their rows for union channels they do not have are
 zero with zero bias, so they emit ReLU(0) = 0 there and the sum is a plain Add. Every
 layer's columns are placed by original channel index in the channels its producer computes
-(an input channel it does not read gets a zero column). An activation with no channels
-left keeps one zero channel, so no tensor is empty.
+(an input channel it does not read gets a zero column).
+
+**Padding.** Every activation is padded with zero channels (zero rows and bias in its
+producer, zero columns in its consumers) to a multiple of ``PAD_TO`` channels, at least one
+block, so no tensor is empty: onnxruntime's blocked (NCHWc) convolutions take a conv only
+when its channels are a multiple of the block (8 with AVX2, 16 with AVX-512) or its input has
+fewer than a block, else it runs as a slower plain NCHW conv (docs/export.md, "Padding").
+The function is unchanged; the logits are the same.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -31,16 +38,22 @@ from torch import Tensor, nn
 
 from trainer.export.packed import BN_FIELDS, LOGIT_SCALE, RESIDUALS, Exported, Layer
 
-PAD = -1  # a channel that exists only to keep an activation non-empty (always zero)
+PAD = -1  # a channel that exists only to pad an activation (always zero)
+PAD_TO = 16  # activations are padded with zero channels to a multiple of this (docs above)
+OPSET = 17  # the ONNX opset written: the lowest that onnx's version converter reaches from
+#   the exporter's (Relu has no adapter down to 13, which per-channel QDQ would allow)
 
 
 class DenseNet(nn.Module):
     """ResNet-9 as conv+bias -> ReLU blocks on the live channels; input normalised images."""
 
-    def __init__(self, convs: dict[str, nn.Conv2d], head: nn.Linear):
+    def __init__(self, convs: dict[str, nn.Conv2d], head: nn.Linear,
+                 places: dict[str, tuple[Tensor, Tensor]] | None = None):
         super().__init__()
         self.convs = nn.ModuleDict({name.replace(".", "_"): c for name, c in convs.items()})
         self.head = head
+        # layer name -> (dense row of each of its rows, dense column of each of its columns)
+        self.places = places or {}
 
     def block(self, name: str, x: Tensor, pool: bool = False) -> Tensor:
         y = F.relu(self.convs[name](x))
@@ -58,9 +71,11 @@ class DenseNet(nn.Module):
         return self.head(torch.amax(x, dim=(2, 3)))
 
 
-def channels(idx: Tensor) -> list[int]:
-    """An activation's channels (original indices), or one pad channel when there are none."""
-    return idx.tolist() or [PAD]
+def channels(idx: Tensor, pad_to: int = PAD_TO) -> list[int]:
+    """An activation's channels (original indices), then pad channels up to a multiple of
+    ``pad_to`` (at least one, so no activation is empty)."""
+    have = idx.tolist()
+    return have + [PAD] * (max(1, math.ceil(len(have) / pad_to)) * pad_to - len(have))
 
 
 def positions(idx: Tensor, space: list[int], what: str) -> Tensor:
@@ -81,8 +96,9 @@ def folded(layer: Layer, eps: float) -> tuple[Tensor, Tensor]:
 
 
 def dense_conv(name: str, layer: Layer, rows: list[int], cols: list[int],
-               eps: float) -> nn.Conv2d:
-    """A Conv2d computing ``rows`` (original channels, pads) from the activation ``cols``."""
+               eps: float) -> tuple[nn.Conv2d, tuple[Tensor, Tensor]]:
+    """A Conv2d computing ``rows`` (original channels, pads) from the activation ``cols``,
+    and where the layer's rows and columns sit in it."""
     w, b = folded(layer, eps)
     k = w.shape[-1]
     conv = nn.Conv2d(len(cols), len(rows), kernel_size=k, padding=k // 2, bias=True)
@@ -95,35 +111,40 @@ def dense_conv(name: str, layer: Layer, rows: list[int], cols: list[int],
     with torch.no_grad():
         conv.weight.copy_(weight)
         conv.bias.copy_(bias)
-    return conv
+    return conv, (r, c)
 
 
-def build_dense(ex: Exported) -> DenseNet:
-    """The dense float network of an exported one (eval mode)."""
+def build_dense(ex: Exported, pad_to: int = PAD_TO) -> DenseNet:
+    """The dense float network of an exported one (eval mode), activations padded with zero
+    channels to multiples of ``pad_to`` (1: none but the one that keeps a tensor non-empty)."""
     layers, eps = ex.layers, ex.meta["bn_eps"]
     convs: dict[str, nn.Conv2d] = {}
+    places: dict[str, tuple[Tensor, Tensor]] = {}
 
     def conv(name: str, rows: list[int], cols: list[int]) -> list[int]:
-        convs[name] = dense_conv(name, layers[name], rows, cols, eps)
+        convs[name], places[name] = dense_conv(name, layers[name], rows, cols, eps)
         return rows
 
-    x = conv("prep", channels(layers["prep"].out_idx), [0, 1, 2])
+    x = conv("prep", channels(layers["prep"].out_idx, pad_to), [0, 1, 2])
     for before, trunk, res in ((None, "layer1", "res1"), ("layer2", "layer3", "res3")):
         if before is not None:
-            x = conv(before, channels(layers[before].out_idx), x)
-        union = channels(ex.unions[res])
+            x = conv(before, channels(layers[before].out_idx, pad_to), x)
+        union = channels(ex.unions[res], pad_to)
         shortcut = conv(trunk, union, x)  # the shortcut's channels, computed on the union
         if f"{res}.conv1" in layers:
-            h = conv(f"{res}.conv1", channels(layers[f"{res}.conv1"].out_idx), shortcut)
+            h = conv(f"{res}.conv1", channels(layers[f"{res}.conv1"].out_idx, pad_to),
+                     shortcut)
             conv(f"{res}.conv2", union, h)
         x = union
     top = layers["head"]
     head = nn.Linear(len(x), top.out_idx.numel(), bias=False)
     weight = torch.zeros(top.out_idx.numel(), len(x))
-    weight[:, positions(top.in_idx, x, "head columns")] = top.weight() * ex.meta["logit_scale"]
+    cols = positions(top.in_idx, x, "head columns")
+    weight[:, cols] = top.weight() * ex.meta["logit_scale"]
     with torch.no_grad():
         head.weight.copy_(weight)
-    return DenseNet(convs, head).eval()
+    places["head"] = (torch.arange(top.out_idx.numel()), cols)
+    return DenseNet(convs, head, places).eval()
 
 
 @dataclass
@@ -161,13 +182,18 @@ def float_exported(model) -> Exported:
 
 
 def export_onnx(net: DenseNet, path: str | os.PathLike) -> None:
-    """Write ``net`` as ONNX: input ``images`` (N, 3, 32, 32) float32, output ``logits``."""
+    """Write ``net`` as ONNX at opset ``OPSET``: input ``images`` (N, 3, 32, 32) float32,
+    output ``logits``."""
+    import onnx
+    from onnx import version_converter
     from torch.export import Dim
 
     program = torch.onnx.export(net.eval(), (torch.zeros(2, 3, 32, 32),), dynamo=True,
                                 input_names=["images"], output_names=["logits"],
                                 dynamic_shapes=({0: Dim("batch")},), verbose=False)
-    program.save(str(path))
+    model = version_converter.convert_version(program.model_proto, OPSET)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
 
 
 def session(path: str | os.PathLike, threads: int = 0):
@@ -206,3 +232,24 @@ def onnx_logits(path: str | os.PathLike, batches, threads: int = 0) -> np.ndarra
     """Run the ONNX file on CPU with onnxruntime over ``batches`` of images; (N, classes)."""
     run = session(path, threads)
     return np.concatenate([run.run(["logits"], {"images": x.numpy()})[0] for x in batches])
+
+
+def onnx_macs(path: str | os.PathLike) -> int:
+    """Multiply-accumulates of one image through the Conv and Gemm nodes of an ONNX file,
+    pad and zero weights included (what the runtime computes, not the live weights)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    graph = model.graph
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in (*graph.value_info, *graph.output)}
+    init = {t.name: list(t.dims) for t in graph.initializer}
+    macs = 0
+    for node in graph.node:
+        if node.op_type == "Conv":
+            o, i, kh, kw = init[node.input[1]]
+            h, w = shapes[node.output[0]][2:]
+            macs += o * i * kh * kw * h * w
+        elif node.op_type == "Gemm":
+            macs += int(np.prod(init[node.input[1]]))
+    return macs

@@ -86,9 +86,6 @@ def load_source(src: Source):
         model = model_from(saved)
     except Exception as err:  # a foreign config, a layout or weights that do not fit
         raise not_ours(src.weights, f"{type(err).__name__}: {first_line(err)}") from None
-    if not model.quantized:
-        raise ExportError(f"{src.label} is a {saved['config']['kind']} network, not quantized: "
-                          "only compress and fixed-bits networks have integers to export")
     return model, saved
 
 

@@ -1,11 +1,15 @@
-"""Write and check the three files of one exported network; the lines that report it.
+"""Write and check the files of one exported network; the lines that report it.
 
-``export_network`` writes ``weights.safetensors`` (``trainer.export.packed``), ``model.onnx``
-(``trainer.export.dense``) and ``export.json``: where it came from, the reported and the
+``export_network`` writes ``weights.safetensors`` (``trainer.export.packed``; a quantized
+network only), ``model.onnx`` (``trainer.export.dense``), ``model.int8.onnx``
+(``trainer.export.integer``) and ``export.json``: where it came from, the reported and the
 packed sizes, the file sizes, the test accuracy re-measured from ``model.onnx`` with
 onnxruntime, which must be within 0.05 points of the reported one (else status ``failed``),
-and the images per second of ``model.onnx`` with onnxruntime on the CPU at batch 1 and 256
+and from ``model.int8.onnx``, which ``int8_status`` says is within 0.3 points of it or not,
+and the images per second of both files with onnxruntime on the CPU at batch 1 and 256
 (``SPEED_THREADS`` threads, a short warm-up and a timed loop: ``inference_speed``).
+A float network (float-baseline, narrow-float: the references a deployer compares with)
+has no integers to pack: it gets ``model.onnx`` and onnxruntime's own int8 of it.
 ``plan`` loads everything before a file is written; ``run_jobs`` exports each job.
 """
 
@@ -21,20 +25,22 @@ import numpy as np
 import torch
 
 from trainer.config import TrainConfig, check_writable_folder
-from trainer.data import MEAN, STD, batches, test_set
+from trainer.data import MEAN, STD, batches, test_set, train_sample
+from trainer.export.integer import CALIBRATION_IMAGES, INT8_FILE
 from trainer.export.packed import Exported, Sizes, read_weights, write_weights
 from trainer.export.sources import ExportError, Source, SweepSources, find_sources, load_source
 
 PROG = "scnn export"
 TOLERANCE = 0.0005  # 0.05 points: how far the ONNX accuracy may be from the reported one
-WEIGHTS, ONNX, REPORT = "weights.safetensors", "model.onnx", "export.json"
+INT8_TOLERANCE = 0.003  # 0.3 points: how far the int8 file's may be (int8_status "ok")
+WEIGHTS, ONNX, INT8, REPORT = "weights.safetensors", "model.onnx", INT8_FILE, "export.json"
 SPEED_THREADS = 1  # onnxruntime threads of the speed measurement: small, fixed, comparable
 SPEED_BATCHES = (1, 256)  # batch sizes it measures: one image at a time, and throughput
 SPEED_SECONDS = 0.5  # timed seconds per batch size (after SPEED_WARMUP untimed runs)
 SPEED_WARMUP = 3
 ROW_KEYS = ("trial_id", "kind", "status", "gamma", "seed", "preset", "width", "epochs",
             "test_accuracy", "size_bits", "bits_fraction", "weights_kept_fraction",
-            "mean_bits", "device")
+            "macs_kept_fraction", "mean_bits", "device")
 
 
 # --- measuring -----------------------------------------------------------------------------
@@ -52,29 +58,54 @@ def check_file(model, exported: Exported) -> None:
 
 # --- exporting -----------------------------------------------------------------------------
 
-def export_network(src: Source, model, saved: dict, test: tuple, out: Path,
-                   threads: int = 0, speed: bool = True) -> dict:
-    """Write the three files of one network into ``out``; return export.json's record.
+def export_network(src: Source, model, saved: dict, test: tuple, calibration: torch.Tensor,
+                   out: Path, threads: int = 0, speed: bool = True) -> dict:
+    """Write the files of one network into ``out``; return export.json's record.
 
-    ``speed``: measure ``model.onnx``'s images per second (``inference_speed``).
+    ``calibration``: training images (uint8) the int8 file's activations are calibrated on.
+    ``speed``: measure each ONNX file's images per second (``inference_speed``).
     """
-    from trainer.export.dense import build_dense, export_onnx, onnx_logits
+    from trainer.export.dense import (
+        PAD_TO,
+        build_dense,
+        export_onnx,
+        float_exported,
+        onnx_logits,
+        onnx_macs,
+    )
+    from trainer.export.integer import write_int8
 
     out.mkdir(parents=True, exist_ok=True)
-    sizes = write_weights(model, saved["config"], out / WEIGHTS)
-    exported = read_weights(out / WEIGHTS)
-    check_file(model, exported)
-    export_onnx(build_dense(exported), out / ONNX)
+    images = torch.cat(list(batches(calibration))).numpy()
+    if model.quantized:
+        sizes = write_weights(model, saved["config"], out / WEIGHTS)
+        exported = read_weights(out / WEIGHTS)
+        check_file(model, exported)
+        net = build_dense(exported, PAD_TO)
+        export_onnx(net, out / ONNX)
+        int8 = write_int8(out / ONNX, out / INT8, images, exported, net, PAD_TO)
+    else:  # a float reference: onnxruntime's own post-training int8
+        sizes = None
+        export_onnx(build_dense(float_exported(model.eval()), PAD_TO), out / ONNX)
+        int8 = write_int8(out / ONNX, out / INT8, images)
     x, y = test
     with torch.no_grad():
         torch_logits = torch.cat([model(b) for b in batches(x)]).numpy()
     logits = onnx_logits(out / ONNX, batches(x), threads)
+    int8_logits = onnx_logits(out / INT8, batches(x), threads)
     record = report(src, saved, sizes, out)
+    int8.update(bytes=(out / INT8).stat().st_size,
+                inference=inference_speed(out / INT8) if speed else None)
+    if sizes is not None:
+        int8["weight_bytes_over_payload"] = sum(int8["weight_bytes"].values()) / sizes.payload
     record.update(
         test_images=len(y), test_accuracy_onnx=accuracy(logits, y),
+        test_accuracy_int8=accuracy(int8_logits, y),
         test_accuracy_torch=accuracy(torch_logits, y),
         max_logit_diff_onnx_vs_torch=float(np.abs(logits - torch_logits).max()),
-        inference=inference_speed(out / ONNX) if speed else None)
+        int8_predictions_as_onnx=float((int8_logits.argmax(1) == logits.argmax(1)).mean()),
+        macs_per_image_onnx=onnx_macs(out / ONNX),
+        inference=inference_speed(out / ONNX) if speed else None, int8=int8)
     record.update(verdict(record))
     (out / REPORT).write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -100,8 +131,9 @@ def accuracy(logits: np.ndarray, y: torch.Tensor) -> float:
     return float((logits.argmax(1) == y.numpy()).mean())
 
 
-def report(src: Source, saved: dict, sizes: Sizes, out: Path) -> dict:
-    """export.json without the accuracies: source, reported row, sizes."""
+def report(src: Source, saved: dict, sizes: Sizes | None, out: Path) -> dict:
+    """export.json without the accuracies: source, reported row, sizes (``sizes`` None: a
+    float network, which has no packed file)."""
     import onnx
     import onnxruntime
     import safetensors
@@ -112,12 +144,9 @@ def report(src: Source, saved: dict, sizes: Sizes, out: Path) -> dict:
         "status": None, "error": None, "source": str(src.weights), "trial": src.trial,
         "kind": config["kind"], "gamma": config["gamma"], "reported": row,
         **reported_accuracy(row, saved),
-        "size_bits": sizes.size_bits, "payload_bytes": sizes.payload,
-        "payload_rounding": "ceil(size_bits / 8): one bitstream, padded to a byte once",
-        "metadata_bytes": sizes.metadata, "metadata_overhead": sizes.overhead,
-        "unpriced_bytes": sizes.unpriced, "batchnorm_bytes": sizes.batchnorm,
-        "header_bytes": sizes.header,
-        "files": {name: (out / name).stat().st_size for name in (WEIGHTS, ONNX)},
+        **packed_sizes(sizes),
+        "files": {name: (out / name).stat().st_size for name in (WEIGHTS, ONNX, INT8)
+                  if (out / name).is_file()},
         "test_set": {k: config[k] for k in ("dataset", "data_dir", "test_subset")},
         "input": {"name": "images", "shape": ["N", 3, 32, 32], "dtype": "float32",
                   "normalise": "(pixel - mean) / std per channel, pixels in 0..255",
@@ -127,6 +156,19 @@ def report(src: Source, saved: dict, sizes: Sizes, out: Path) -> dict:
                      "onnxruntime": onnxruntime.__version__,
                      "safetensors": safetensors.__version__},
     }
+
+
+def packed_sizes(sizes: Sizes | None) -> dict:
+    """The sizes of weights.safetensors in export.json (None each for a float network)."""
+    keys = ("size_bits", "payload_bytes", "metadata_bytes", "metadata_overhead",
+            "unpriced_bytes", "batchnorm_bytes", "header_bytes")
+    if sizes is None:
+        return dict.fromkeys(keys) | {"payload_rounding": None}
+    return {"size_bits": sizes.size_bits, "payload_bytes": sizes.payload,
+            "payload_rounding": "ceil(size_bits / 8): one bitstream, padded to a byte once",
+            "metadata_bytes": sizes.metadata, "metadata_overhead": sizes.overhead,
+            "unpriced_bytes": sizes.unpriced, "batchnorm_bytes": sizes.batchnorm,
+            "header_bytes": sizes.header}
 
 
 def reported_accuracy(row: dict | None, saved: dict) -> dict:
@@ -151,7 +193,9 @@ def clean(value):
 
 
 def verdict(record: dict) -> dict:
-    """status ok/failed and why: the ONNX accuracy and the payload against the reported."""
+    """status ok/failed and why: the ONNX accuracy and the payload against the reported;
+    int8_status ok/off: the int8 file's accuracy within INT8_TOLERANCE of the reported (it
+    does not fail the export: a few images on a small test set can move it)."""
     row = record["reported"] or {}
     reported = record["reported_accuracy"]
     if reported is None:
@@ -164,14 +208,23 @@ def verdict(record: dict) -> dict:
             f"{reported:.2%} by {100 * gap:.2f} points (more than {100 * TOLERANCE:.2f}; "
             f"PyTorch float32 here: {record['test_accuracy_torch']:.2%}; the run's device: "
             f"{row.get('device') or 'not recorded'})")
-    if row and row.get("size_bits") is not None and row["size_bits"] != record["size_bits"]:
+    if row and row.get("size_bits") is not None and record["size_bits"] is not None and \
+            row["size_bits"] != record["size_bits"]:
         problems.append(f"packed {record['size_bits']} bits but the run reported "
                         f"{row['size_bits']:.0f}")
+    int8_gap = abs(record["test_accuracy_int8"] - reported)
+    off = int8_gap > INT8_TOLERANCE + 1e-12
     return {"status": "failed" if problems else "ok", "error": "; ".join(problems) or None,
-            "accuracy_tolerance_points": 100 * TOLERANCE}
+            "accuracy_tolerance_points": 100 * TOLERANCE,
+            "int8_status": "off" if off else "ok",
+            "int8_error": f"int8 accuracy {record['test_accuracy_int8']:.2%} differs from the "
+                          f"reported {reported:.2%} by {100 * int8_gap:.2f} points (more than "
+                          f"{100 * INT8_TOLERANCE:.1f})" if off else None,
+            "int8_tolerance_points": 100 * INT8_TOLERANCE}
 
 
-Job = tuple[Source, object, dict, tuple, Path]  # (source, network, saved, test set, out)
+Job = tuple[Source, object, dict, tuple, torch.Tensor, Path]
+#   (source, network, saved, test set, calibration images, out)
 
 
 def plan(source: Path, out: Path, trial: str | None = None, front: bool = False,
@@ -185,6 +238,7 @@ def plan(source: Path, out: Path, trial: str | None = None, front: bool = False,
         raise ExportError(f"--threads must be >= 0 (0: the libraries' choice), got {threads}")
     sources = find_sources(source, trial, front, sweep_sources)
     tests: dict[tuple, tuple] = {}
+    calibrations: dict[tuple, torch.Tensor] = {}
     jobs = []
     for src in sources:
         model, saved = load_source(src)
@@ -193,7 +247,11 @@ def plan(source: Path, out: Path, trial: str | None = None, front: bool = False,
                data_dir or config.data_dir)
         if key not in tests:
             tests[key] = test_set(config, data_dir)
-        jobs.append((src, model, saved, tests[key], out / src.trial if front else out))
+        train_key = (*key, config.train_subset)
+        if train_key not in calibrations:
+            calibrations[train_key] = train_sample(config, data_dir, CALIBRATION_IMAGES)
+        jobs.append((src, model, saved, tests[key], calibrations[train_key],
+                     out / src.trial if front else out))
     return jobs
 
 
@@ -201,8 +259,8 @@ def run_jobs(jobs: list[Job], threads: int = 0, prog: str = PROG,
              say=lambda record, out: print(summary(record, out))) -> int:
     """Export every job, ``say`` each record; the number that failed (each said on stderr)."""
     failed = 0
-    for src, model, saved, test, out in jobs:
-        record = export_network(src, model, saved, test, out, threads)
+    for src, model, saved, test, calibration, out in jobs:
+        record = export_network(src, model, saved, test, calibration, out, threads)
         say(record, out)
         if record["status"] != "ok":
             failed += 1
@@ -222,24 +280,43 @@ def speed_text(r: dict) -> str:
     return f"{', '.join(parts)} (onnxruntime, {n} thread{'s' if n != 1 else ''})"
 
 
+def size_text(r: dict) -> str:
+    """'payload 1,234 B + metadata 1.03%', or what a float network has instead."""
+    if r["payload_bytes"] is None:
+        return f"a {r['kind']} network (no integers to pack)"
+    return f"payload {r['payload_bytes']:,} B + metadata {r['metadata_overhead']:.2%}"
+
+
 def one_line(r: dict, out: Path, prog: str = PROG) -> str:
-    """One export in one line: status, where, size, accuracy, speed."""
+    """One export in one line: status, where, size, accuracy (float and int8), speed."""
     return (f"{prog}: exported {r['trial'] or r['source']} ({r['status']}): "
-            f"{r['test_accuracy_onnx']:.2%} accuracy, payload {r['payload_bytes']:,} B + "
-            f"metadata {r['metadata_overhead']:.2%}, {speed_text(r)} -> {out}/")
+            f"{r['test_accuracy_onnx']:.2%} accuracy ({r['test_accuracy_int8']:.2%} in int8, "
+            f"{r['int8_status']}), {size_text(r)}, {speed_text(r)}; int8 "
+            f"{speed_text(r['int8'])} -> {out}/")
 
 
 def summary(r: dict, out: Path) -> str:
     """What was written, in a few lines."""
     reported = r["reported_accuracy"]
     said = f"reported {reported:.2%}" if reported is not None else "nothing reported"
-    return (f"{PROG}: {r['status']}: {out}/\n"
-            f"  {WEIGHTS}: {r['files'][WEIGHTS]:,} bytes = payload {r['payload_bytes']:,} "
-            f"(size_bits {r['size_bits']:,} / 8, rounded up) + metadata "
-            f"{r['metadata_bytes']:,} ({r['metadata_overhead']:.2%} of the payload) + "
-            f"BatchNorm {r['batchnorm_bytes']:,} + unpriced {r['unpriced_bytes']:,} + header "
-            f"{r['header_bytes']:,}\n"
+    q = r["int8"]
+    packed = (f"  {WEIGHTS}: {r['files'][WEIGHTS]:,} bytes = payload {r['payload_bytes']:,} "
+              f"(size_bits {r['size_bits']:,} / 8, rounded up) + metadata "
+              f"{r['metadata_bytes']:,} ({r['metadata_overhead']:.2%} of the payload) + "
+              f"BatchNorm {r['batchnorm_bytes']:,} + unpriced {r['unpriced_bytes']:,} + header "
+              f"{r['header_bytes']:,}\n") if r["payload_bytes"] is not None else \
+        f"  {size_text(r)}: no {WEIGHTS}\n"
+    floats = "; ".join(f"{n} float: {why}" for n, why in q["float_layers"].items())
+    over = q.get("weight_bytes_over_payload")
+    return (f"{PROG}: {r['status']}: {out}/\n" + packed +
             f"  {ONNX}: {r['files'][ONNX]:,} bytes; test accuracy {r['test_accuracy_onnx']:.2%}"
             f" on {r['test_images']:,} images ({said}, PyTorch {r['test_accuracy_torch']:.2%}),"
-            f" max logit difference {r['max_logit_diff_onnx_vs_torch']:.2e}\n"
-            f"  speed: {speed_text(r)}")
+            f" max logit difference {r['max_logit_diff_onnx_vs_torch']:.2e}; "
+            f"{speed_text(r)}\n"
+            f"  {INT8}: {q['bytes']:,} bytes, weights {q['weight_bytes']['int8']:,} B int8 + "
+            f"{q['weight_bytes']['float32']:,} B float32"
+            + (f" ({over:.2f}x the payload)" if over is not None else "") +
+            f", {q['weights']}{'; ' + floats if floats else ''}; test accuracy "
+            f"{r['test_accuracy_int8']:.2%} ({r['int8_status']}: within "
+            f"{r['int8_tolerance_points']:.1f} points of the reported or not); "
+            f"{speed_text(q)}")
