@@ -19,7 +19,8 @@ from benchmarks.common import parser
 from benchmarks.tta import tta_accuracy
 from trainer.config import KINDS, ConfigError, TrainConfig, resolve
 from trainer.data import test_set
-from trainer.train import autocast_for, train
+from trainer.precision import autocast_for
+from trainer.train import train
 
 
 def main() -> None:
@@ -77,7 +78,7 @@ def main() -> None:
     tta = {}
     if args.tta:  # the network as the final test saw it, under the trainer's autocast
         x, y = test_set(resolved, args.data_dir)  # the final test's images
-        acc = tta_accuracy(final["model"], x, y, autocast_for(cuda=True, graphs=False))
+        acc = tta_accuracy(final["model"], x, y, autocast_for("cuda", resolved.precision))
         tta = {"test_accuracy_again": acc["plain"], "test_accuracy_flip": acc["flip"],
                "test_accuracy_flip_translate": acc["flip_translate"]}
     print(json.dumps({"kind": args.kind, "gamma": args.gamma, "width": args.width,

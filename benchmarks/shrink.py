@@ -12,10 +12,12 @@ tensors kept on the heap, denormals flushed). ``ratio`` = after / before beside
 trial's) and the uncompressed one is built from its own config: a trial's last epoch against
 its first, side by side instead of across a run on a shared machine.
 
-``--device cuda`` times the three on a GPU, with the trainer's autocast (bfloat16).
+Each is timed in both precisions (``--precision``: fp32, and bf16 autocast as the trainer's
+``--precision bf16`` runs it), all six interleaved; the ratios are printed per precision.
+``--device cuda`` times them on a GPU.
 
     python -m benchmarks.shrink [--reps 5] [--steps 5] [--model results/run/model.pt]
-                                [--device cpu|cuda]
+                                [--device cpu|cuda] [--precision both|fp32|bf16]
 """
 
 import dataclasses
@@ -35,8 +37,9 @@ from benchmarks.common import (
 from trainer.config import TrainConfig
 from trainer.heap import keep_freed_memory
 from trainer.network import model_for as trainer_model_for
+from trainer.precision import autocast_for
 from trainer.surgery import dense_twin
-from trainer.train import autocast_for, train
+from trainer.train import train
 
 # as measured before skip_one_bit and the floor (the figures of benchmarks/README.md)
 STRONG = TrainConfig(preset="cpu", dataset="synthetic", gamma=2.0, epochs=6, batch_size=128,
@@ -72,6 +75,8 @@ def main() -> None:
                         "(default: compress one here, strong gamma, synthetic data)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the networks train (%(default)s)")
+    p.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both",
+                   help="the step's precision, or both side by side (%(default)s)")
     args = p.parse_args()
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
@@ -88,8 +93,8 @@ def main() -> None:
     x = torch.randn(args.batch, 3, 32, 32, device=args.device)
     y = torch.randint(0, 10, (args.batch,), device=args.device)
 
-    def epoch(model):
-        step = train_step_fn(model, x, y, autocast=autocast_for(cuda, False))
+    def epoch(model, precision):
+        step = train_step_fn(model, x, y, autocast=autocast_for(args.device, precision))
 
         def run():
             for _ in range(args.steps):
@@ -99,14 +104,20 @@ def main() -> None:
         return run
 
     twin = dense_twin(small)
-    t = interleaved({"after": epoch(small), "before": epoch(full), "twin": epoch(twin)},
-                    args.reps)
-    emit("shrink", {"ratio": round(t["after"] / t["before"], 3),
+    precisions = [q for q in ("fp32", "bf16") if args.precision in (q, "both")]
+    models = {"after": small, "before": full, "twin": twin}
+    t = interleaved({f"{name} {q}": epoch(model, q) for q in precisions
+                     for name, model in models.items()}, args.reps)
+    timed = {q: {"ratio": round(t[f"after {q}"] / t[f"before {q}"], 3),
+                 "twin_ratio": round(t[f"after {q}"] / t[f"twin {q}"], 3),
+                 **{f"{name}_epoch_s": round(t[f"{name} {q}"], 3) for name in models}}
+             for q in precisions}
+    if len(precisions) == 2:  # bf16 against fp32, network by network
+        timed["bf16_over_fp32"] = {name: round(t[f"{name} bf16"] / t[f"{name} fp32"], 3)
+                                   for name in models}
+    emit("shrink", {**timed,
                     "macs_ratio": round(conv_macs(small) / conv_macs(full), 3),
-                    "twin_ratio": round(t["after"] / t["twin"], 3),
                     "twin_macs_ratio": round(conv_macs(small) / conv_macs(twin), 3),
-                    "before_epoch_s": round(t["before"], 3), "after_epoch_s": round(t["after"], 3),
-                    "twin_epoch_s": round(t["twin"], 3),
                     "weights_kept_fraction": round(kept, 3),
                     "widths": {name: layer.weight.shape[0] for name, layer in small.quant_layers()},
                     "steps_per_epoch": args.steps, "batch": args.batch, "reps": args.reps,
