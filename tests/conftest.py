@@ -27,13 +27,15 @@ def cifar_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def shared_head(tmp_path_factory):
-    """One ``ray start --head`` cluster (no authentication, no dashboard) for the tests of
-    the ``shared-head`` group, which attach their sweeps with ``--address``: ``(env,
-    address)``. Each of them is spared starting a cluster (about 10 CPU-seconds on two
-    cores); the tests of embedded clusters (the smoke sweep, the SIGTERM/SIGKILL sweep, the
-    failing trials, bad input) still start their own, with two trials at a time. This one
-    offers one CPU: its sweeps run their trials one after another in one worker process,
-    which imports torch once instead of twice (about 4 CPU-seconds)."""
+    """One ``ray start --head`` cluster per test process (no authentication, no dashboard)
+    for the tests that attach their sweeps with ``--address``: ``(env, address)``. Each of
+    them is spared starting a cluster (about 10 CPU-seconds on two cores), and both test
+    processes take such tests (one head each: a group pinned to one process made them the
+    suite's longest queue); the tests of embedded clusters (the smoke sweep, the
+    SIGTERM/SIGKILL sweep, the failing trials, bad input) still start their own, with two
+    trials at a time. This one offers one CPU: its sweeps run their trials one after
+    another in one worker process, which imports torch once instead of twice (about 4
+    CPU-seconds)."""
     from tests.test_sweep import free_port, ray_environment, start_head, stop_head
 
     root = tmp_path_factory.mktemp("shared-head")

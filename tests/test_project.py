@@ -1,6 +1,7 @@
 """Project files agree with each other, and the packages keep to their boundaries."""
 
 import importlib
+import json
 import re
 import subprocess
 import sys
@@ -76,6 +77,23 @@ def test_benchmarks_reject_bad_input_on_one_line(argv, monkeypatch, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"benchmarks.{argv[0]}: error: "), err
     assert argv[1] in lines[0]
+
+
+def test_shrink_times_a_trained_network_in_both_precisions(tmp_path, monkeypatch, capsys):
+    """A tiny run, for what it prints, not its speed: a trained network, its uncut start and
+    its twin, each in fp32 and bf16 (trainer.precision.autocast_for, as the trainer)."""
+    from trainer.cli import run
+
+    run(["--preset", "smoke", "--dataset", "synthetic", "--epochs", "1", "--quiet",
+         "--out", str(tmp_path)])
+    capsys.readouterr()
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["benchmarks/shrink.py", "--model", str(tmp_path / "model.pt"),
+                                      "--reps", "1", "--steps", "1", "--batch", "4"])
+    importlib.import_module("benchmarks.shrink").main()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert {"fp32", "bf16", "bf16_over_fp32"} <= set(printed)
+    assert all(printed[q]["after_epoch_s"] > 0 for q in ("fp32", "bf16"))
 
 
 @pytest.mark.parametrize("script", ["gpu_check.sh"])

@@ -194,7 +194,6 @@ def test_a_driver_left_behind_on_another_host_is_not_taken_for_gone(tmp_path):
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("shared-head")  # one process starts the head
 def test_a_killed_sweep_whose_space_sets_gamma_resumes_both_ways_and_keeps_one_driver(
         shared_head, tmp_path):
     """The issue's two sequences in one sweep (an Optuna study over a space that sets γ): a
@@ -241,7 +240,6 @@ def test_a_killed_sweep_whose_space_sets_gamma_resumes_both_ways_and_keeps_one_d
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("shared-head")  # one process starts the head
 def test_a_killed_sweep_of_full_references_resumes_from_its_command_with_one_mlflow_run_each(
         shared_head, tmp_path):
     """The way no other kill test takes (``--references full``: narrow floats and fixed

@@ -509,7 +509,6 @@ def test_the_study_searcher_keeps_to_max_concurrent(tmp_path):
 # --- a real study sweep, killed and resumed --------------------------------------------------
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("shared-head")  # one process starts the head
 def test_a_study_sweep_killed_with_sigkill_resumes_its_study(shared_head, tmp_path):
     import optuna
     from optuna.trial import TrialState

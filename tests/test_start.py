@@ -209,7 +209,6 @@ def assert_once(folder: Path, n_trials: int) -> pd.DataFrame:
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("shared-head")  # one process starts the head
 def test_a_sweep_from_its_baseline_killed_at_each_stage_trains_the_baseline_once(
         shared_head, tmp_path):
     """--start baseline, killed while the baseline trains, then while a compress trial
@@ -248,7 +247,6 @@ def test_a_sweep_from_its_baseline_killed_at_each_stage_trains_the_baseline_once
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("shared-head")
 def test_a_sweep_from_a_users_network_measures_it_and_starts_every_trial_from_it(
         shared_head, tmp_path):
     env, address = shared_head

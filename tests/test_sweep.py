@@ -3,9 +3,9 @@
 The tests marked ``ray`` run real Ray sweeps (synthetic data, smoke trials) in
 subprocesses, each cluster with its own HOME (so Ray's token lives there) and its own Ray
 temp folder; afterwards every process that carries that folder in its environment is
-killed, so no Ray process outlives its test (or, for the ``ray start`` head the
-``shared-head`` group attaches to, ``tests/conftest.py``, the test session) and nobody
-else's Ray is touched.
+killed, so no Ray process outlives its test (or, for the ``ray start`` head of
+``shared_head`` in ``tests/conftest.py``, its test process) and nobody else's Ray is
+touched.
 """
 
 from __future__ import annotations
@@ -989,7 +989,6 @@ def assert_refined(folder: Path, refine: int) -> pd.DataFrame:
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("shared-head")  # one process starts the head
 def test_a_killed_refine_sweep_with_two_seeds_resumes_with_its_gamma_and_is_drawn(shared_head,
                                                                                  tmp_path):
     env, address = shared_head  # the driver dies, the cluster lives on: Ray ends its trials
@@ -1048,7 +1047,6 @@ def stop_head(head: subprocess.Popen, env: dict) -> None:
 
 
 @pytest.mark.ray
-@pytest.mark.xdist_group("shared-head")  # one process starts the head
 def test_attaches_to_a_cluster_started_with_ray_start_without_authentication(shared_head,
                                                                              tmp_path):
     env, address = shared_head
@@ -1100,7 +1098,6 @@ def test_attaches_to_a_token_cluster_and_ray_job_submit_runs_the_sweep_there(ray
 
 @pytest.mark.ray
 @pytest.mark.real_data
-@pytest.mark.xdist_group("shared-head")  # one process starts the head
 def test_a_relative_data_dir_reaches_the_trials(shared_head, tmp_path, cifar_dir):
     env, address = shared_head  # trials run in other folders of the cluster's processes
     data = os.path.relpath(cifar_dir, tmp_path)
