@@ -32,8 +32,9 @@ KIND_STYLES = {COMPRESS: ("o", "self-compressing"), FIXED_BITS: ("d", "fixed bit
                BASELINE: ("*", "float baseline"), NARROW_FLOAT: ("h", "narrow float")}
 PANEL_BATCHES = ("256", "1")  # left to right; other measured batch sizes follow
 COLUMNS = ("sweep", "trial_id", "kind", "gamma", "status", "form", "test_accuracy",
-           "file_bytes", "payload_bytes", "macs_graph", "macs_live_fraction", "batch",
-           "images_per_s", "ms_per_image", "threads", "machine")
+           "file_bytes", "payload_bytes", "macs_graph", "macs_live_fraction", "int8_layers",
+           "layers", "batch",
+           "images_per_s", "ms_per_image", "threads", "machine", "timed_by")
 
 
 class ExportsError(ValueError):
@@ -48,7 +49,8 @@ def load_exports(folders: Sequence[Path], names: Mapping[Path, str] | None = Non
 
     ``payload_bytes`` is null for a float network (nothing bit-packed); ``macs_graph`` is
     the ONNX graph's multiply-adds per image, ``macs_live_fraction`` the trained network's
-    live MACs over the full network's (from its trials.parquet row; null if not recorded).
+    live MACs over the full network's (from its trials.parquet row; null if not recorded);
+    ``int8_layers`` of ``layers`` run as int8 in model.int8.onnx (0 of 0: no int8 file).
     """
     rows = []
     for folder in folders:
@@ -75,6 +77,9 @@ def _report_rows(sweep: str, folder_name: str, report: dict) -> list[dict]:
                "macs_graph": _number(report.get("macs_per_image_onnx")),
                "macs_live_fraction": _number(reported.get("macs_kept_fraction"))}
     int8 = report.get("int8") or {}
+    # a layer with a row over int8's range stays float in model.int8.onnx (docs/export.md)
+    network["int8_layers"] = len(int8.get("int8_layers") or [])
+    network["layers"] = network["int8_layers"] + len(int8.get("float_layers") or {})
     forms = {FLOAT: (report.get("inference"), report["test_accuracy_onnx"],
                      report["files"].get(FILES[FLOAT])),
              INT8: (int8.get("inference"), report.get("test_accuracy_int8"),
@@ -87,7 +92,8 @@ def _report_rows(sweep: str, folder_name: str, report: dict) -> list[dict]:
             rows.append({**network, "form": form, "test_accuracy": float(accuracy),
                          "file_bytes": _number(n_bytes), "batch": str(batch),
                          "images_per_s": float(value), "ms_per_image": 1000 / float(value),
-                         "threads": speed.get("threads"), "machine": speed.get("machine")})
+                         "threads": speed.get("threads"), "machine": speed.get("machine"),
+                         "timed_by": speed.get("timed_by")})
     return rows
 
 
@@ -123,17 +129,22 @@ def macs_fraction(exports: pd.DataFrame) -> pd.Series:
 
 def macs_text(row: pd.Series) -> str:
     """A point's label: its live MACs as trained ('23 % MACs'), else its graph's share of
-    the float baseline's; '' when neither is known."""
+    the float baseline's, and how many layers its int8 file runs in int8 when not all
+    ('81 % MACs, 6/9 int8'); '' when no MACs are known."""
     fraction = row["macs_live_fraction"]
     if math.isnan(fraction):
         fraction = row["macs_fraction"]
-    return "" if math.isnan(fraction) else f"{100 * fraction:.0f} % MACs"
+    if math.isnan(fraction):
+        return ""
+    some = 0 < row["layers"] != row["int8_layers"]  # its int8 file is partly float
+    return f"{100 * fraction:.0f} % MACs" + (
+        f", {row['int8_layers']}/{row['layers']} int8" if some else "")
 
 
 def time_figure(exports: pd.DataFrame) -> Figure | None:
     """Test accuracy against time per image (ms, log axis), one panel per batch size (256,
     then 1): each exported network as model.onnx (blue) and model.int8.onnx (red), a marker
-    per kind, the self-compressing networks joined in order of time, each network labelled
+    per kind, the self-compressing networks joined in order of accuracy, each network labelled
     once per panel with its MACs. None when nothing was measured."""
     if exports.empty:
         return None
@@ -153,10 +164,24 @@ def time_figure(exports: pd.DataFrame) -> Figure | None:
         marker, name = KIND_STYLES.get(kind, ("^", str(kind)))
         handles.append(Line2D([], [], color="0.3", marker=marker, linestyle="",
                               markerfacecolor="white", label=name))
-    handles.append(Line2D([], [], linestyle="", label="label: MACs kept (live, as trained)"))
-    legend_below(fig, handles, columns=min(len(handles), 4))
+    handles += [Line2D([], [], linestyle="", label="label: MACs kept (live, as trained)"),
+                Line2D([], [], linestyle="", label=timing_text(exports))]
+    legend_below(fig, handles, columns=3)
     fig.suptitle(_title(exports), fontsize=12)
     return fig
+
+
+def timing_text(exports: pd.DataFrame) -> str:
+    """How the times were taken: side by side by benchmarks.inference (``timed_by``), or
+    each export's own 0.5 s, a quick look that a busy machine moves by up to 2x."""
+    said = set(exports["timed_by"].dropna())
+    if len(said) == 1 and exports["timed_by"].notna().all():
+        return f"timed side by side: {said.pop()}"
+    if said:
+        return ("timed partly side by side, partly by each export (0.5 s, a quick look): "
+                "python -m benchmarks.inference --write times them all together")
+    return ("each export's own 0.5 s timing (a quick look: python -m benchmarks.inference "
+            "--write times them side by side)")
 
 
 def _title(exports: pd.DataFrame) -> str:
@@ -174,7 +199,7 @@ def _title(exports: pd.DataFrame) -> str:
 def _draw_panel(fig: Figure, ax, rows: pd.DataFrame, batch: str) -> None:
     labels = []
     for (kind, form), mine in rows.groupby(["kind", "form"], sort=False):
-        mine = mine.sort_values("ms_per_image")
+        mine = mine.sort_values("test_accuracy")  # a front's line: along its accuracy
         marker, _ = KIND_STYLES.get(kind, ("^", str(kind)))
         colour = FORM_COLOURS[form]
         x, y = mine["ms_per_image"], 100 * mine["test_accuracy"]
@@ -204,7 +229,8 @@ TABLE_HEADER = ("| sweep | network | kind | accuracy: float32 / int8 | bytes: pa
                 "model.onnx / model.int8.onnx | ms per image, batch 1: float32 / int8 | "
                 "ms per image, batch 256: float32 / int8 | int8 time over the float "
                 "baseline's, batch 256: float32 / int8 | MACs: live / in the graph (% of "
-                "the float baseline's) |\n|---|---|---|---:|---:|---:|---:|---:|---:|\n")
+                "the float baseline's) | layers in int8 |\n"
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n")
 
 
 def exports_markdown(exports: pd.DataFrame) -> str:
@@ -231,9 +257,8 @@ def exports_markdown(exports: pd.DataFrame) -> str:
             f"per image with onnxruntime on the CPU ({'/'.join(map(str, threads)) or '?'} "
             f"thread{'' if threads == [1] else 's'}"
             + (f", {', '.join(machines)}" if machines else "")
-            + "; each export times 0.5 s per batch size: a quick look, re-measure side by "
-            "side with `python -m benchmarks.inference`). The float baseline is the sweep's "
-            "exported float-baseline trial.\n\n" + TABLE_HEADER + "\n".join(lines) + "\n")
+            + f"; {timing_text(exports)}). The float baseline is the sweep's exported "
+            "float-baseline trial.\n\n" + TABLE_HEADER + "\n".join(lines) + "\n")
 
 
 def _table_row(rows: pd.DataFrame, base: pd.DataFrame, network) -> str:
@@ -257,4 +282,5 @@ def _table_row(rows: pd.DataFrame, base: pd.DataFrame, network) -> str:
             f"{pair(accuracy, '{:.2f} %')} | {pair(sizes, '{:,.0f}')} | "
             f"{pair([ms[f, '1'] for f in (FLOAT, INT8)], '{:.3f}')} | "
             f"{pair([ms[f, '256'] for f in (FLOAT, INT8)], '{:.3f}')} | "
-            f"{pair(over, '{:.2f}×')} | {pair(macs, '{:.1f} %')} |")
+            f"{pair(over, '{:.2f}×')} | {pair(macs, '{:.1f} %')} | "
+            f"{network.int8_layers} of {network.layers} |")

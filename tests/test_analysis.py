@@ -474,13 +474,15 @@ def test_imports_neither_torch_nor_ray_nor_onnxruntime():
 
 def write_export(sweep_folder: Path, tid: str, acc: float, payload: int | None, speeds: dict,
                  kind: str = "compress", int8: tuple[float, dict] | None = None,
-                 macs: tuple[int, float] = (6_000_000, 0.25), status: str = "ok") -> None:
+                 macs: tuple[int, float] = (6_000_000, 0.25), status: str = "ok",
+                 timed_by: str | None = None, float_layers: int = 0) -> None:
     """An export.json as trainer.export writes it (only the keys the analysis reads).
 
     ``speeds``/``int8``: images/s per batch size of model.onnx / (accuracy, images/s) of
     model.int8.onnx (None: an export from before the int8 file); ``macs``: the graph's MACs
     per image and the live fraction reported by the trial; ``payload`` None: a float
-    network."""
+    network; ``timed_by``: what benchmarks.inference --write leaves; ``float_layers``:
+    of the 9 layers, how many model.int8.onnx keeps float."""
     folder = sweep_folder / "exports" / tid
     folder.mkdir(parents=True)
     files = {"model.onnx": 4 * 60_000 if payload is None else 260_000}
@@ -489,13 +491,15 @@ def write_export(sweep_folder: Path, tid: str, acc: float, payload: int | None, 
     report = {"status": status, "trial": tid, "kind": kind, "gamma": 0.01,
               "reported": {"macs_kept_fraction": macs[1]}, "test_accuracy_onnx": acc,
               "payload_bytes": payload, "files": files, "macs_per_image_onnx": macs[0],
-              "inference": {"threads": 1, "machine": "x86_64",
+              "inference": {"threads": 1, "machine": "x86_64", "timed_by": timed_by,
                             "images_per_s": {str(b): v for b, v in speeds.items()}}}
     if int8 is not None:
         files["model.int8.onnx"] = files["model.onnx"] // 3
+        names = [name for name, _ in LAYERS]
         report.update(test_accuracy_int8=int8[0], int8={
-            "bytes": files["model.int8.onnx"],
-            "inference": {"threads": 1, "machine": "x86_64",
+            "bytes": files["model.int8.onnx"], "int8_layers": names[float_layers:],
+            "float_layers": {name: "a row needs 9 bits" for name in names[:float_layers]},
+            "inference": {"threads": 1, "machine": "x86_64", "timed_by": timed_by,
                           "images_per_s": {str(b): v for b, v in int8[1].items()}}})
     (folder / "export.json").write_text(json.dumps(report))
 
@@ -510,7 +514,8 @@ def write_demo_exports(sweep_folder: Path) -> None:
             (0.7195, 85_640, 1900.0, 8000.0, (9_600_000, 0.23)),
             (0.8052, 153_874, 1500.0, 5200.0, (18_000_000, 0.60)))):
         write_export(sweep_folder, f"demo_0{i}", acc, payload, {1: one, 256: many},
-                     int8=(acc + 0.0001, {1: 1.5 * one, 256: 2 * many}), macs=macs)
+                     int8=(acc + 0.0001, {1: 1.5 * one, 256: 2 * many}), macs=macs,
+                     float_layers=3 if i == 2 else 1)
 
 
 def test_exports_load_per_network_form_and_batch(tmp_path):
@@ -547,8 +552,14 @@ def test_a_float_network_export_draws_and_tabulates(tmp_path):
     rows = load_exports([tmp_path / "s"], {tmp_path / "s": "demo"})
     assert time_figure(rows) is not None
     assert "| demo | base | float-baseline | 81.00 % / 80.94 % | - / 240,000 / 80,000 | " \
-        "1.000 / 0.800 | 0.500 / 0.250 | 0.50× / 1.00× | 100.0 % / 100.0 % |" \
+        "1.000 / 0.800 | 0.500 / 0.250 | 0.50× / 1.00× | 100.0 % / 100.0 % | 9 of 9 |" \
         in exports_markdown(rows)
+    assert "each export's own 0.5 s timing" in exports_markdown(rows)
+    write_export(tmp_path / "t", "base", 0.81, None, {1: 1000.0, 256: 2000.0},
+                 kind="float-baseline", int8=(0.8094, {1: 1250.0, 256: 4000.0}),
+                 timed_by="python -m benchmarks.inference --reps 7")
+    timed = exports_markdown(load_exports([tmp_path / "t"]))
+    assert "timed side by side: python -m benchmarks.inference --reps 7" in timed
     empty = load_exports([tmp_path / "none"])  # no exports: no figure, no section
     assert time_figure(empty) is None and exports_markdown(empty) == ""
 
@@ -566,7 +577,7 @@ def test_time_figure_panels_batch_256_then_1_on_a_log_axis_with_the_macs(tmp_pat
     want = rows[rows["batch"] == "256"]["ms_per_image"].round(6)
     assert drawn == set(want)  # every network, both forms, at its time per image
     labels = {t.get_text() for t in axes[0].texts}
-    assert {"10 % MACs", "23 % MACs", "100 % MACs"} <= labels
+    assert {"10 % MACs, 8/9 int8", "60 % MACs, 6/9 int8", "100 % MACs"} <= labels
     colours = {line.get_color() for line in axes[1].get_lines()}
     assert colours == {"tab:blue", "tab:red"}  # float32 and int8
 
@@ -588,7 +599,7 @@ def test_exports_draw_accuracy_against_time_and_pareto_md_gains_the_table(tmp_pa
     # demo_01: int8 at batch 256 takes 1/16,000 s against the baseline's 1/2,000 (float32)
     # and 1/4,000 (int8); 23 % of the MACs live, 9.6 M of the baseline's 24 M in the graph
     assert rows[2].endswith("| 0.526 / 0.351 | 0.125 / 0.062 | 0.12× / 0.25× "
-                            "| 23.0 % / 40.0 % |"), rows[2]
+                            "| 23.0 % / 40.0 % | 8 of 9 |"), rows[2]
 
 
 def test_a_damaged_export_json_exits_2_with_one_line(tmp_path):
