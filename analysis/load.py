@@ -50,6 +50,7 @@ class Results:
     layers: pd.DataFrame | None  # one row per trial and layer, with a ``sweep`` column
     folders: list[Path] = field(default_factory=list)  # the sweep folders read
     notes: list[str] = field(default_factory=list)  # what was skipped, for the user
+    names: dict[Path, str] = field(default_factory=dict)  # each folder's sweep name
 
     @property
     def sweeps(self) -> list[str]:
@@ -116,6 +117,7 @@ def load_results(paths: Sequence[str | os.PathLike] | None = None) -> Results:
     folders = find_sweep_folders(paths or [DEFAULT_RESULTS])
     parts: dict[str, list[pd.DataFrame]] = {TRIALS_FILE: [], EPOCHS_FILE: [], LAYERS_FILE: []}
     notes: list[str] = []
+    names: dict[Path, str] = {}
     for folder in folders:
         tables = read_sweep(folder)
         trials = tables[TRIALS_FILE]
@@ -125,6 +127,7 @@ def load_results(paths: Sequence[str | os.PathLike] | None = None) -> Results:
         name = sweep_name(trials, folder)
         if any(name in set(t["sweep"]) for t in parts[TRIALS_FILE]):
             name = f"{name} ({folder})"  # two folders claim one sweep name: keep them apart
+        names[folder] = name
         for file, frame in tables.items():
             if frame is None:
                 notes.append(f"no {file} in {folder}: the figures that need it are skipped")
@@ -139,7 +142,7 @@ def load_results(paths: Sequence[str | os.PathLike] | None = None) -> Results:
         return pd.concat(parts[file], ignore_index=True) if parts[file] else None
 
     return Results(trials=trials, epochs=joined(EPOCHS_FILE), layers=joined(LAYERS_FILE),
-                   folders=folders, notes=notes)
+                   folders=folders, notes=notes, names=names)
 
 
 REFERENCE_TRIAL_KINDS = (BASELINE, FLOOR, NARROW_FLOAT, FIXED_BITS)

@@ -1,9 +1,10 @@
 """``python -m analysis.plots``: the figures and the Pareto table of one or more sweeps.
 
 Reads the Parquet results (a sweep folder, or a folder of sweep folders; default
-``results/``) and, where a sweep has exports (``exports/*/export.json``), their inference
-speed; writes the figures and ``pareto.md``/``pareto.csv`` into ``--out`` (default
-``plots/`` inside the results folder), and prints what it wrote and a short summary. Bad
+``results/``) and, where a sweep has exports (``exports/*/export.json``), their accuracy
+and time per image as float32 and int8 ONNX; writes the figures and
+``pareto.md``/``pareto.csv`` into ``--out`` (default ``plots/`` inside the results
+folder), and prints what it wrote and a short summary. Bad
 input ends with exit status 2 and one line on stderr.
 """
 
@@ -41,7 +42,13 @@ from analysis.quality import (
     several_seeds,
 )
 from analysis.references import references_markdown
-from analysis.speed import ExportsError, inference_figure, load_exports
+from analysis.speed import (
+    ExportsError,
+    exports_markdown,
+    load_exports,
+    time_figure,
+    usable,
+)
 from analysis.style import save
 from analysis.swept import importance_markdown, swept_figure
 
@@ -125,10 +132,11 @@ def layer_trial(results: Results, wanted: str | None) -> pd.Series | None:
 
 
 def write_figures(results: Results, trial: pd.Series | None, out: Path, fmt: str,
-                  chosen: bool) -> list[Path]:
+                  chosen: bool, exports: pd.DataFrame | None = None) -> list[Path]:
     """Draw every figure the data allows into ``out``; note the ones skipped.
 
     ``chosen``: the layers trial was picked here (not by --trial), which its figure says.
+    ``exports``: the sweeps' exported networks (``exported``), drawn in time when any.
     """
     t, e = results.trials, results.epochs
     why = "the smallest Pareto-optimal trial within 1 point of the best accuracy; " \
@@ -143,9 +151,8 @@ def write_figures(results: Results, trial: pd.Series | None, out: Path, fmt: str
             trial_layers(results, trial), trial, why),
     }
     written = []
-    exports = load_exports(results.folders)
-    if not exports.empty:  # drawn only for sweeps with exports/*/export.json
-        figures["inference_speed"] = lambda: inference_figure(exports)
+    if exports is not None and not exports.empty:  # sweeps with exports/*/export.json
+        figures["inference_time"] = lambda: time_figure(exports)
     for name, draw in figures.items():
         fig = draw()
         if fig is None:
@@ -157,6 +164,14 @@ def write_figures(results: Results, trial: pd.Series | None, out: Path, fmt: str
     return written
 
 
+def exported(results: Results) -> pd.DataFrame:
+    """The sweeps' exported networks whose model.onnx kept the reported accuracy (the others
+    noted)."""
+    exports, notes = usable(load_exports(results.folders, results.names))
+    results.notes.extend(notes)
+    return exports
+
+
 def trial_layers(results: Results, trial: pd.Series) -> pd.DataFrame:
     """The layers rows of one trial, in network order (the order they were written)."""
     layers = results.layers
@@ -166,11 +181,12 @@ def trial_layers(results: Results, trial: pd.Series) -> pd.DataFrame:
 
 def write_table(table: pd.DataFrame, best: list[str], references: str,
                 out: Path, quality: str = "", seeds: bool = False,
-                studies: str = "") -> list[Path]:
+                studies: str = "", exports: str = "") -> list[Path]:
     """pareto.csv (raw fractions) and pareto.md (percentages, the trade-offs, the fronts'
     quality, then the references' section when there is one) in ``out``. ``seeds``: the
     table is seed_table's, per γ over its seeds. ``studies``: the fields' importance in
-    the sweeps' Optuna studies (analysis.swept)."""
+    the sweeps' Optuna studies (analysis.swept). ``exports``: the exported networks in
+    time (analysis.speed)."""
     out.mkdir(parents=True, exist_ok=True)
     csv, md = out / "pareto.csv", out / "pareto.md"
     table.to_csv(csv, index=False)
@@ -186,7 +202,8 @@ def write_table(table: pd.DataFrame, best: list[str], references: str,
                   + "".join(f"- {line}\n" for line in best or ["none yet"])
                   + (f"\n{quality}" if quality else "")
                   + (f"\n{references}" if references else "")
-                  + (f"\n{studies}" if studies else ""),
+                  + (f"\n{studies}" if studies else "")
+                  + (f"\n{exports}" if exports else ""),
                   encoding="utf-8")
     return [csv, md]
 
@@ -219,13 +236,15 @@ def run(config: PlotsConfig) -> list[Path]:
     print(summary(results))
     seeds = several_seeds(results.trials)
     table = seed_table(results.trials) if seeds else pareto_table(results.trials)
-    written = write_figures(results, trial, out, config.format, chosen=config.trial is None)
+    exports = exported(results)
+    written = write_figures(results, trial, out, config.format, chosen=config.trial is None,
+                            exports=exports)
     best = trade_offs(results.trials)
     references = references_markdown(results.trials)
     metrics = front_metrics(results.trials)
     studies = importance_markdown(results.folders, results.sweeps)
     written += write_table(table, best, references, out, metrics_markdown(metrics), seeds,
-                           studies)
+                           studies, exports_markdown(exports))
     for note in results.notes:
         print(f"note: {note}")
     shown = (to_markdown(table, SEED_COLUMNS) if seeds

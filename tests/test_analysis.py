@@ -466,39 +466,140 @@ def test_empty_trials_file_is_an_error(tmp_path):
         load_results([tmp_path])
 
 
-def test_imports_neither_torch_nor_ray():
-    code = ("import analysis.plots, sys; "
-            "bad = [m for m in ('torch', 'ray') if m in sys.modules]; assert not bad, bad")
+def test_imports_neither_torch_nor_ray_nor_onnxruntime():
+    code = ("import analysis.plots, sys; bad = [m for m in ('torch', 'ray', 'onnxruntime') "
+            "if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)
 
 
-def write_export(sweep_folder: Path, tid: str, acc: float, payload: int, speeds: dict) -> None:
-    """An export.json as trainer.export writes it (only the keys the analysis reads)."""
+def write_export(sweep_folder: Path, tid: str, acc: float, payload: int | None, speeds: dict,
+                 kind: str = "compress", int8: tuple[float, dict] | None = None,
+                 macs: tuple[int, float] = (6_000_000, 0.25), status: str = "ok",
+                 timed_by: str | None = None, float_layers: int = 0) -> None:
+    """An export.json as trainer.export writes it (only the keys the analysis reads).
+
+    ``speeds``/``int8``: images/s per batch size of model.onnx / (accuracy, images/s) of
+    model.int8.onnx (None: an export from before the int8 file); ``macs``: the graph's MACs
+    per image and the live fraction reported by the trial; ``payload`` None: a float
+    network; ``timed_by``: what benchmarks.inference --write leaves; ``float_layers``:
+    of the 9 layers, how many model.int8.onnx keeps float."""
     folder = sweep_folder / "exports" / tid
     folder.mkdir(parents=True)
-    report = {"trial": tid, "kind": "compress", "gamma": 0.01, "test_accuracy_onnx": acc,
-              "payload_bytes": payload, "files": {"weights.safetensors": payload + 3000},
-              "inference": {"threads": 1, "machine": "x86_64",
+    files = {"model.onnx": 4 * 60_000 if payload is None else 260_000}
+    if payload is not None:
+        files["weights.safetensors"] = payload + 3000
+    report = {"status": status, "trial": tid, "kind": kind, "gamma": 0.01,
+              "reported": {"macs_kept_fraction": macs[1]}, "test_accuracy_onnx": acc,
+              "payload_bytes": payload, "files": files, "macs_per_image_onnx": macs[0],
+              "inference": {"threads": 1, "machine": "x86_64", "timed_by": timed_by,
                             "images_per_s": {str(b): v for b, v in speeds.items()}}}
+    if int8 is not None:
+        files["model.int8.onnx"] = files["model.onnx"] // 3
+        names = [name for name, _ in LAYERS]
+        report.update(test_accuracy_int8=int8[0], int8={
+            "bytes": files["model.int8.onnx"], "int8_layers": names[float_layers:],
+            "float_layers": {name: "a row needs 9 bits" for name in names[:float_layers]},
+            "inference": {"threads": 1, "machine": "x86_64", "timed_by": timed_by,
+                          "images_per_s": {str(b): v for b, v in int8[1].items()}}})
     (folder / "export.json").write_text(json.dumps(report))
 
 
-def test_exports_draw_inference_speed_against_accuracy(tmp_path, capsys):
+def write_demo_exports(sweep_folder: Path) -> None:
+    """Three compress networks and the float baseline (24 M MACs), each float32 and int8."""
+    write_export(sweep_folder, "demo_base", 0.81, None, {1: 1000.0, 256: 2000.0},
+                 kind="float-baseline", int8=(0.8094, {1: 1250.0, 256: 4000.0}),
+                 macs=(24_000_000, 1.0))
+    for i, (acc, payload, one, many, macs) in enumerate((
+            (0.6458, 77_756, 2100.0, 9100.0, (4_800_000, 0.10)),
+            (0.7195, 85_640, 1900.0, 8000.0, (9_600_000, 0.23)),
+            (0.8052, 153_874, 1500.0, 5200.0, (18_000_000, 0.60)))):
+        write_export(sweep_folder, f"demo_0{i}", acc, payload, {1: one, 256: many},
+                     int8=(acc + 0.0001, {1: 1.5 * one, 256: 2 * many}), macs=macs,
+                     float_layers=3 if i == 2 else 1)
+
+
+def test_exports_load_per_network_form_and_batch(tmp_path):
     from analysis.speed import load_exports
 
-    build_sweep(tmp_path / "s")
-    main(["--results", str(tmp_path / "s")])
-    assert not (tmp_path / "s" / "plots" / "inference_speed.png").exists()  # no exports yet
-    for i, (acc, payload, one, many) in enumerate(((0.6458, 77_756, 2100.0, 9100.0),
-                                                   (0.7195, 85_640, 1900.0, 8000.0),
-                                                   (0.8052, 153_874, 1500.0, 5200.0))):
-        write_export(tmp_path / "s", f"demo_0{i}", acc, payload, {1: one, 256: many})
+    write_demo_exports(tmp_path / "s")
     rows = load_exports([tmp_path / "s"])
-    assert len(rows) == 6 and set(rows["batch"]) == {"1", "256"}
-    assert rows.loc[rows["trial_id"] == "demo_02", "payload_bytes"].iloc[0] == 153_874
-    main(["--results", str(tmp_path / "s")])
-    check_png(tmp_path / "s" / "plots" / "inference_speed.png")
-    assert "inference_speed.png" in capsys.readouterr().out
+    assert len(rows) == 4 * 2 * 2  # networks x (float32, int8) x batch sizes
+    one = rows[(rows["trial_id"] == "demo_01") & (rows["batch"] == "256")].set_index("form")
+    assert one.loc["float32", "ms_per_image"] == pytest.approx(1000 / 8000.0)
+    assert one.loc["int8", "ms_per_image"] == pytest.approx(1000 / 16000.0)
+    assert one.loc["int8", "test_accuracy"] == pytest.approx(0.7196)  # the int8 file's own
+    assert one.loc["int8", "file_bytes"] == 260_000 // 3
+    assert one.loc["float32", "payload_bytes"] == 85_640
+    base = rows[rows["trial_id"] == "demo_base"]  # a float network: nothing bit-packed
+    assert base["payload_bytes"].isna().all() and set(base["kind"]) == {"float-baseline"}
+
+
+def test_an_export_from_before_the_int8_file_gives_float_rows(tmp_path):
+    from analysis.speed import load_exports
+
+    write_export(tmp_path / "s", "old", 0.70, 20_000, {1: 1500.0, 256: 3000.0})
+    rows = load_exports([tmp_path / "s"])
+    assert set(rows["form"]) == {"float32"} and len(rows) == 2
+
+
+def test_a_float_network_export_draws_and_tabulates(tmp_path):
+    """A float-baseline export (no payload) was refused with 're-export it' before."""
+    from analysis.speed import exports_markdown, load_exports, time_figure
+
+    write_export(tmp_path / "s", "base", 0.81, None, {1: 1000.0, 256: 2000.0},
+                 kind="float-baseline", int8=(0.8094, {1: 1250.0, 256: 4000.0}),
+                 macs=(24_000_000, 1.0))
+    rows = load_exports([tmp_path / "s"], {tmp_path / "s": "demo"})
+    assert time_figure(rows) is not None
+    assert "| demo | base | float-baseline | 81.00 % / 80.94 % | - / 240,000 / 80,000 | " \
+        "1.000 / 0.800 | 0.500 / 0.250 | 0.50× / 1.00× | 100.0 % / 100.0 % | 9 of 9 |" \
+        in exports_markdown(rows)
+    assert "each export's own 0.5 s timing" in exports_markdown(rows)
+    write_export(tmp_path / "t", "base", 0.81, None, {1: 1000.0, 256: 2000.0},
+                 kind="float-baseline", int8=(0.8094, {1: 1250.0, 256: 4000.0}),
+                 timed_by="python -m benchmarks.inference --reps 7")
+    timed = exports_markdown(load_exports([tmp_path / "t"]))
+    assert "timed side by side: python -m benchmarks.inference --reps 7" in timed
+    empty = load_exports([tmp_path / "none"])  # no exports: no figure, no section
+    assert time_figure(empty) is None and exports_markdown(empty) == ""
+
+
+def test_time_figure_panels_batch_256_then_1_on_a_log_axis_with_the_macs(tmp_path):
+    from analysis.speed import load_exports, time_figure
+
+    write_demo_exports(tmp_path / "s")
+    rows = load_exports([tmp_path / "s"])
+    fig = time_figure(rows)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["batch 256", "batch 1"]
+    assert all(ax.get_xscale() == "log" for ax in axes)
+    drawn = {round(float(x), 6) for line in axes[0].get_lines() for x in line.get_xdata()}
+    want = rows[rows["batch"] == "256"]["ms_per_image"].round(6)
+    assert drawn == set(want)  # every network, both forms, at its time per image
+    labels = {t.get_text() for t in axes[0].texts}
+    assert {"10 % MACs, 8/9 int8", "60 % MACs, 6/9 int8", "100 % MACs"} <= labels
+    colours = {line.get_color() for line in axes[1].get_lines()}
+    assert colours == {"tab:blue", "tab:red"}  # float32 and int8
+
+
+def test_exports_draw_accuracy_against_time_and_pareto_md_gains_the_table(tmp_path):
+    build_sweep(tmp_path / "s")
+    write_demo_exports(tmp_path / "s")
+    write_export(tmp_path / "s", "demo_bad", 0.5, 70_000, {1: 1.0, 256: 1.0},
+                 int8=(0.5, {1: 1.0, 256: 1.0}), status="failed")
+    proc = cli("--results", str(tmp_path / "s"))
+    assert proc.returncode == 0, proc.stderr
+    check_png(tmp_path / "s" / "plots" / "inference_time.png")
+    assert "inference_time.png" in proc.stdout
+    assert "demo_bad left out" in proc.stdout and "failed" in proc.stdout
+    table = (tmp_path / "s" / "plots" / "pareto.md").read_text()
+    section = table[table.index("## Exported networks in time"):]
+    rows = [line for line in section.splitlines() if line.startswith("| demo |")]
+    assert [r.split(" | ")[1] for r in rows] == ["demo_base", "demo_02", "demo_01", "demo_00"]
+    # demo_01: int8 at batch 256 takes 1/16,000 s against the baseline's 1/2,000 (float32)
+    # and 1/4,000 (int8); 23 % of the MACs live, 9.6 M of the baseline's 24 M in the graph
+    assert rows[2].endswith("| 0.526 / 0.351 | 0.125 / 0.062 | 0.12× / 0.25× "
+                            "| 23.0 % / 40.0 % | 8 of 9 |"), rows[2]
 
 
 def test_a_damaged_export_json_exits_2_with_one_line(tmp_path):
