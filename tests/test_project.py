@@ -58,7 +58,7 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                   ["inference", "--batches", "many", "tests"],
                                   ["inference", "nowhere"], ["inference", "tests"],
                                   ["profile_onnx", "nowhere"],
-                                  ["profile_onnx", "tests", "--batches", "0"],
+                                  ["profile_onnx", "--batches", "0", "tests"],
                                   ["sweep_overhead", "--trials", "0"],
                                   ["roofline", "--matmul", "0"],
                                   ["gpu_check", "--kind", "nope", "--data-dir", "data"],
