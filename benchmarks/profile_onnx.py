@@ -92,6 +92,7 @@ def profile(path: Path, batch: int, runs: int, threads: int, keep: Path | None) 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         options.enable_profiling = True
+        options.log_severity_level = 3  # not the warning that the saved graph is CPU-specific
         options.profile_file_prefix = str(Path(tmp) / "profile")
         options.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
