@@ -515,9 +515,10 @@ def test_the_int8_weights_are_the_trained_integers_bit_for_bit(run, exported):
     the dense rows and columns, with scale fl32(|s| 2^e) and zero point 0; pads are 0."""
     folder, _ = exported
     model = load_model(run[0] / "model.pt")
-    net = build_dense(read_weights(folder / "weights.safetensors"))
-    held = int8_weights(folder / "model.int8.onnx")
     report = json.loads((folder / "export.json").read_text())
+    pad_to = report["padding"]["pad_to"]  # this CPU's NCHWc block (8 or 16)
+    net = build_dense(read_weights(folder / "weights.safetensors"), pad_to)
+    held = int8_weights(folder / "model.int8.onnx")
     blocks = dict(model.blocks())
     assert sorted(held) == report["int8"]["int8_layers"] and not report["int8"]["float_layers"]
     assert len(held) == len(list(model.quant_layers()))  # every layer fits 8 bits here
@@ -537,7 +538,7 @@ def test_the_int8_weights_are_the_trained_integers_bit_for_bit(run, exported):
         want_scale = trained_scale(layer, bn, eps)[live]
         assert np.array_equal(got.view(np.int32), want_scale.view(np.int32)), name
         assert np.all(zero == 0), name
-        assert q.shape[0] % 16 == 0 or name == "head", (name, q.shape)  # padded rows
+        assert q.shape[0] % pad_to == 0 or name == "head", (name, q.shape)  # padded rows
 
 
 def test_the_int8_file_predicts_as_the_float_file_and_the_reference_evaluator_agrees(
@@ -590,18 +591,53 @@ def test_a_layer_with_a_row_over_8_bits_stays_float(run, tmp_path):
     assert record["int8"]["weight_bytes"]["float32"] == 4 * dense.convs["layer2"].weight.numel()
 
 
-def test_padding_to_16_channels_leaves_the_logits_unchanged(run, tmp_path):
+@pytest.mark.parametrize("pad_to", [8, 16])
+def test_padding_channels_leaves_the_logits_unchanged(run, tmp_path, pad_to):
     model = load_model(run[0] / "model.pt")
     write_weights(model, {}, tmp_path / "w.safetensors")
     ex = read_weights(tmp_path / "w.safetensors")
-    padded, plain = build_dense(ex), build_dense(ex, pad_to=1)
+    padded, plain = build_dense(ex, pad_to), build_dense(ex, pad_to=1)
     for name, conv in padded.convs.items():
-        assert conv.out_channels % 16 == 0, name
-        assert conv.in_channels % 16 == 0 or name == "prep", name
-    assert any(c.out_channels % 16 for c in plain.convs.values())  # something was padded
+        assert conv.out_channels % pad_to == 0, name
+        assert conv.in_channels % pad_to == 0 or name == "prep", name
+    assert any(c.out_channels % pad_to for c in plain.convs.values())  # something was padded
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(padded(x), plain(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("flags, block", [
+    ("fpu sse2 avx avx2 fma", 8),  # the AMD EPYC of the project's VM
+    ("fpu avx2 avx512f avx512bw avx512_vnni", 16),  # a Xeon
+    ("fp asimd", 16),  # neither (an ARM CPU's Features line)
+])
+def test_the_export_pads_to_this_cpus_nchwc_block(flags, block):
+    from trainer.export.dense import nchwc_block
+
+    key = "Features" if "asimd" in flags else "flags"
+    got, why = nchwc_block(f"processor\t: 0\n{key}\t\t: {flags}\n")
+    assert got == block and str(block) in why
+
+
+def test_pad_to_is_written_into_export_json_and_bad_values_are_refused(run, tmp_path, capsys):
+    from trainer.export.sources import Source
+    from trainer.export.write import export_network
+
+    model = load_model(run[0] / "model.pt")
+    config = dataclasses.asdict(resolve(CUTS))
+    test = data.test_set(resolve(CUTS), None)
+    calibration = data.train_sample(resolve(CUTS), None, 64)
+    record = export_network(Source(tmp_path / "model.pt", "pad 8"), model, {"config": config},
+                            test, calibration, tmp_path / "e", speed=False, pad_to=8)
+    assert record["padding"] == {"pad_to": 8, "why": "given (--pad-to)"}
+    assert record["status"] == "ok" and record["max_logit_diff_onnx_vs_torch"] < 1e-4
+    net = build_dense(read_weights(tmp_path / "e" / "weights.safetensors"), 8)
+    assert any(c.out_channels % 16 for c in net.convs.values())  # 8, not 16
+    held = int8_weights(tmp_path / "e" / "model.int8.onnx")  # checked against k on writing
+    assert all(held[n][0].shape == tuple(c.weight.shape) for n, c in
+               ((k.replace("_", "."), c) for k, c in net.convs.items()) if n in held)
+    code, _, err = cli([run[0], "--out", tmp_path / "bad", "--pad-to", "5"], capsys)
+    assert code == 2 and "--pad-to" in err and not (tmp_path / "bad").exists()
 
 
 def test_a_float_network_exports_as_float_and_as_onnxruntimes_int8(tmp_path, capsys):

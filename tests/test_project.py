@@ -57,6 +57,8 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                   ["shrink", "--model", "pyproject.toml"],
                                   ["inference", "--batches", "many", "tests"],
                                   ["inference", "nowhere"], ["inference", "tests"],
+                                  ["profile_onnx", "nowhere"],
+                                  ["profile_onnx", "--batches", "0", "tests"],
                                   ["sweep_overhead", "--trials", "0"],
                                   ["roofline", "--matmul", "0"],
                                   ["gpu_check", "--kind", "nope", "--data-dir", "data"],

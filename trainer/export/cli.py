@@ -16,6 +16,7 @@ import torch
 
 from trainer.cli import OneLineParser, fail
 from trainer.config import ConfigError
+from trainer.export.dense import PAD_CHOICES
 from trainer.export.sources import ExportError
 from trainer.export.write import PROG, plan, run_jobs
 
@@ -58,6 +59,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="where CIFAR-10 is here (default: the run's --data-dir)")
     p.add_argument("--threads", type=int, default=0,
                    help="CPU threads for PyTorch and onnxruntime (default: their choice)")
+    p.add_argument("--pad-to", type=int, choices=PAD_CHOICES, default=None,
+                   help="pad every activation of the ONNX files with zero channels to a "
+                        "multiple of this (1: none); default: this CPU's onnxruntime NCHWc "
+                        "block, 16 with AVX-512F, 8 with AVX2 (export.json's padding says "
+                        "which and why)")
     return p
 
 
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(err), prog=PROG)
     if args.threads:
         torch.set_num_threads(args.threads)
-    raise SystemExit(1 if run_jobs(jobs, args.threads) else 0)
+    raise SystemExit(1 if run_jobs(jobs, args.threads, pad_to=args.pad_to) else 0)
 
 
 def sweep_sources():

@@ -59,21 +59,29 @@ def check_file(model, exported: Exported) -> None:
 # --- exporting -----------------------------------------------------------------------------
 
 def export_network(src: Source, model, saved: dict, test: tuple, calibration: torch.Tensor,
-                   out: Path, threads: int = 0, speed: bool = True) -> dict:
+                   out: Path, threads: int = 0, speed: bool = True,
+                   pad_to: int | None = None) -> dict:
     """Write the files of one network into ``out``; return export.json's record.
 
     ``calibration``: training images (uint8) the int8 file's activations are calibrated on.
     ``speed``: measure each ONNX file's images per second (``inference_speed``).
+    ``pad_to``: pad activations to multiples of this many channels; None: this CPU's NCHWc
+    block (``dense.nchwc_block``).
     """
     from trainer.export.dense import (
-        PAD_TO,
         build_dense,
         export_onnx,
         float_exported,
+        nchwc_block,
         onnx_logits,
         onnx_macs,
     )
     from trainer.export.integer import write_int8
+
+    if pad_to is None:
+        pad_to, why = nchwc_block()
+    else:
+        why = "given (--pad-to)"
 
     out.mkdir(parents=True, exist_ok=True)
     images = torch.cat(list(batches(calibration))).numpy()
@@ -81,12 +89,12 @@ def export_network(src: Source, model, saved: dict, test: tuple, calibration: to
         sizes = write_weights(model, saved["config"], out / WEIGHTS)
         exported = read_weights(out / WEIGHTS)
         check_file(model, exported)
-        net = build_dense(exported, PAD_TO)
+        net = build_dense(exported, pad_to)
         export_onnx(net, out / ONNX)
-        int8 = write_int8(out / ONNX, out / INT8, images, exported, net, PAD_TO)
+        int8 = write_int8(out / ONNX, out / INT8, images, exported, net, pad_to)
     else:  # a float reference: onnxruntime's own post-training int8
         sizes = None
-        export_onnx(build_dense(float_exported(model.eval()), PAD_TO), out / ONNX)
+        export_onnx(build_dense(float_exported(model.eval()), pad_to), out / ONNX)
         int8 = write_int8(out / ONNX, out / INT8, images)
     x, y = test
     with torch.no_grad():
@@ -94,6 +102,7 @@ def export_network(src: Source, model, saved: dict, test: tuple, calibration: to
     logits = onnx_logits(out / ONNX, batches(x), threads)
     int8_logits = onnx_logits(out / INT8, batches(x), threads)
     record = report(src, saved, sizes, out)
+    record["padding"] = {"pad_to": pad_to, "why": why}
     int8.update(bytes=(out / INT8).stat().st_size,
                 inference=inference_speed(out / INT8) if speed else None)
     if sizes is not None:
@@ -256,11 +265,14 @@ def plan(source: Path, out: Path, trial: str | None = None, front: bool = False,
 
 
 def run_jobs(jobs: list[Job], threads: int = 0, prog: str = PROG,
-             say=lambda record, out: print(summary(record, out))) -> int:
-    """Export every job, ``say`` each record; the number that failed (each said on stderr)."""
+             say=lambda record, out: print(summary(record, out)),
+             pad_to: int | None = None) -> int:
+    """Export every job, ``say`` each record; the number that failed (each said on stderr).
+    ``pad_to``: as ``export_network``'s (None: this CPU's NCHWc block)."""
     failed = 0
     for src, model, saved, test, calibration, out in jobs:
-        record = export_network(src, model, saved, test, calibration, out, threads)
+        record = export_network(src, model, saved, test, calibration, out, threads,
+                                pad_to=pad_to)
         say(record, out)
         if record["status"] != "ok":
             failed += 1
