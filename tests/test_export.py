@@ -591,6 +591,51 @@ def test_a_layer_with_a_row_over_8_bits_stays_float(run, tmp_path):
     assert record["int8"]["weight_bytes"]["float32"] == 4 * dense.convs["layer2"].weight.numel()
 
 
+@pytest.mark.parametrize("bits", [7, 8])
+def test_a_row_of_8_bits_is_int8_where_the_cpu_adds_in_int32_else_float(run, tmp_path, bits):
+    """--int8-bits 8 (a VNNI target) keeps an 8-bit row's layer in int8 with its exact k;
+    7 (AVX2, where onnxruntime's int16 sums saturate) leaves that layer float."""
+    from trainer.export.sources import Source
+    from trainer.export.write import export_network
+
+    model = load_model(run[0] / "model.pt")
+    with torch.no_grad():
+        conv = model.layer2.conv
+        o = int((conv.b > 0).nonzero()[0])
+        conv.b[o] = 8.0
+        while conv.qints()[o].abs().max() <= 64:  # k twice as large at each step
+            conv.e[o] -= 1.0
+    assert 64 < model.layer2.conv.qints().abs().max() <= 128
+    config = dataclasses.asdict(resolve(CUTS))
+    record = export_network(Source(tmp_path / "model.pt", "8-bit row"), model,
+                            {"config": config}, data.test_set(resolve(CUTS), None),
+                            data.train_sample(resolve(CUTS), None, 64), tmp_path / "e",
+                            speed=False, int8_bits=bits)
+    assert record["status"] == "ok" and record["int8"]["int8_bits"] == bits
+    assert record["int8"]["int8_bits_why"] == "given (--int8-bits)"
+    held = int8_weights(tmp_path / "e" / "model.int8.onnx")  # checked against k on writing
+    if bits == 8:
+        assert "layer2" in held and not record["int8"]["float_layers"]
+        assert np.abs(held["layer2"][0].astype(int)).max() > 64
+    else:
+        assert "layer2" not in held
+        assert "(--int8-bits 7)" in record["int8"]["float_layers"]["layer2"]
+
+
+@pytest.mark.parametrize("flags, bits", [
+    ("fpu sse2 avx avx2 fma", 7),  # the AMD EPYC of the project's VM
+    ("fpu avx2 avx512f avx512bw avx512_vnni amx_int8", 8),  # a Xeon
+    ("fpu avx2 avx_vnni", 8),
+    ("fp asimd", 7),
+])
+def test_the_int8_bits_follow_this_cpus_int8_units(flags, bits):
+    from trainer.export.integer import int8_bits
+
+    key = "Features" if "asimd" in flags else "flags"
+    got, why = int8_bits(f"processor\t: 0\n{key}\t\t: {flags}\n")
+    assert got == bits and ("VNNI" in why) == (bits == 7)
+
+
 @pytest.mark.parametrize("pad_to", [8, 16])
 def test_padding_channels_leaves_the_logits_unchanged(run, tmp_path, pad_to):
     model = load_model(run[0] / "model.pt")

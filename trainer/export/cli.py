@@ -64,6 +64,11 @@ def parser() -> argparse.ArgumentParser:
                         "multiple of this (1: none); default: this CPU's onnxruntime NCHWc "
                         "block, 16 with AVX-512F, 8 with AVX2 (export.json's padding says "
                         "which and why)")
+    p.add_argument("--int8-bits", type=int, choices=(7, 8), default=None,
+                   help="layers whose trained integers fit this many bits go into "
+                        "model.int8.onnx as int8, the others stay float; default: this CPU's, "
+                        "8 with VNNI or AMX (int32 sums), else 7 (onnxruntime's AVX2 kernels "
+                        "saturate 8-bit weights); give 8 for a VNNI target")
     return p
 
 
@@ -78,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(str(err), prog=PROG)
     if args.threads:
         torch.set_num_threads(args.threads)
-    raise SystemExit(1 if run_jobs(jobs, args.threads, pad_to=args.pad_to) else 0)
+    raise SystemExit(1 if run_jobs(jobs, args.threads, pad_to=args.pad_to,
+                                   int8_bits=args.int8_bits) else 0)
 
 
 def sweep_sources():

@@ -11,10 +11,10 @@ convolution and the head, which onnxruntime fuses into integer QLinearConv and Q
   trained integers: row o of a conv holds ``sign(s_o) * k`` with scale ``fl32(|s_o| * 2^e_o)``
   (s = g / sqrt(var + eps) of its BatchNorm, which the dense network folds into the weight),
   the head's row ``k`` with scale ``2^e * logit_scale``. A layer with a k outside
-  ``WEIGHT_RANGE`` (7 bits: a row of 8 bits or more) stays float, exactly as in
+  ``WEIGHT_RANGES[bits]`` (7 bits on a CPU without VNNI, 8 with it) stays float, exactly as in
   ``model.onnx``. A float network
   (float-baseline, narrow-float) gets onnxruntime's own scales (per channel, symmetric,
-  from each row's range, 7-bit: ``reduce_range``, for the same reason): the post-training
+  from each row's range; 7-bit, ``reduce_range``, where ``bits`` is 7): the post-training
   quantization a deployer would reach for;
 - the logits stay float (the head's output is not quantized).
 
@@ -37,11 +37,14 @@ from trainer.export.packed import Exported
 INT8_FILE = "model.int8.onnx"
 CALIBRATION_IMAGES = 512  # training images the activation scales are calibrated on
 CALIBRATION_BATCH = 64  # images per calibration batch
-WEIGHT_RANGE = (-64, 64)  # the k an int8 layer may hold: 7 bits (and +64). onnxruntime's
-#   U8S8 kernels on x86 without VNNI (AVX2) sum pairs of uint8 x int8 products in int16
-#   (vpmaddubsw), which saturates beyond 2 * 255 * 64 = 32,640: its docs' advice is 7-bit
-#   weights (reduce_range). Measured: a cpu-preset network's 8-bit prep layer in int8 cost
-#   1.06 points on an AMD EPYC (AVX2), none with it float (docs/export.md)
+# The k an int8 layer may hold, by the largest bit depth allowed (``--int8-bits``). 7 (and
+#   +64): onnxruntime's U8S8 kernels on x86 without VNNI (AVX2) sum pairs of uint8 x int8
+#   products in int16 (vpmaddubsw), which saturates beyond 2 * 255 * 64 = 32,640: its docs'
+#   advice is 7-bit weights (reduce_range). Measured: a cpu-preset network's 8-bit prep layer
+#   in int8 cost 1.06 points on an AMD EPYC (AVX2), none with it float (docs/export.md).
+#   8: VNNI (vpdpbusd) and AMX add the products in int32, so every int8 k is exact there.
+WEIGHT_RANGES = {7: (-64, 64), 8: (-128, 127)}
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # x86 flags of int32-accumulating int8
 HEAD = "head"
 FORMAT = ("QDQ: uint8 activations (a scale and zero point per tensor, MinMax calibration), "
           "int8 weights per output channel (zero point 0), int32 biases, float logits")
@@ -98,16 +101,29 @@ def trained_int8(ex: Exported, net: DenseNet) -> dict[str, np.ndarray]:
     return out
 
 
-def why_float(layer, ints: np.ndarray) -> str | None:
-    """Why a layer does not hold its trained integers in int8; None when it does."""
-    lo, hi = WEIGHT_RANGE
+def int8_bits(cpuinfo: str | None = None) -> tuple[int, str]:
+    """(the bit depth up to which a layer's k go into int8 on this CPU, why): 8 where
+    onnxruntime's int8 kernels add in int32 (VNNI, AMX), else 7 (see ``WEIGHT_RANGES``)."""
+    from trainer.export.dense import cpu_flags
+
+    have = [f for f in INT8_FLAGS if f in cpu_flags(cpuinfo)]
+    if have:
+        return 8, f"this CPU has {', '.join(have)}: onnxruntime's int8 kernels add in int32"
+    return 7, ("no VNNI or AMX seen: onnxruntime's U8S8 kernels (AVX2) saturate int16 sums "
+               "beyond 7-bit weights")
+
+
+def why_float(layer, ints: np.ndarray, bits: int = 7) -> str | None:
+    """Why a layer does not hold its trained integers in int8 up to ``bits``; None when it
+    does."""
+    lo, hi = WEIGHT_RANGES[bits]
     if ints.min(initial=0) >= lo and ints.max(initial=0) <= hi:
         return None
     top = int(layer.bits.max())
     if top > 8:
         return f"a row needs {top} bits (int8 holds 8)"
-    return (f"a row needs {top} bits: int8 layers hold k in [{lo}, {hi}], as onnxruntime's "
-            "U8S8 kernels saturate beyond 7-bit weights on x86 without VNNI")
+    return (f"a row needs {top} bits: int8 layers hold k in [{lo}, {hi}] (--int8-bits 7), as "
+            "onnxruntime's U8S8 kernels saturate beyond 7-bit weights on x86 without VNNI")
 
 
 class Images:
@@ -122,12 +138,13 @@ class Images:
 
 
 def write_int8(float_onnx: Path, out: Path, images: np.ndarray, ex: Exported | None = None,
-               net: DenseNet | None = None, pad_to: int = 0) -> dict:
+               net: DenseNet | None = None, pad_to: int = 0, bits: int = 7) -> dict:
     """Write ``out`` (``model.int8.onnx``) from ``float_onnx`` (``model.onnx``); its record.
 
     ``images``: the calibration images, normalised float32 (N, 3, 32, 32). With ``ex`` (the
     packed file read back) and ``net`` (the dense network ``float_onnx`` was written from,
-    padded to ``pad_to``) the weights are the trained integers; without, onnxruntime's own.
+    padded to ``pad_to``) the weights are the trained integers, in layers whose k fit
+    ``bits`` (``WEIGHT_RANGES``); without, onnxruntime's own.
     """
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -136,7 +153,7 @@ def write_int8(float_onnx: Path, out: Path, images: np.ndarray, ex: Exported | N
     if ex is not None:
         scales = exact_scales(ex, pad_to)
         for name, ints in trained_int8(ex, net).items():
-            why = why_float(ex.layers[name], ints)
+            why = why_float(ex.layers[name], ints, bits)
             if why:
                 floats[name] = why
                 continue
@@ -153,7 +170,7 @@ def write_int8(float_onnx: Path, out: Path, images: np.ndarray, ex: Exported | N
         quantize_static(
             str(pre), str(out), Images(images), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            nodes_to_exclude=excluded, reduce_range=ex is None,  # its weights: 7 bits
+            nodes_to_exclude=excluded, reduce_range=ex is None and bits == 7,  # its own
             extra_options={"TensorQuantOverrides": overrides,
                            "QDQDisableWeightAdjustForInt32Bias": True,
                            "OpTypesToExcludeOutputQuantization": ["Gemm"]})
@@ -164,8 +181,9 @@ def write_int8(float_onnx: Path, out: Path, images: np.ndarray, ex: Exported | N
         "file": INT8_FILE, "format": FORMAT, "opset": opset(out),
         "weights": "the trained integers k (sign(s) * k, scale fl32(|s| * 2^e))"
                    if ex is not None else
-                   "onnxruntime's own (per channel, symmetric MinMax, 7 bits: reduce_range)",
-        "int8_layers": sorted(held), "float_layers": floats,
+                   f"onnxruntime's own (per channel, symmetric MinMax, {bits} bits"
+                   f"{': reduce_range' if bits == 7 else ''})",
+        "int8_bits": bits, "int8_layers": sorted(held), "float_layers": floats,
         "weight_bytes": weight_bytes(out),
         "calibration": {"images": len(images), "from": "training images, drawn by the run's "
                         "seed", "method": "MinMax (onnxruntime)"},

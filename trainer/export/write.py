@@ -60,13 +60,14 @@ def check_file(model, exported: Exported) -> None:
 
 def export_network(src: Source, model, saved: dict, test: tuple, calibration: torch.Tensor,
                    out: Path, threads: int = 0, speed: bool = True,
-                   pad_to: int | None = None) -> dict:
+                   pad_to: int | None = None, int8_bits: int | None = None) -> dict:
     """Write the files of one network into ``out``; return export.json's record.
 
     ``calibration``: training images (uint8) the int8 file's activations are calibrated on.
     ``speed``: measure each ONNX file's images per second (``inference_speed``).
     ``pad_to``: pad activations to multiples of this many channels; None: this CPU's NCHWc
-    block (``dense.nchwc_block``).
+    block (``dense.nchwc_block``). ``int8_bits``: the largest bit depth whose k go into the
+    int8 file (7 or 8); None: this CPU's (``integer.int8_bits``).
     """
     from trainer.export.dense import (
         build_dense,
@@ -76,12 +77,14 @@ def export_network(src: Source, model, saved: dict, test: tuple, calibration: to
         onnx_logits,
         onnx_macs,
     )
+    from trainer.export.integer import int8_bits as cpu_int8_bits
     from trainer.export.integer import write_int8
 
     if pad_to is None:
         pad_to, why = nchwc_block()
     else:
         why = "given (--pad-to)"
+    bits, bits_why = cpu_int8_bits() if int8_bits is None else (int8_bits, "given (--int8-bits)")
 
     out.mkdir(parents=True, exist_ok=True)
     images = torch.cat(list(batches(calibration))).numpy()
@@ -91,11 +94,11 @@ def export_network(src: Source, model, saved: dict, test: tuple, calibration: to
         check_file(model, exported)
         net = build_dense(exported, pad_to)
         export_onnx(net, out / ONNX)
-        int8 = write_int8(out / ONNX, out / INT8, images, exported, net, pad_to)
+        int8 = write_int8(out / ONNX, out / INT8, images, exported, net, pad_to, bits)
     else:  # a float reference: onnxruntime's own post-training int8
         sizes = None
         export_onnx(build_dense(float_exported(model.eval()), pad_to), out / ONNX)
-        int8 = write_int8(out / ONNX, out / INT8, images)
+        int8 = write_int8(out / ONNX, out / INT8, images, bits=bits)
     x, y = test
     with torch.no_grad():
         torch_logits = torch.cat([model(b) for b in batches(x)]).numpy()
@@ -103,7 +106,7 @@ def export_network(src: Source, model, saved: dict, test: tuple, calibration: to
     int8_logits = onnx_logits(out / INT8, batches(x), threads)
     record = report(src, saved, sizes, out)
     record["padding"] = {"pad_to": pad_to, "why": why}
-    int8.update(bytes=(out / INT8).stat().st_size,
+    int8.update(int8_bits_why=bits_why, bytes=(out / INT8).stat().st_size,
                 inference=inference_speed(out / INT8) if speed else None)
     if sizes is not None:
         int8["weight_bytes_over_payload"] = sum(int8["weight_bytes"].values()) / sizes.payload
@@ -266,13 +269,13 @@ def plan(source: Path, out: Path, trial: str | None = None, front: bool = False,
 
 def run_jobs(jobs: list[Job], threads: int = 0, prog: str = PROG,
              say=lambda record, out: print(summary(record, out)),
-             pad_to: int | None = None) -> int:
+             pad_to: int | None = None, int8_bits: int | None = None) -> int:
     """Export every job, ``say`` each record; the number that failed (each said on stderr).
-    ``pad_to``: as ``export_network``'s (None: this CPU's NCHWc block)."""
+    ``pad_to``, ``int8_bits``: as ``export_network``'s (None: this CPU's choice)."""
     failed = 0
     for src, model, saved, test, calibration, out in jobs:
         record = export_network(src, model, saved, test, calibration, out, threads,
-                                pad_to=pad_to)
+                                pad_to=pad_to, int8_bits=int8_bits)
         say(record, out)
         if record["status"] != "ok":
             failed += 1
