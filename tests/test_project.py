@@ -98,6 +98,26 @@ def test_shrink_times_a_trained_network_in_both_precisions(tmp_path, monkeypatch
     assert all(printed[q]["after_epoch_s"] > 0 for q in ("fp32", "bf16"))
 
 
+def test_tests_of_one_xdist_group_run_in_one_process(tmp_path):
+    """The suite's shared fixtures (the smoke sweep, the strong run, the export run) are
+    built once because their tests share an xdist_group; pytest 9.2 silently broke that
+    (pyproject.toml's pin)."""
+    (tmp_path / "test_groups.py").write_text(
+        "import os, pytest\n"
+        "@pytest.mark.xdist_group('g')\n"
+        "@pytest.mark.parametrize('i', range(4))\n"
+        "def test_grouped(i):\n"
+        "    print('worker', os.environ['PYTEST_XDIST_WORKER'])\n"
+        "def test_a(): pass\n"
+        "def test_b(): pass\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "--dist", "loadgroup",
+                           "-v", "-p", "no:cacheprovider", "test_groups.py"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:]
+    workers = set(re.findall(r"\[(gw\d)\] .*PASSED test_groups.py::test_grouped", done.stdout))
+    assert len(workers) == 1, done.stdout
+
+
 @pytest.mark.parametrize("script", ["gpu_check.sh"])
 def test_the_gpu_scripts_parse(script):
     # They run only on a lent GPU machine; here at least bash must accept them.
