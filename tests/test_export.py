@@ -41,8 +41,6 @@ from trainer.results import write_results
 from trainer.surgery import cut_dead_channels
 from trainer.train import train
 
-pytestmark = pytest.mark.xdist_group("export")  # one process builds the module fixture
-
 # Compresses in about 3 s: channels cut in res3, others dead but not yet cut (their BatchNorm
 # still emits a constant), and res3's sum on a union that is neither side's channels. The
 # channels cross the one-bit zone (no skip_one_bit), which is what leaves them dead, uncut.
@@ -51,8 +49,8 @@ CUTS = TrainConfig(preset="smoke", dataset="synthetic", gamma=1.0, epochs=3, bat
                    threads=1, skip_one_bit=False, min_bits=0.0)
 
 
-@pytest.fixture(scope="session")  # built once per process, however its tests interleave
-def run(tmp_path_factory):
+@pytest.fixture(scope="session")  # once per test process: both take export tests (about
+def run(tmp_path_factory):  # 10 s to build, against 100 s of tests held in one process)
     """A trained run folder (trainer --out layout) and the final checkpoint of its training."""
     folder = tmp_path_factory.mktemp("run")
     final = {}
@@ -66,7 +64,7 @@ def run(tmp_path_factory):
     return folder, result, final["checkpoint"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def exported(run, tmp_path_factory):
     """The run folder exported by the command: (folder, its stdout)."""
     out = tmp_path_factory.mktemp("export") / "e"
