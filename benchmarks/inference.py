@@ -37,6 +37,7 @@ import numpy as np
 from benchmarks.common import count, emit, interleaved, parser
 from trainer.cli import fail
 from trainer.export.write import SPEED_THREADS
+from trainer.results import cpu_model
 
 EXPORTS_DIR, ONNX, REPORT, WEIGHTS = "exports", "model.onnx", "export.json", "weights.safetensors"
 INT8 = "model.int8.onnx"
@@ -161,7 +162,7 @@ def write_speeds(folder: Path, speeds: dict[str, dict[str, float]], said: str) -
         record.setdefault("quick_look", {"images_per_s": record["images_per_s"],
                                          "timed_seconds": record.get("timed_seconds")})
         record.update(images_per_s={b: round(v, 1) for b, v in speeds[form].items()},
-                      timed_by=said)
+                      timed_by=said, machine=cpu_model() or record.get("machine"))
     path.write_text(json.dumps(report, indent=2) + "\n")
 
 

@@ -29,6 +29,7 @@ from trainer.data import MEAN, STD, batches, test_set, train_sample
 from trainer.export.integer import CALIBRATION_IMAGES, INT8_FILE
 from trainer.export.packed import Exported, Sizes, read_weights, write_weights
 from trainer.export.sources import ExportError, Source, SweepSources, find_sources, load_source
+from trainer.results import cpu_model
 
 PROG = "scnn export"
 TOLERANCE = 0.0005  # 0.05 points: how far the ONNX accuracy may be from the reported one
@@ -136,7 +137,8 @@ def inference_speed(onnx_path: Path) -> dict:
             "warmup_runs": SPEED_WARMUP, "timed_seconds": SPEED_SECONDS,
             "images_per_s": {b: r["images_per_s"] for b, r in runs.items()},
             "runs": {b: r["runs"] for b, r in runs.items()},
-            "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
+            "machine": cpu_model() or platform.processor() or platform.machine(),
+            "cpus": os.cpu_count()}
 
 
 def accuracy(logits: np.ndarray, y: torch.Tensor) -> float:
