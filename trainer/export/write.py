@@ -334,6 +334,7 @@ def summary(r: dict, out: Path) -> str:
             f"{q['weight_bytes']['float32']:,} B float32"
             + (f" ({over:.2f}x the payload)" if over is not None else "") +
             f", {q['weights']}{'; ' + floats if floats else ''}; test accuracy "
-            f"{r['test_accuracy_int8']:.2%} ({r['int8_status']}: within "
-            f"{r['int8_tolerance_points']:.1f} points of the reported or not); "
+            f"{r['test_accuracy_int8']:.2%} ({r['int8_status']}: "
+            f"{'within' if r['int8_status'] == 'ok' else 'more than'} "
+            f"{r['int8_tolerance_points']:.1f} points from the reported); "
             f"{speed_text(q)}")
