@@ -702,3 +702,32 @@ def test_a_float_network_exports_as_float_and_as_onnxruntimes_int8(tmp_path, cap
     assert len(report["int8"]["int8_layers"]) == 9 and report["int8"]["weight_bytes"]["int8"]
     assert report["int8"]["inference"]["images_per_s"]["1"] > 0
     assert "float-baseline network (no integers to pack)" in out
+
+
+def test_the_inference_benchmark_writes_its_side_by_side_medians_into_export_json(
+        exported, tmp_path, monkeypatch, capsys):
+    """benchmarks.inference --write: each form's images/s become the interleaved medians,
+    said so (timed_by, the machine), the export's own timings kept as quick_look."""
+    import shutil
+    import sys
+
+    from trainer.results import cpu_model
+
+    folder = tmp_path / "e"
+    shutil.copytree(exported[0], folder)
+    before = json.loads((folder / "export.json").read_text())
+    monkeypatch.setattr(sys, "argv", ["benchmarks/inference.py", str(folder), "--reps", "1",
+                                      "--batches", "1,8", "--write"])
+    from benchmarks.inference import main as bench
+
+    bench()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    after = json.loads((folder / "export.json").read_text())
+    for key, record in (("float", after["inference"]), ("int8", after["int8"]["inference"])):
+        old = before["inference"] if key == "float" else before["int8"]["inference"]
+        assert record["quick_look"]["images_per_s"] == old["images_per_s"], key
+        assert set(record["images_per_s"]) == {"1", "8"} and record["images_per_s"]["8"] > 0
+        assert record["timed_by"].startswith("python -m benchmarks.inference --reps 1: ")
+        assert record["machine"] == (cpu_model() or old["machine"])
+    written = after["int8"]["inference"]["images_per_s"]["8"]
+    assert printed["networks"][0]["images_per_s"]["int8"]["8"] == round(written)
