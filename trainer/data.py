@@ -70,9 +70,7 @@ def train_sample(config: TrainConfig, data_dir: str | None, n: int) -> Tensor:
     if config.dataset == "synthetic":
         x = make_synthetic(config.synthetic_size, config.seed)[0]
     else:
-        folder = find_batches(data_dir or config.data_dir) if (data_dir or config.data_dir) \
-            else download(default_cache())
-        x = torch.from_numpy(np.concatenate([read_batch(folder / f)[0] for f in BATCH_FILES]))
+        x = load_cifar10(data_dir or config.data_dir)[0]
     x = x[:config.train_subset or len(x)]
     pick = np.random.default_rng(config.seed).choice(len(x), min(n, len(x)), replace=False)
     return x[torch.from_numpy(np.sort(pick))]

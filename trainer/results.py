@@ -91,16 +91,27 @@ SCHEMAS = {TRIALS_FILE: TRIALS_SCHEMA, EPOCHS_FILE: EPOCHS_SCHEMA, LAYERS_FILE: 
 EPOCH_METRICS = tuple(n for n in EPOCHS_SCHEMA.names if n != "trial_id")
 
 
+def cpuinfo_field(keys: tuple[str, ...], cpuinfo: str | None = None) -> str | None:
+    """The first /proc/cpuinfo line starting with one of ``keys``, after its colon; None
+    where there is none (or no such file). ``cpuinfo``: the file's text (read when None)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
+                 if line.startswith(keys)), None)
+
+
 def cpu_model() -> str | None:
-    """The CPU's model name as /proc/cpuinfo gives it (e.g. ``AMD EPYC``), or None where
-    there is no such file."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
+    """The CPU's model name as /proc/cpuinfo gives it (e.g. ``AMD EPYC``), or None."""
+    return cpuinfo_field(("model name",))
+
+
+def cpu_flags(cpuinfo: str | None = None) -> list[str]:
+    """This CPU's flags (x86) or Features (ARM) from /proc/cpuinfo (``cpuinfo``: its text,
+    read when None); none off Linux."""
+    return (cpuinfo_field(("flags", "Features"), cpuinfo) or "").split()
 
 
 def code_version() -> str:

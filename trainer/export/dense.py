@@ -81,25 +81,14 @@ def channels(idx: Tensor, pad_to: int = PAD_TO) -> list[int]:
     return have + [PAD] * (max(1, math.ceil(len(have) / pad_to)) * pad_to - len(have))
 
 
-def cpu_flags(cpuinfo: str | None = None) -> list[str]:
-    """This CPU's flags (x86) or Features (ARM) from ``cpuinfo``, the text of /proc/cpuinfo
-    (read here when None; none off Linux)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
-            cpuinfo = ""
-    return next((line.split(":", 1)[1].split() for line in cpuinfo.splitlines()
-                 if line.startswith(("flags", "Features"))), [])
-
-
 def nchwc_block(cpuinfo: str | None = None) -> tuple[int, str]:
     """(the multiple the export pads activations to on this CPU, why): onnxruntime's NCHWc
     block, 16 with AVX-512F and 8 with AVX2 (MLAS), else 16, a multiple of both.
 
     ``cpuinfo``: the text of /proc/cpuinfo (read here when None; absent off Linux).
     """
+    from trainer.results import cpu_flags
+
     flags = cpu_flags(cpuinfo)
     if "avx512f" in flags:
         return 16, "this CPU has AVX-512F: onnxruntime's NCHWc block is 16"

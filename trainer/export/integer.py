@@ -104,7 +104,7 @@ def trained_int8(ex: Exported, net: DenseNet) -> dict[str, np.ndarray]:
 def int8_bits(cpuinfo: str | None = None) -> tuple[int, str]:
     """(the bit depth up to which a layer's k go into int8 on this CPU, why): 8 where
     onnxruntime's int8 kernels add in int32 (VNNI, AMX), else 7 (see ``WEIGHT_RANGES``)."""
-    from trainer.export.dense import cpu_flags
+    from trainer.results import cpu_flags
 
     have = [f for f in INT8_FLAGS if f in cpu_flags(cpuinfo)]
     if have:
