@@ -60,7 +60,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_flush_denormal(True)  # as trainer.train.setup does on a CPU
     keep_freed_memory()
-    cut, uncut, kept = trained_pair(args.model)
+    cut, uncut, kept = trained_pair(args.model, "benchmarks.profile_step")
     x, y = torch.randn(args.batch, 3, 32, 32), torch.randint(0, 10, (args.batch,))
     autocast = autocast_for("cpu", args.precision)
     times = {name: profiled(train_step_fn(model, x, y, autocast=autocast), args.steps)

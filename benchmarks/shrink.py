@@ -55,9 +55,10 @@ def compressed_model(device: str = "cpu"):
     return keep["model"], result
 
 
-def trained_pair(path: str) -> tuple:
-    """(the network saved at ``path``, the uncompressed one of its config, weights kept)."""
-    small, config = load_trained(path, "benchmarks.shrink", "--model")
+def trained_pair(path: str, prog: str = "benchmarks.shrink") -> tuple:
+    """(the network saved at ``path``, the uncompressed one of its config, weights kept);
+    ``prog`` names the benchmark in an error."""
+    small, config = load_trained(path, prog, "--model")
     torch.manual_seed(config.seed)
     full = trainer_model_for(config).to(memory_format=torch.channels_last)
     kept = sum(layer.weight.numel() for _, layer in small.quant_layers()) / small.n0

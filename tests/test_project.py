@@ -55,6 +55,7 @@ def test_ci_runs_the_readme_setup_and_test_commands():
 @pytest.mark.parametrize("argv", [["overhead", "--reps", "0"], ["shrink", "--steps", "-1"],
                                   ["shrink", "--model", "nowhere/model.pt"],
                                   ["shrink", "--model", "pyproject.toml"],
+                                  ["profile_step", "--model", "nowhere/model.pt"],
                                   ["inference", "--batches", "many", "tests"],
                                   ["inference", "nowhere"], ["inference", "tests"],
                                   ["profile_onnx", "nowhere"],
