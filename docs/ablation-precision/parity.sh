@@ -1,27 +1,35 @@
 #!/usr/bin/env bash
 # Issue 36, part 2: bf16 against fp32 on the `cpu` preset. Three γs over the default range,
-# two seeds, both precisions: 12 runs, one thread each, in two lanes (fp32 and bf16) so that
-# neither waits for the other; then the bf16 sweep on cpu-ration's γs (same seed: the same
-# draws). On a CPU without bf16 units (lscpu flags amx_bf16 / avx512_bf16) the bf16 lane is
-# 3.4x slower (benchmarks/README.md) but computes the same roundings.
-# Finished runs are kept: run it again to go on.
+# two seeds, both precisions: 12 runs of one thread, taken in that order by WORKERS (2)
+# workers, so no core waits; then the bf16 sweep on cpu-ration's γs (same seed: the same
+# draws). On a CPU without bf16 units (lscpu flags amx_bf16 / avx512_bf16) a bf16 run is
+# about 3.4x slower (benchmarks/README.md) but computes the same roundings.
+# Finished runs are kept, and a run whose worker died is taken again: run it again to go on.
 # Usage: bash docs/ablation-precision/parity.sh OUT_DIR [sweep]   (from the repository root)
 set -euo pipefail
 out=${1:?give an output folder outside the work tree}
-mkdir -p "$out"
+mkdir -p "$out/.claims"
 { date -u +%FT%TZ; git rev-parse --short HEAD; lscpu | grep -E "Model name|Flags"; } >> "$out/machine.txt"
-common=(--preset cpu --data-dir ../shared/data --threads 1 --quiet)
-lane() {  # precision: its six runs, seed 0 first
-  local p=$1 seed g
-  for seed in 0 1; do
-    for g in 0.1 0.003 0.03; do
-      [ -f "$out/$p-g$g-s$seed/trials.parquet" ] ||
-        python -m trainer.train "${common[@]}" --gamma $g --seed $seed --precision "$p" \
-          --out "$out/$p-g$g-s$seed"
-    done
+for claim in "$out"/.claims/*; do  # a claim whose process is gone: the run is free again
+  [ -e "$claim" ] && { kill -0 "$(cat "$claim/pid" 2>/dev/null)" 2>/dev/null || rm -rf "$claim"; }
+done
+runs=()
+for seed in 0 1; do for g in 0.1 0.003 0.03; do for p in fp32 bf16; do
+  runs+=("$p-g$g-s$seed")
+done; done; done
+worker() {
+  local name p g seed
+  for name in "${runs[@]}"; do
+    [ -f "$out/$name/trials.parquet" ] && continue
+    mkdir "$out/.claims/$name" 2>/dev/null || continue  # another worker has it
+    echo "$BASHPID" > "$out/.claims/$name/pid"
+    IFS=- read -r p g seed <<< "$name"
+    python -m trainer.train --preset cpu --data-dir ../shared/data --threads 1 --quiet \
+      --gamma "${g#g}" --seed "${seed#s}" --precision "$p" --out "$out/$name"
+    rm -rf "$out/.claims/$name"
   done
 }
-lane fp32 & lane bf16
+for _ in $(seq "${WORKERS:-2}"); do worker & done
 wait
 if [ "${2:-}" = sweep ]; then  # cpu-ration's sweep (docs/cpu-ration/sweep.json) in bf16
   # compare its trials.parquet γs with docs/cpu-ration/trials.parquet before drawing them
