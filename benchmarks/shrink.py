@@ -38,7 +38,7 @@ from trainer.config import TrainConfig
 from trainer.heap import keep_freed_memory
 from trainer.network import model_for as trainer_model_for
 from trainer.precision import autocast_for
-from trainer.surgery import dense_twin
+from trainer.surgery import Remap, dense_twin, relayout, slice_bn, slice_layer_out
 from trainer.train import train
 
 # as measured before skip_one_bit and the floor (the figures of benchmarks/README.md)
@@ -65,6 +65,29 @@ def trained_pair(path: str, prog: str = "benchmarks.shrink") -> tuple:
     return small, full, kept
 
 
+def aligned_twin(small, full, align: int):
+    """``full`` cut to ``small``'s channels with every conv's count rounded up to a multiple
+    of ``align`` (the lowest missing original channels added back, as live ones): the widths
+    a run with ``--cut-align align`` keeps where ``small``'s run kept these channels."""
+    rows = {name: block.conv.out_idx for name, block in small.blocks()}
+    remaps: list[Remap] = []
+    with torch.no_grad():
+        for res in ("res1", "res3"):
+            if getattr(small, res).conv1 is None:
+                r = getattr(full, res)
+                r.conv1 = r.conv2 = None
+        for name, block in list(full.blocks()):
+            have, n = rows[name], block.conv.weight.shape[0]
+            extra = [i for i in range(n) if i not in set(have.tolist())]
+            want = min(n, -(-have.numel() // align) * align)
+            keep = torch.cat([have, torch.tensor(extra[:want - have.numel()],
+                                                 dtype=have.dtype)]).sort().values
+            slice_layer_out(block.conv, keep, remaps)
+            slice_bn(block.bn, keep, remaps)
+        relayout(full, remaps)
+    return full.to(memory_format=torch.channels_last)
+
+
 def main() -> None:
     p = parser("shrink", __doc__)
     p.add_argument("--reps", type=count, default=5, help="repetitions (%(default)s)")
@@ -76,6 +99,9 @@ def main() -> None:
                         "(default: compress one here, strong gamma, synthetic data)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="where the networks train (%(default)s)")
+    p.add_argument("--align", type=count, default=1,
+                   help="also time the cut network with every conv rounded up to a multiple "
+                        "of this many channels, as --cut-align keeps them (1: not timed)")
     p.add_argument("--precision", choices=("both", "fp32", "bf16"), default="both",
                    help="the step's precision, or both side by side (%(default)s)")
     args = p.parse_args()
@@ -107,18 +133,30 @@ def main() -> None:
     twin = dense_twin(small)
     precisions = [q for q in ("fp32", "bf16") if args.precision in (q, "both")]
     models = {"after": small, "before": full, "twin": twin}
+    if args.align > 1:
+        torch.manual_seed(0)
+        full_again = (trained_pair(args.model)[1] if args.model else model_for("cpu"))
+        models["aligned"] = aligned_twin(small, full_again.to(args.device), args.align)
     t = interleaved({f"{name} {q}": epoch(model, q) for q in precisions
                      for name, model in models.items()}, args.reps)
     timed = {q: {"ratio": round(t[f"after {q}"] / t[f"before {q}"], 3),
                  "twin_ratio": round(t[f"after {q}"] / t[f"twin {q}"], 3),
                  **{f"{name}_epoch_s": round(t[f"{name} {q}"], 3) for name in models}}
              for q in precisions}
+    if args.align > 1:
+        for q in precisions:
+            timed[q]["aligned_ratio"] = round(t[f"aligned {q}"] / t[f"before {q}"], 3)
     if len(precisions) == 2:  # bf16 against fp32, network by network
         timed["bf16_over_fp32"] = {name: round(t[f"{name} bf16"] / t[f"{name} fp32"], 3)
                                    for name in models}
     emit("shrink", {**timed,
                     "macs_ratio": round(conv_macs(small) / conv_macs(full), 3),
                     "twin_macs_ratio": round(conv_macs(small) / conv_macs(twin), 3),
+                    **({"aligned_macs_ratio": round(conv_macs(models["aligned"])
+                                                    / conv_macs(full), 3),
+                        "aligned_widths": {n: layer.weight.shape[0] for n, layer
+                                           in models["aligned"].quant_layers()},
+                        "align": args.align} if args.align > 1 else {}),
                     "weights_kept_fraction": round(kept, 3),
                     "widths": {name: layer.weight.shape[0] for name, layer in small.quant_layers()},
                     "steps_per_epoch": args.steps, "batch": args.batch, "reps": args.reps,

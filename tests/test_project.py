@@ -66,6 +66,9 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                   ["gpu_check", "--width", "-1", "--kind", "narrow-float",
                                    "--data-dir", "data"],
                                   ["align", "--reps", "0"], ["host", "--steps", "0"],
+                                  ["elementwise", "--reps", "0"],
+                                  ["elementwise", "--model", "nowhere/model.pt"],
+                                  ["shrink", "--align", "0"],
                                   ["tta", "nowhere/model.pt", "--data-dir", "data"],
                                   ["tta", "pyproject.toml", "--data-dir", "data"]])
 def test_benchmarks_reject_bad_input_on_one_line(argv, monkeypatch, capsys):
@@ -97,6 +100,36 @@ def test_shrink_times_a_trained_network_in_both_precisions(tmp_path, monkeypatch
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert {"fp32", "bf16", "bf16_over_fp32"} <= set(printed)
     assert all(printed[q]["after_epoch_s"] > 0 for q in ("fp32", "bf16"))
+
+
+def test_elementwise_times_the_blocks_and_the_step_and_finds_the_orders_equal(
+        tmp_path, monkeypatch, capsys):
+    """A tiny run, for what it prints: every block of the uncut and the trained network, the
+    trainer's order against the old one, bit for bit equal; the step both ways; shrink's
+    aligned twin keeps multiples of 8."""
+    from trainer.cli import run
+
+    run(["--preset", "smoke", "--dataset", "synthetic", "--epochs", "1", "--quiet",
+         "--out", str(tmp_path)])
+    capsys.readouterr()
+    monkeypatch.chdir(REPO)
+    model = str(tmp_path / "model.pt")
+    monkeypatch.setattr(sys, "argv", ["benchmarks/elementwise.py", "--model", model,
+                                      "--reps", "1", "--batch", "4"])
+    importlib.import_module("benchmarks.elementwise").main()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [b["block"] for b in printed["blocks"]["uncut"]][:2] == ["prep", "layer1"]
+    assert all(b["exact"] and b["now_ms"] > 0 for rows in printed["blocks"].values()
+               for b in rows)
+    assert printed["step"]["cut"]["now_s"] > 0 and printed["ratio"] > 0
+    monkeypatch.setattr(sys, "argv", ["benchmarks/shrink.py", "--model", model, "--reps", "1",
+                                      "--steps", "1", "--batch", "4", "--align", "8",
+                                      "--precision", "fp32"])
+    importlib.import_module("benchmarks.shrink").main()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["fp32"]["aligned_ratio"] > 0
+    assert all(n % 8 == 0 or n == printed["widths"][name]
+               for name, n in printed["aligned_widths"].items() if name != "head")
 
 
 def test_tests_of_one_xdist_group_run_in_one_process(tmp_path):

@@ -47,6 +47,35 @@ def test_a_strong_gamma_shrinks_the_network_and_its_work(tmp_path, strong):
     assert result["test_accuracy"] > 0.3  # still far above chance (0.1)
 
 
+@pytest.mark.parametrize("pool", [True, False])
+def test_a_conv_block_gives_relu_then_pool_bit_for_bit(pool):
+    """ConvBlock pools before its ReLU, both in place (a cheaper order, benchmarks.elementwise);
+    the values and every gradient must be those of BatchNorm -> ReLU -> pool."""
+    import torch.nn.functional as F
+
+    from trainer.model import ConvBlock
+
+    torch.manual_seed(0)
+    block = ConvBlock(5, 7, pool=pool, quantized=True, init_bits=4.0)
+    with torch.no_grad():
+        block.bn.bias.normal_()  # some channels below zero before the ReLU, some above
+    x = torch.randn(6, 5, 8, 8).contiguous(memory_format=torch.channels_last)
+
+    def run(forward):
+        block.zero_grad(set_to_none=True)
+        y = forward(x)
+        y.backward(torch.linspace(-1, 1, y.numel()).view_as(y))
+        return [y.detach()] + [p.grad.clone() for p in block.parameters()]
+
+    def relu_then_pool(x):
+        y = F.relu(block.bn(block.conv(x)))
+        return F.max_pool2d(y, 2) if pool else y
+
+    now, reference = run(block), run(relu_then_pool)
+    assert (now[0] == 0).any() and (now[0] > 0).any()
+    assert all(torch.equal(a, b) for a, b in zip(now, reference, strict=True))
+
+
 @pytest.mark.xdist_group("strong")  # one process builds the fixture
 def test_a_result_holds_no_torch_objects(strong):
     """A sweep's driver unpickles each trial's result: a torch object in it (once the

@@ -56,7 +56,8 @@ def constant_outputs(weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor,
 
 
 class ConvBlock(nn.Module):
-    """conv -> BatchNorm -> ReLU (-> 2x2 max-pool)."""
+    """conv -> BatchNorm -> ReLU (-> 2x2 max-pool), computed as conv -> BatchNorm (-> pool)
+    -> ReLU."""
 
     def __init__(self, c_in: int, c_out: int, pool: bool, quantized: bool, init_bits: float):
         super().__init__()
@@ -74,8 +75,11 @@ class ConvBlock(nn.Module):
             z = zeros_as(x, (x.shape[0], self.conv.weight.shape[0], *x.shape[2:]))
         else:
             z = self.conv(x)
-        y = F.relu(self.bn(z))
-        y = F.max_pool2d(y, 2) if self.pool else y
+        # The pool before the ReLU (max commutes with it: the same values and gradients, on a
+        # quarter of the elements), both in place (neither BatchNorm's nor the pool's backward
+        # reads its output): 0.65-0.83x this block's elementwise time, docs/ablation.md.
+        y = self.bn(z)
+        y = F.relu_(F.max_pool2d(y, 2) if self.pool else y)
         gate = self.conv.gate()  # fade: a channel below its floor fades out (t >= 0)
         return y if gate is None else y * gate.view(1, -1, 1, 1)
 
