@@ -9,13 +9,14 @@ after the conv, fwd+bwd at the trainer's batch, channels_last:
 
 - ``before``: ReLU then pool, out of place;
 - ``now``: the trainer's;
-- ``compiled`` (with ``--compile``): ``before`` through ``torch.compile``, as a fused
-  kernel of Inductor's (compile time not counted).
+- ``compiled`` (with ``--compile static|dynamic``): ``before`` through ``torch.compile``,
+  Inductor's fused kernels, with the shapes fixed or symbolic (a cut then need not
+  recompile); compile time not counted.
 
 Then the trainer's ``Step`` on each network with ``ConvBlock.forward`` as it was and as it
 is, interleaved. ``ratio`` = now / before of the uncut network's step.
 
-    python -m benchmarks.elementwise [--model RUN/model.pt] [--reps 5] [--compile]
+    python -m benchmarks.elementwise [--model RUN/model.pt] [--reps 5] [--compile static|dynamic]
 """
 
 from __future__ import annotations
@@ -23,10 +24,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import count, emit, interleaved, load_trained, model_for, parser, \
-    train_step_fn
+from benchmarks.common import (
+    count,
+    emit,
+    interleaved,
+    load_trained,
+    model_for,
+    parser,
+    train_step_fn,
+)
 from trainer.heap import keep_freed_memory
-from trainer.model import ConvBlock, zeros_as
+from trainer.model import SPATIAL, ConvBlock, zeros_as
 
 
 def before(z, bn, pool: bool):
@@ -56,45 +64,43 @@ def forward_before(self, x):
     return y if gate is None else y * gate.view(1, -1, 1, 1)
 
 
-def block_shapes(model, batch: int) -> list[tuple[str, int, int, bool]]:
+def block_shapes(model) -> list[tuple[str, int, int, bool]]:
     """(name, channels, side, pooled) of each conv block's output before its pool."""
-    from trainer.model import SPATIAL
     return [(name, b.conv.weight.shape[0], SPATIAL[name], b.pool) for name, b in model.blocks()
             if b.conv.weight.shape[0]]
 
 
-def time_blocks(shapes, batch: int, reps: int, compiled) -> list[dict]:
-    rows = []
-    for name, c, side, pool in shapes:
-        z = torch.randn(batch, c, side, side).contiguous(memory_format=torch.channels_last)
-        z.requires_grad_()
-        bn = {"w": torch.rand(c, requires_grad=True) + 0.5, "b": torch.randn(c, requires_grad=True),
-              "rm": torch.zeros(c), "rv": torch.ones(c)}
-        out = side // 2 if pool else side
-        g = torch.randn(batch, c, out, out).contiguous(memory_format=torch.channels_last)
+def time_block(name: str, c: int, side: int, pool: bool, batch: int, reps: int,
+               compiled) -> dict:
+    """One block's elementwise part, fwd+bwd, each way; whether ``now`` equals ``before``."""
+    z = torch.randn(batch, c, side, side).contiguous(memory_format=torch.channels_last)
+    z.requires_grad_()
+    bn = {"w": torch.rand(c, requires_grad=True) + 0.5, "b": torch.randn(c, requires_grad=True),
+          "rm": torch.zeros(c), "rv": torch.ones(c)}
+    out = side // 2 if pool else side
+    g = torch.randn(batch, c, out, out).contiguous(memory_format=torch.channels_last)
 
-        def run(fn):
-            def go():
-                z.grad = None
-                fn(z, bn, pool).backward(g)
-            return go
-        exact = []
-        for fn in (before, now):  # values and input gradients, bit for bit
+    def run(fn):
+        def go():
             z.grad = None
-            y = fn(z, bn, pool)
-            y.backward(g)
-            exact.append((y.detach(), z.grad.clone()))
-        fns = {"before": run(before), "now": run(now)}
-        if compiled is not None:
-            fns["compiled"] = run(compiled)
-        t = interleaved(fns, reps)
-        rows.append({"block": name, "channels": c, "side": side, "pool": pool,
-                     "exact": all(torch.equal(a, b) for a, b in zip(*exact, strict=True)),
-                     **{f"{k}_ms": round(v * 1e3, 2) for k, v in t.items()},
-                     "now_over_before": round(t["now"] / t["before"], 3),
-                     **({"compiled_over_before": round(t["compiled"] / t["before"], 3)}
-                        if compiled is not None else {})})
-    return rows
+            fn(z, bn, pool).backward(g)
+        return go
+    exact = []
+    for fn in (before, now):  # values and input gradients, bit for bit
+        z.grad = None
+        y = fn(z, bn, pool)
+        y.backward(g)
+        exact.append((y.detach(), z.grad.clone()))
+    fns = {"before": run(before), "now": run(now)}
+    if compiled is not None:
+        fns["compiled"] = run(compiled)
+    t = interleaved(fns, reps)
+    return {"block": name, "channels": c, "side": side, "pool": pool,
+            "exact": all(torch.equal(a, b) for a, b in zip(*exact, strict=True)),
+            **{f"{k}_ms": round(v * 1e3, 2) for k, v in t.items()},
+            "now_over_before": round(t["now"] / t["before"], 3),
+            **({"compiled_over_before": round(t["compiled"] / t["before"], 3)}
+               if compiled is not None else {})}
 
 
 def main() -> None:
@@ -103,17 +109,20 @@ def main() -> None:
                    "state.pt) whose cut blocks and step to time as well")
     p.add_argument("--reps", type=count, default=5, help="repetitions (%(default)s)")
     p.add_argument("--batch", type=count, default=512, help="images per batch (%(default)s)")
-    p.add_argument("--compile", action="store_true",
-                   help="also time the blocks' elementwise part through torch.compile")
+    p.add_argument("--compile", choices=("static", "dynamic"),
+                   help="also time the blocks' elementwise part through torch.compile, "
+                        "shapes fixed or symbolic (default: not)")
     args = p.parse_args()
     torch.set_flush_denormal(True)  # as trainer.train.setup does on a CPU
     keep_freed_memory()
     nets = {"uncut": model_for("cpu")}
     if args.model:
         nets["cut"] = load_trained(args.model, "benchmarks.elementwise", "--model")[0]
-    compiled = torch.compile(before, dynamic=False) if args.compile else None
-    blocks = {k: time_blocks(block_shapes(m, args.batch), args.batch, args.reps, compiled)
-              for k, m in nets.items()}
+    torch._dynamo.config.recompile_limit = 64  # static: one compile per shape, all of them
+    compiled = (torch.compile(before, dynamic=args.compile == "dynamic") if args.compile
+                else None)
+    blocks = {k: [time_block(*shape, args.batch, args.reps, compiled)
+                  for shape in block_shapes(m)] for k, m in nets.items()}
     x = torch.randn(args.batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (args.batch,))
     steps = {k: train_step_fn(m, x, y) for k, m in nets.items()}
@@ -137,7 +146,8 @@ def main() -> None:
         for v in ("before", "now"):
             step_rows[f"cut_over_uncut_{v}"] = round(t[f"cut {v}"] / t[f"uncut {v}"], 3)
     emit("elementwise", {"ratio": step_rows["uncut"]["now_over_before"], "step": step_rows,
-                         "blocks": blocks, "batch": args.batch, "reps": args.reps})
+                         "blocks": blocks, "compile": args.compile, "batch": args.batch,
+                         "reps": args.reps})
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def test_ci_runs_the_readme_setup_and_test_commands():
                                    "--data-dir", "data"],
                                   ["align", "--reps", "0"], ["host", "--steps", "0"],
                                   ["elementwise", "--reps", "0"],
+                                  ["elementwise", "--compile", "max"],
                                   ["elementwise", "--model", "nowhere/model.pt"],
                                   ["shrink", "--align", "0"],
                                   ["tta", "nowhere/model.pt", "--data-dir", "data"],
