@@ -77,7 +77,7 @@ class ConvBlock(nn.Module):
             z = self.conv(x)
         # The pool before the ReLU (max commutes with it: the same values and gradients, on a
         # quarter of the elements), both in place (neither BatchNorm's nor the pool's backward
-        # reads its output): 0.65-0.83x this block's elementwise time, docs/ablation.md.
+        # reads its output): 0.62-0.99x a block's elementwise time, benchmarks/README.md.
         y = self.bn(z)
         y = F.relu_(F.max_pool2d(y, 2) if self.pool else y)
         gate = self.conv.gate()  # fade: a channel below its floor fades out (t >= 0)
