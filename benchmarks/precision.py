@@ -5,38 +5,45 @@ compress kind with its size term, both optimizers, the trainer's heap and denorm
 on two copies of one fresh network, the bf16 one under ``trainer.precision.autocast_for`` as
 ``--precision bf16`` runs it; their repetitions alternate (``interleaved``), so a busy host
 slows both alike. ``ratio`` = bf16 seconds per step / fp32: below 1, bf16 is faster here.
-The machine is printed with the figures: ``lscpu``'s model name and which of its bf16 flags
+The machine is printed with the figures: the CPU's model name and which of its bf16 flags
 (``amx_bf16``, ``avx512_bf16``) it has, since the answer depends on them (docs/train.md,
-"Precision").
+"Precision"); and ``bf16_conv_equal_to_fp32_sums``, the share of a bf16 convolution's
+outputs equal to the exact sum rounded once (float32 accumulation, as on AMX).
 
     python -m benchmarks.precision [--preset cpu] [--batch 128] [--reps 5] [--threads 2]
 """
 
 from __future__ import annotations
 
-import re
-import subprocess
-
 import torch
 
 from benchmarks.common import count, emit, interleaved, model_for, parser, train_step_fn
 from trainer.heap import keep_freed_memory
 from trainer.precision import BF16_UNITS, autocast_for, native_bf16
+from trainer.results import cpu_flags, cpu_model
 
 LSCPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # x86 flags of bfloat16 arithmetic units
 
 
-def lscpu() -> dict:
-    """lscpu's model name and which of LSCPU_BF16_FLAGS its flags list (empty if no lscpu)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        return {"cpu_model": None, "lscpu_bf16_flags": []}
-    model = re.search(r"^Model name:\s*(.+)$", text, re.MULTILINE)
-    flags = re.search(r"^Flags:\s*(.+)$", text, re.MULTILINE)
-    flags = set(flags.group(1).split()) if flags else set()
-    return {"cpu_model": model.group(1).strip() if model else None,
+def machine_bf16() -> dict:
+    """The CPU's model name and which of LSCPU_BF16_FLAGS its flags list."""
+    flags = set(cpu_flags())
+    return {"cpu_model": cpu_model(),
             "lscpu_bf16_flags": [f for f in LSCPU_BF16_FLAGS if f in flags]}
+
+
+def conv_sums_in_fp32(seed: int = 0) -> float:
+    """The share of a bf16-autocast convolution's outputs equal to its exact sum (bf16
+    inputs, float64 sums) rounded once to bf16: near 1 where the library sums in float32,
+    as AMX does and the emulation of a CPU without bf16 units does too, so that a run there
+    computes what a bf16 CPU would (docs/ablation.md)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(16, 32, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(32, 32, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+    with autocast_for("cpu", "bf16")():
+        y = torch.nn.functional.conv2d(x, w, padding=1)
+    exact = torch.nn.functional.conv2d(x.bfloat16().double(), w.bfloat16().double(), padding=1)
+    return round((y == exact.bfloat16()).float().mean().item(), 5)
 
 
 def main() -> None:
@@ -59,7 +66,8 @@ def main() -> None:
     t = interleaved(steps, args.reps)
     emit("precision", {"ratio": round(t["bf16"] / t["fp32"], 3),
                        "fp32_step_s": round(t["fp32"], 4), "bf16_step_s": round(t["bf16"], 4),
-                       **lscpu(), "torch_bf16_units": native_bf16(),
+                       **machine_bf16(), "torch_bf16_units": native_bf16(),
+                       "bf16_conv_equal_to_fp32_sums": conv_sums_in_fp32(),
                        "torch_bf16_units_looked_for": list(BF16_UNITS),
                        "batch": args.batch, "reps": args.reps, "preset": args.preset})
 

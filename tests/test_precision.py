@@ -185,3 +185,19 @@ def test_a_sweep_recorded_before_precision_resumes_in_what_it_trained_in(tmp_pat
     device = "cuda" if gpus else "cpu"
     assert train_config(trial, device, threads=1).precision == before
     assert "precision" not in trial_key(trial)["train"]
+
+
+def test_the_precision_benchmark_times_both_and_checks_how_bf16_sums(monkeypatch, capsys):
+    """benchmarks.precision on a tiny step, for what it prints: both steps timed, the
+    machine, and that a bf16 convolution here sums as in float32 (what makes bf16 runs on a
+    CPU without bf16 units compute what one with them would: docs/ablation.md)."""
+    import importlib
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["benchmarks/precision.py", "--preset", "smoke",
+                                      "--batch", "2", "--reps", "1"])
+    importlib.import_module("benchmarks.precision").main()
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["fp32_step_s"] > 0 and printed["bf16_step_s"] > 0
+    assert printed["bf16_conv_equal_to_fp32_sums"] > 0.99
+    assert set(printed["lscpu_bf16_flags"]) <= {"amx_bf16", "avx512_bf16"}
