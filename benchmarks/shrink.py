@@ -14,10 +14,11 @@ its first, side by side instead of across a run on a shared machine.
 
 Each is timed in both precisions (``--precision``: fp32, and bf16 autocast as the trainer's
 ``--precision bf16`` runs it), all six interleaved; the ratios are printed per precision.
-``--device cuda`` times them on a GPU.
+``--device cuda`` times them on a GPU. ``--align 8`` adds the cut network with every conv
+rounded up to a multiple of 8 channels (``aligned``), the widths ``--cut-align 8`` keeps.
 
     python -m benchmarks.shrink [--reps 5] [--steps 5] [--model results/run/model.pt]
-                                [--device cpu|cuda] [--precision both|fp32|bf16]
+                                [--device cpu|cuda] [--precision both|fp32|bf16] [--align 8]
 """
 
 import dataclasses
@@ -78,7 +79,8 @@ def aligned_twin(small, full, align: int):
                 r.conv1 = r.conv2 = None
         for name, block in list(full.blocks()):
             have, n = rows[name], block.conv.weight.shape[0]
-            extra = [i for i in range(n) if i not in set(have.tolist())]
+            kept = set(have.tolist())
+            extra = [i for i in range(n) if i not in kept]
             want = min(n, -(-have.numel() // align) * align)
             keep = torch.cat([have, torch.tensor(extra[:want - have.numel()],
                                                  dtype=have.dtype)]).sort().values
