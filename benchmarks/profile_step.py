@@ -25,7 +25,9 @@ from trainer.precision import autocast_for
 
 # operator name (its start) -> group; the first match wins, the rest is "other"
 GROUPS = (("aten::convolution_backward", "conv"), ("aten::mkldnn_convolution", "conv"),
-          ("aten::_convolution", "conv"), ("aten::native_batch_norm", "batchnorm"),
+          ("aten::_convolution", "conv"),
+          ("aten::_slow_conv2d", "conv"),  # bf16 on a CPU without bf16 units: im2col + gemm
+          ("aten::native_batch_norm", "batchnorm"),
           ("aten::threshold_backward", "relu"), ("aten::clamp_min", "relu"),
           ("aten::relu", "relu"), ("aten::max_pool2d", "pool"), ("aten::index_add", "union"),
           ("aten::index_select", "union"), ("aten::copy_", "copy"),
