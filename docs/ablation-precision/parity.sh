@@ -3,7 +3,8 @@
 # two seeds, both precisions: 12 runs of one thread, taken in that order by WORKERS (2)
 # workers, so no core waits; then the bf16 sweep on cpu-ration's γs (same seed: the same
 # draws). On a CPU without bf16 units (lscpu flags amx_bf16 / avx512_bf16) a bf16 run is
-# about 3.4x slower (benchmarks/README.md) but computes the same roundings.
+# about 12x slower at one thread (PyTorch's im2col convolution) but sums as one with them
+# does (benchmarks/README.md, "bf16 against fp32 on a CPU without native bf16").
 # Finished runs are kept, and a run whose worker died is taken again: run it again to go on.
 # Usage: bash docs/ablation-precision/parity.sh OUT_DIR [sweep]   (from the repository root)
 set -euo pipefail
