@@ -45,7 +45,8 @@ def test_the_start_line_says_which_precision_and_why(monkeypatch):
     monkeypatch.setattr(P, "native_bf16", lambda: [])
     assert P.precision_words("fp32", "auto", "cpu") == "fp32 (auto: this CPU has no native bf16)"
     assert P.precision_words("bf16", "bf16", "cpu") == (
-        "bf16 autocast (asked, but this CPU has no native bf16: slower than fp32)")
+        "bf16 autocast (asked, but this CPU has no native bf16: 3-12x slower than fp32, "
+        "docs/train.md)")
     assert P.precision_words("bf16", "auto", "cuda") == "bf16 autocast (auto: a GPU)"
     assert P.precision_words("fp32", "fp32", "cuda") == "fp32 (asked)"
     monkeypatch.setattr(P, "native_bf16", lambda: ["amx_bf16", "avx512_bf16"])

@@ -40,7 +40,7 @@ def precision_words(precision: str, asked: str, device_type: str) -> str:
         return f"{what} ({'auto: a GPU' if asked == 'auto' else 'asked'})"
     units = native_bf16()
     if asked != "auto":
-        slower = ", but this CPU has no native bf16: slower than fp32" if (
+        slower = ", but this CPU has no native bf16: 3-12x slower than fp32, docs/train.md" if (
             precision == "bf16" and not units) else ""
         return f"{what} (asked{slower})"
     if not units:
