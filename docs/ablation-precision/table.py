@@ -77,13 +77,15 @@ def plot(runs: pd.DataFrame, p: pd.DataFrame, path: str) -> None:
     for r in p.itertuples():
         ax.plot([r.bits_fp32, r.bits_bf16], [r.accuracy_fp32, r.accuracy_bf16], color="0.7",
                 lw=1, zorder=1)
-    for prec, marker, color in (("fp32", "o", "tab:blue"), ("bf16", "s", "tab:orange")):
+    for prec, marker, color, offset, ha in (("fp32", "o", "tab:blue", (-4, -3), "right"),
+                                            ("bf16", "s", "tab:orange", (4, -3), "left")):
         sub = runs[runs.precision == prec]
         ax.scatter(sub.bits, sub.accuracy, marker=marker, color=color, label=prec, zorder=2)
-        for r in sub.itertuples():
-            ax.annotate(f"γ {r.gamma:g}, s{r.seed}", (r.bits, r.accuracy), fontsize=7,
-                        xytext=(3, 3), textcoords="offset points")
+        for r in sub.itertuples():  # fp32 labelled on the left, bf16 on the right
+            ax.annotate(f"γ {r.gamma:g} s{r.seed}", (r.bits, r.accuracy), fontsize=7,
+                        color=color, xytext=offset, textcoords="offset points", ha=ha)
     ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.1)
     ax.set_xlabel("bits kept (% of the float network's)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("cpu preset: bf16 autocast against fp32, same γ and seed")
