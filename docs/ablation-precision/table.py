@@ -29,7 +29,9 @@ def read(runs: Path) -> pd.DataFrame:
             continue
         t = pd.read_parquet(folder / "trials.parquet").iloc[0]
         if t["precision"] != m.group(1):
-            sys.exit(f"table.py: {folder} trained in {t['precision']}, its name says {m.group(1)}")
+            print(f"table.py: error: {folder} trained in {t['precision']}, its name says "
+                  f"{m.group(1)}", file=sys.stderr)
+            sys.exit(2)
         rows.append({"precision": m.group(1), "gamma": float(m.group(2)),
                      "seed": int(m.group(3)), "accuracy": 100 * t["test_accuracy"],
                      "bits": 100 * t["bits_fraction"],
