@@ -13,8 +13,26 @@ after the conv, fwd+bwd at the trainer's batch, channels_last:
   Inductor's fused kernels, with the shapes fixed or symbolic (a cut then need not
   recompile); compile time not counted.
 
-Then the trainer's ``Step`` on each network with ``ConvBlock.forward`` as it was and as it
-is, interleaved. ``ratio`` = now / before of the uncut network's step.
+Then the trainer's ``Step`` on each network with ``ConvBlock.forward`` and ``UnionSum`` (below)
+as they were and as they are, interleaved. ``ratio`` = now / before of the uncut network's
+step.
+
+For each residual sum of the cut network on a union of channels (``unions``), fwd+bwd:
+
+- ``before``: ``index_add_`` into dim 1 of the 4-D union, ``index_select`` back, as
+  ``trainer.model.UnionSum`` did (``UnionSumBefore``);
+- ``now``: ``UnionSum``, which indexes the channels_last maps' (N*H*W, C) matrices;
+- ``slice`` and ``cat``: the same sum with the union laid out as contiguous blocks (the
+  shortcut's own channels, those on both sides, the branch's own), so that each side is a
+  slice of it: zeros and two slice updates, or one ``torch.cat`` of three parts. The
+  inputs are permuted into that order first (untimed; a network laid out so would produce
+  them in it).
+
+Every way's output is checked equal to ``before``'s, bit for bit (permuted for the block
+layouts), and ``now``'s input gradients too. ``unions_saved_of_cut_step`` = ``before`` -
+``now``, summed over the unions, as a share of the cut network's step;
+``unions_blocks_would_save_of_cut_step`` = ``now`` - the faster block layout, the same way:
+what laying the unions out as blocks would add (negative: it would lose).
 
     python -m benchmarks.elementwise [--model RUN/model.pt] [--reps 5] [--compile static|dynamic]
 """
@@ -24,6 +42,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+import trainer.model
 from benchmarks.common import (
     count,
     emit,
@@ -34,7 +53,7 @@ from benchmarks.common import (
     train_step_fn,
 )
 from trainer.heap import keep_freed_memory
-from trainer.model import SPATIAL, ConvBlock, zeros_as
+from trainer.model import SPATIAL, ConvBlock, UnionSum, zeros_as
 
 
 def before(z, bn, pool: bool):
@@ -103,6 +122,98 @@ def time_block(name: str, c: int, side: int, pool: bool, batch: int, reps: int,
                if compiled is not None else {})}
 
 
+class UnionSumBefore(torch.autograd.Function):
+    """``UnionSum`` as it was: indexing dim 1 of the 4-D channels_last maps."""
+
+    @staticmethod
+    def forward(ctx, x, y, pos_x, pos_b, n):
+        ctx.save_for_backward(pos_x, pos_b)
+        out = zeros_as(x, (x.shape[0], n, *x.shape[2:]))
+        return out.index_add_(1, pos_x, x).index_add_(1, pos_b, y)
+
+    @staticmethod
+    def backward(ctx, grad):
+        pos_x, pos_b = ctx.saved_tensors
+        cl = torch.channels_last
+        return (grad.index_select(1, pos_x).contiguous(memory_format=cl),
+                grad.index_select(1, pos_b).contiguous(memory_format=cl), None, None, None)
+
+
+def union_layout(r) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(shortcut order, branch order, union order) that lay a residual's union out as
+    [shortcut only | both | branch only], each side a contiguous slice of it."""
+    pos_x, pos_b = r.pos_x.tolist(), r.pos_b.tolist()
+    both = [p for p in pos_x if p in set(pos_b)]
+    x_only = [p for p in pos_x if p not in set(pos_b)]
+    b_only = [p for p in pos_b if p not in set(pos_x)]
+    union = x_only + both + b_only
+    return (torch.tensor([pos_x.index(p) for p in x_only + both]),
+            torch.tensor([pos_b.index(p) for p in both + b_only]), torch.tensor(union))
+
+
+def slice_sum(x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """x + y on a union of ``n`` channels laid out so that x is its first channels, y its
+    last."""
+    out = zeros_as(x, (x.shape[0], n, *x.shape[2:]))
+    out[:, :x.shape[1]] = x
+    out[:, n - y.shape[1]:] += y
+    return out
+
+
+def cat_sum(x: torch.Tensor, y: torch.Tensor, n: int) -> torch.Tensor:
+    """The same as one concatenation: x only, the overlap summed, y only."""
+    nx, ny = x.shape[1], y.shape[1]
+    both = nx + ny - n
+    return torch.cat([x[:, :nx - both], x[:, nx - both:] + y[:, :both], y[:, both:]], 1)
+
+
+def time_unions(model, batch: int, reps: int) -> list[dict]:
+    """Each residual sum on a union of the cut ``model``, fwd+bwd, each way (module doc)."""
+    return [time_union(name, getattr(model, name), batch, reps) for name in ("res1", "res3")
+            if getattr(model, name).conv1 is not None and not getattr(model, name).aligned]
+
+
+def time_union(name: str, r, batch: int, reps: int) -> dict:
+    """One residual's sum on its union, fwd+bwd, each way."""
+    n, side, cl = r.out_idx.numel(), SPATIAL[f"{name}.conv1"], torch.channels_last
+
+    def feature(c: int) -> torch.Tensor:
+        return torch.randn(batch, c, side, side).contiguous(memory_format=cl)
+
+    x, y, g = feature(r.pos_x.numel()), feature(r.pos_b.numel()), feature(n)
+    ox, ob, order = union_layout(r)
+    xs, ys = (t[:, o].contiguous(memory_format=cl) for t, o in ((x, ox), (y, ob)))
+    gs = g[:, order].contiguous(memory_format=cl)
+    for t in (x, y, xs, ys):
+        t.requires_grad_()
+    ways = {"before": (lambda: UnionSumBefore.apply(x, y, r.pos_x, r.pos_b, n), g),
+            "now": (lambda: UnionSum.apply(x, y, r.pos_x, r.pos_b, n), g),
+            "slice": (lambda: slice_sum(xs, ys, n), gs),
+            "cat": (lambda: cat_sum(xs, ys, n), gs)}
+    outs = {k: f() for k, (f, _) in ways.items()}
+    grads = []
+    for k in ("before", "now"):  # and the gradients of the two in the same layout
+        outs[k].backward(g)
+        grads.append((x.grad, y.grad))
+        x.grad = y.grad = None
+    exact = torch.equal(outs["now"], outs["before"]) and all(
+        torch.equal(a, b) for a, b in zip(*grads, strict=True)) and all(
+        torch.equal(outs[k], outs["before"][:, order]) for k in ("slice", "cat"))
+
+    def run(f, grad):
+        def go():
+            for t in (x, y, xs, ys):
+                t.grad = None
+            f().backward(grad)
+        return go
+    t = interleaved({k: run(f, grad) for k, (f, grad) in ways.items()}, reps)
+    return {"residual": name, "shortcut": x.shape[1], "branch": y.shape[1], "union": n,
+            "side": side, "exact": exact, **{f"{k}_ms": round(v * 1e3, 2) for k, v in t.items()},
+            "now_over_before": round(t["now"] / t["before"], 3),
+            "saved_ms": round((t["before"] - t["now"]) * 1e3, 2),
+            "blocks_would_save_ms": round((t["now"] - min(t["slice"], t["cat"])) * 1e3, 2)}
+
+
 def main() -> None:
     p = parser("elementwise", __doc__)
     p.add_argument("--model", metavar="PATH", help="a trained run's model.pt (or a trial's "
@@ -128,26 +239,32 @@ def main() -> None:
     steps = {k: train_step_fn(m, x, y) for k, m in nets.items()}
     forward_now = ConvBlock.forward
 
-    def step_with(forward, step):
+    def step_with(forward, union, step):
         def go():
-            ConvBlock.forward = forward
+            ConvBlock.forward, trainer.model.UnionSum = forward, union
             try:
                 step()
             finally:
-                ConvBlock.forward = forward_now
+                ConvBlock.forward, trainer.model.UnionSum = forward_now, UnionSum
         return go
-    t = interleaved({f"{k} {v}": step_with(fwd, s) for k, s in steps.items()
-                     for v, fwd in (("before", forward_before), ("now", forward_now))},
+    t = interleaved({f"{k} {v}": step_with(fwd, union, s) for k, s in steps.items()
+                     for v, fwd, union in (("before", forward_before, UnionSumBefore),
+                                           ("now", forward_now, UnionSum))},
                     args.reps)
     step_rows = {k: {"before_s": round(t[f"{k} before"], 3), "now_s": round(t[f"{k} now"], 3),
                      "now_over_before": round(t[f"{k} now"] / t[f"{k} before"], 3)}
                  for k in nets}
+    unions = {}
     if "cut" in nets:
         for v in ("before", "now"):
             step_rows[f"cut_over_uncut_{v}"] = round(t[f"cut {v}"] / t[f"uncut {v}"], 3)
+        rows = time_unions(nets["cut"], args.batch, args.reps)
+        unions = {"unions": rows, **{f"unions_{k}_of_cut_step": round(
+            sum(r[f"{k}_ms"] for r in rows) / 1e3 / t["cut now"], 4)
+            for k in ("saved", "blocks_would_save")}}
     emit("elementwise", {"ratio": step_rows["uncut"]["now_over_before"], "step": step_rows,
-                         "blocks": blocks, "compile": args.compile, "batch": args.batch,
-                         "reps": args.reps})
+                         "blocks": blocks, **unions, "compile": args.compile,
+                         "batch": args.batch, "reps": args.reps})
 
 
 if __name__ == "__main__":

@@ -306,3 +306,44 @@ def test_a_cut_network_and_its_dense_twin_give_the_same_outputs_and_gradients():
         for p in ("weight", "bias"):
             torch.testing.assert_close(getattr(block.bn, p).grad,
                                        getattr(wide.bn, p).grad[rows], **close, msg=name)
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_a_sum_on_a_union_is_exact_and_keeps_its_layout(layout):
+    """``UnionSum`` (the (N*H*W, C) rows of a channels_last map; dim 1 otherwise) gives
+    0 + x + y at each union position and hands back exactly the gradient's own channels,
+    bit for bit, in the layout of what came in."""
+    from trainer.model import UnionSum
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 4, 4, generator=g).contiguous(memory_format=layout).requires_grad_()
+    y = torch.randn(3, 3, 4, 4, generator=g).contiguous(memory_format=layout).requires_grad_()
+    pos_x, pos_b = torch.tensor([0, 1, 3, 4, 6]), torch.tensor([1, 2, 6])
+    out = UnionSum.apply(x, y, pos_x, pos_b, 7)
+    want = torch.zeros(3, 7, 4, 4)
+    want[:, pos_x] += x.detach()
+    want[:, pos_b] += y.detach()
+    assert torch.equal(out, want) and out.is_contiguous(memory_format=layout)
+    grad = torch.randn(3, 7, 4, 4, generator=g).contiguous(memory_format=layout)
+    out.backward(grad)
+    assert torch.equal(x.grad, grad[:, pos_x]) and torch.equal(y.grad, grad[:, pos_b])
+    assert x.grad.is_contiguous(memory_format=layout)
+
+
+def test_the_elementwise_benchmark_times_each_union_every_way_and_finds_them_equal():
+    """benchmarks.elementwise's unions: the sum as it was, as it is and in block layouts,
+    equal bit for bit (outputs, and the two index ways' gradients)."""
+    from benchmarks.elementwise import time_unions
+
+    torch.manual_seed(5)
+    model = ResNet9(WIDTHS).to(memory_format=torch.channels_last)
+    kill(model.layer1, [0, 1, 2])
+    kill(model.res1.conv2, [2, 3, 5])
+    kill(model.layer3, [1, 4, 7, 9])
+    kill(model.res3.conv2, [0, 4, 11])
+    cut_dead_channels(model, [])
+    rows = time_unions(model, batch=4, reps=1)
+    assert [r["residual"] for r in rows] == ["res1", "res3"]
+    for r in rows:
+        assert r["exact"] and r["union"] == getattr(model, r["residual"]).out_idx.numel()
+        assert all(r[f"{k}_ms"] > 0 for k in ("before", "now", "slice", "cat"))
