@@ -6,11 +6,27 @@
 # about 12x slower at one thread (PyTorch's im2col convolution) but sums as one with them
 # does (benchmarks/README.md, "bf16 against fp32 on a CPU without native bf16").
 # Finished runs are kept, and a run whose worker died is taken again: run it again to go on.
-# Usage: bash docs/ablation-precision/parity.sh OUT_DIR [sweep]   (from the repository root)
+# bf16-sweeps: the bf16 runs not yet done here as one-γ sweeps in OUT instead (bf16-g0.003:
+# seeds 0 and 1; bf16-g0.03: 0 and 1; bf16-g0.1: seed 1), one after the other, each trial
+# on a core; a sweep checkpoints every epoch, so a killed one goes on where it stopped
+# (a trainer.train run starts again), which is what hours-long bf16 runs on a CPU without
+# bf16 units need. table.py reads both kinds of folder.
+# Usage: bash docs/ablation-precision/parity.sh OUT_DIR [sweep|bf16-sweeps]   (from the repository root)
 set -euo pipefail
 out=${1:?give an output folder outside the work tree}
 mkdir -p "$out/.claims"
 { date -u +%FT%TZ; git rev-parse --short HEAD; lscpu | grep -E "Model name|Flags"; } >> "$out/machine.txt"
+if [ "${2:-}" = bf16-sweeps ]; then
+  for spec in 0.003:0:2 0.03:0:2 0.1:1:1; do  # γ : first seed : seeds
+    IFS=: read -r g seed n <<< "$spec"
+    where=(--results-dir "$out" --name "bf16-g$g" --no-dashboard)
+    if [ -f "$out/bf16-g$g/sweep.json" ]; then python -m sweep.run "${where[@]}" --resume
+    else python -m sweep.run "${where[@]}" --preset cpu --num-samples 1 --seed "$seed" \
+      --seeds "$n" --param "gamma=$g" --param precision=bf16 --references none \
+      --data-dir ../shared/data; fi
+  done
+  exit
+fi
 for claim in "$out"/.claims/*; do  # a claim whose process is gone: the run is free again
   [ -e "$claim" ] && { kill -0 "$(cat "$claim/pid" 2>/dev/null)" 2>/dev/null || rm -rf "$claim"; }
 done

@@ -3,9 +3,10 @@
     python docs/ablation-precision/table.py RUNS_DIR [--plot parity.png]
 
 RUNS_DIR holds parity.sh's folders ``{fp32,bf16}-g{γ}-s{seed}``, each a ``trainer.train
---out`` folder. Prints a markdown table (a row per γ and seed with both runs finished) and
-the mean bf16 - fp32 difference with its spread; ``--plot`` draws accuracy against bits,
-each pair joined by a line.
+--out`` folder, and sweep folders (``parity.sh OUT bf16-sweeps``), whose finished trials
+count by their precision, γ and seed. Prints a markdown table (a row per γ and seed with
+both runs finished) and the mean bf16 - fp32 difference with its spread; ``--plot`` draws
+accuracy against bits, each pair joined by a line.
 """
 
 from __future__ import annotations
@@ -21,24 +22,38 @@ NAME = re.compile(r"(fp32|bf16)-g([0-9.]+)-s([0-9]+)$")
 
 
 def read(runs: Path) -> pd.DataFrame:
-    """One row per finished run: precision, gamma, seed and its trial-level results."""
+    """One row per finished run: precision, gamma, seed and its trial-level results, from
+    parity.sh's ``trainer.train`` folders and from sweep folders (every finished compress
+    trial of a ``sweep.run`` folder's trials.parquet, as parity.sh's ``bf16-sweeps`` runs)."""
     rows = []
     for folder in sorted(runs.iterdir()):
         m = NAME.match(folder.name)
-        if not m or not (folder / "trials.parquet").is_file():
+        if not (folder / "trials.parquet").is_file():
             continue
-        t = pd.read_parquet(folder / "trials.parquet").iloc[0]
-        if t["precision"] != m.group(1):
-            print(f"table.py: error: {folder} trained in {t['precision']}, its name says "
-                  f"{m.group(1)}", file=sys.stderr)
-            sys.exit(2)
-        rows.append({"precision": m.group(1), "gamma": float(m.group(2)),
-                     "seed": int(m.group(3)), "accuracy": 100 * t["test_accuracy"],
-                     "bits": 100 * t["bits_fraction"],
-                     "weights": 100 * t["weights_kept_fraction"],
-                     "time_s": t["train_time_s"], "code": t["code_version"],
-                     "cpu": t["cpu_model"]})
-    return pd.DataFrame(rows)
+        t = pd.read_parquet(folder / "trials.parquet")
+        if m:
+            t = t.iloc[:1]
+            if t["precision"].iloc[0] != m.group(1):
+                print(f"table.py: error: {folder} trained in {t['precision'].iloc[0]}, its "
+                      f"name says {m.group(1)}", file=sys.stderr)
+                sys.exit(2)
+        else:  # a sweep's folder
+            t = t[(t.status == "TERMINATED") & (t.kind == "compress")]
+        for r in t.itertuples():
+            rows.append({"precision": r.precision, "gamma": float(r.gamma), "seed": int(r.seed),
+                         "accuracy": 100 * r.test_accuracy, "bits": 100 * r.bits_fraction,
+                         "weights": 100 * r.weights_kept_fraction, "time_s": r.train_time_s,
+                         "code": r.code_version, "cpu": r.cpu_model, "folder": folder.name})
+    df = pd.DataFrame(rows)
+    twice = df[df.duplicated(["precision", "gamma", "seed"], keep=False)] if rows else df
+    if not twice.empty:
+        r = twice.iloc[0]
+        same = twice[(twice.precision == r.precision) & (twice.gamma == r.gamma)
+                     & (twice.seed == r.seed)]
+        print(f"table.py: error: {r.precision} at γ {r.gamma:g} seed {r.seed} was trained "
+              f"twice ({', '.join(same.folder)}): keep one", file=sys.stderr)
+        sys.exit(2)
+    return df
 
 
 def pairs(runs: pd.DataFrame) -> pd.DataFrame:
