@@ -1,5 +1,6 @@
-"""docs/ablation-precision/parts.py: a part held in bf16 is bf16 after training, the other
-parts are not, and its table compares each part with the float32 run of the same seed."""
+"""docs/ablation-precision/: parts.py (a part held in bf16 is bf16 after training, float32 is
+not, and its table compares each part with the float32 run of the same seed) and table.py
+(bf16 against fp32 pairs from trainer.train folders and sweep folders alike)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from trainer.network import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ROOT / "docs" / "ablation-precision" / "parts.py"
+TABLE = ROOT / "docs" / "ablation-precision" / "table.py"
 SMOKE = ["--preset", "smoke", "--dataset", "synthetic", "--epochs", "1", "--threads", "1",
          "--quiet"]
 
@@ -80,3 +83,49 @@ def test_bad_input_is_one_line_and_exit_2(args, says):
     done = parts(*args)
     assert done.returncode == 2
     assert says in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def trial_row(precision: str, gamma: float, seed: int, accuracy: float, bits: float,
+              status: str = "TERMINATED") -> dict:
+    return {"kind": "compress", "status": status, "precision": precision, "gamma": gamma,
+            "seed": seed, "test_accuracy": accuracy, "bits_fraction": bits,
+            "weights_kept_fraction": 0.05, "train_time_s": 100.0, "code_version": "abc1234",
+            "cpu_model": "a CPU"}
+
+
+def write(folder: Path, *rows: dict) -> None:
+    folder.mkdir(parents=True)
+    pd.DataFrame(list(rows)).to_parquet(folder / "trials.parquet")
+
+
+def table(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TABLE), *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_the_parity_table_pairs_runs_from_train_folders_and_sweeps(tmp_path):
+    write(tmp_path / "fp32-g0.1-s0", trial_row("fp32", 0.1, 0, 0.72, 0.0070))
+    write(tmp_path / "fp32-g0.1-s1", trial_row("fp32", 0.1, 1, 0.71, 0.0071))
+    write(tmp_path / "bf16-g0.1-s0", trial_row("bf16", 0.1, 0, 0.715, 0.0077))
+    write(tmp_path / "bf16-g0.1", trial_row("bf16", 0.1, 1, 0.70, 0.0071),  # a sweep
+          trial_row("bf16", 0.1, 2, 0.69, 0.007, status="RUNNING"))
+    done = table(str(tmp_path), "--plot", str(tmp_path / "parity.png"))
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| 0.1")]
+    assert [r.split("|")[2].strip() for r in rows] == ["0", "1"]
+    assert [r.split("|")[5].strip() for r in rows] == ["-0.50", "-1.00"]
+    assert [r.split("|")[6].strip() for r in rows] == ["1.100", "1.000"]
+    assert "| all | 2 pairs |" in done.stdout and "mean -0.75" in done.stdout
+    assert (tmp_path / "parity.png").stat().st_size > 0
+
+
+def test_a_run_trained_twice_or_named_wrong_is_refused_on_one_line(tmp_path):
+    write(tmp_path / "bf16-g0.1-s0", trial_row("bf16", 0.1, 0, 0.715, 0.0077))
+    write(tmp_path / "bf16-g0.1", trial_row("bf16", 0.1, 0, 0.70, 0.0071))
+    done = table(str(tmp_path))
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1
+    assert "trained twice (bf16-g0.1, bf16-g0.1-s0)" in done.stderr
+    wrong = tmp_path / "other"
+    write(wrong / "fp32-g0.1-s0", trial_row("bf16", 0.1, 0, 0.715, 0.0077))
+    done = table(str(wrong))
+    assert done.returncode == 2 and "its name says fp32" in done.stderr
