@@ -36,6 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+# the trainer of the tree this file is in, not whichever one the environment installed
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
 STORED = ("weights", "bn", "quant", "bn_stats", "optimizer")
 PARTS = ("none", *STORED, "size")
 
