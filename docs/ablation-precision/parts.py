@@ -101,9 +101,14 @@ class Holder:
                 for p in STORED}
 
 
+plain_loss_size = None  # ResNet9.loss_size, kept by run() when it replaces it
+
+
 def loss_size_bf16(model, size_term: str = "bits") -> torch.Tensor:
     """``ResNet9.loss_size`` of a quantized network, computed from bf16 b and coefficients."""
     named = model.live_inputs()
+    if not all(layer.quantized for _, layer, _ in named):  # a float network: nothing to hold
+        return plain_loss_size(model, size_term)
     with torch.no_grad():
         live_in = torch.stack([live.sum() for _, _, live in named])
         per_layer, channel_layer = model.size_coefficients(size_term)
@@ -119,7 +124,7 @@ def run(part: str, argv: list[str]) -> None:
 
     if part not in PARTS:
         fail(f"unknown part {part!r}: one of {', '.join(PARTS)}")
-    if "--out" not in argv:
+    if "--out" not in argv[:-1]:
         fail("give trainer.train's --out DIR: parts.json goes there")
     out = Path(argv[argv.index("--out") + 1])
     holder = Holder(part)
@@ -131,7 +136,8 @@ def run(part: str, argv: list[str]) -> None:
 
     T.step_optimizers = step_optimizers
     if part == "size":
-        ResNet9.loss_size = loss_size_bf16
+        global plain_loss_size
+        plain_loss_size, ResNet9.loss_size = ResNet9.loss_size, loss_size_bf16
     print(f"parts.py: {part} held in bf16" if part != "none" else "parts.py: all float32")
     train_cli(argv)
     (out / "parts.json").write_text(json.dumps({"part": part, "lost": holder.shares()},
