@@ -143,9 +143,10 @@ def union_layout(r) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(shortcut order, branch order, union order) that lay a residual's union out as
     [shortcut only | both | branch only], each side a contiguous slice of it."""
     pos_x, pos_b = r.pos_x.tolist(), r.pos_b.tolist()
-    both = [p for p in pos_x if p in set(pos_b)]
-    x_only = [p for p in pos_x if p not in set(pos_b)]
-    b_only = [p for p in pos_b if p not in set(pos_x)]
+    in_x, in_b = set(pos_x), set(pos_b)
+    both = [p for p in pos_x if p in in_b]
+    x_only = [p for p in pos_x if p not in in_b]
+    b_only = [p for p in pos_b if p not in in_x]
     union = x_only + both + b_only
     return (torch.tensor([pos_x.index(p) for p in x_only + both]),
             torch.tensor([pos_b.index(p) for p in both + b_only]), torch.tensor(union))

@@ -157,7 +157,6 @@ class UnionSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, pos_x: Tensor, pos_b: Tensor, n: int) -> Tensor:
         ctx.save_for_backward(pos_x, pos_b)
-        shape = (x.shape[0], n, *x.shape[2:])
         cl = torch.channels_last
         if x.dim() == 4 and x.is_contiguous(memory_format=cl) and y.is_contiguous(memory_format=cl):
             out = torch.zeros(x.shape[0] * x.shape[2] * x.shape[3], n, dtype=x.dtype,
@@ -165,7 +164,8 @@ class UnionSum(torch.autograd.Function):
             out.index_add_(1, pos_x, _pixel_rows(x)).index_add_(1, pos_b, _pixel_rows(y))
             return _from_rows(out, x)
         # in place: out-of-place index_add returns NCHW whatever out's layout
-        return zeros_as(x, shape).index_add_(1, pos_x, x).index_add_(1, pos_b, y)
+        out = zeros_as(x, (x.shape[0], n, *x.shape[2:]))
+        return out.index_add_(1, pos_x, x).index_add_(1, pos_b, y)
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
