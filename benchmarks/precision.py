@@ -7,8 +7,9 @@ on two copies of one fresh network, the bf16 one under ``trainer.precision.autoc
 slows both alike. ``ratio`` = bf16 seconds per step / fp32: below 1, bf16 is faster here.
 The machine is printed with the figures: the CPU's model name and which of its bf16 flags
 (``amx_bf16``, ``avx512_bf16``) it has, since the answer depends on them (docs/train.md,
-"Precision"); and ``bf16_conv_equal_to_fp32_sums``, the share of a bf16 convolution's
-outputs equal to the exact sum rounded once (float32 accumulation, as on AMX).
+"Precision"); and ``bf16_conv_equal_to_fp32_sums``: for a bf16 convolution's output and
+its gradients, the share equal to the exact sum rounded once (float32 accumulation, as on
+AMX), at batch 64.
 
     python -m benchmarks.precision [--preset cpu] [--batch 128] [--reps 5] [--threads 2]
 """
@@ -32,18 +33,28 @@ def machine_bf16() -> dict:
             "lscpu_bf16_flags": [f for f in LSCPU_BF16_FLAGS if f in flags]}
 
 
-def conv_sums_in_fp32(seed: int = 0) -> float:
-    """The share of a bf16-autocast convolution's outputs equal to its exact sum (bf16
-    inputs, float64 sums) rounded once to bf16: near 1 where the library sums in float32,
-    as AMX does and the emulation of a CPU without bf16 units does too, so that a run there
-    computes what a bf16 CPU would (docs/ablation.md)."""
+def conv_sums_in_fp32(seed: int = 0, batch: int = 64) -> dict[str, float]:
+    """For a bf16-autocast convolution's output and its two gradients, the share equal to
+    the exact sum (bf16 inputs, float64 sums) rounded once to bf16: near 1 where the library
+    sums in float32 and rounds once, as oneDNN does on AMX and as docs/ablation-precision/
+    emulate.py does. Without bf16 units PyTorch's own im2col + gemm does so forward but adds
+    each image's weight gradient into a bf16 sum (docs/ablation.md, "bf16 against fp32")."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(16, 32, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, 32, 16, 16, generator=g).contiguous(memory_format=torch.channels_last)
     w = torch.randn(32, 32, 3, 3, generator=g).contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(), w.requires_grad_()
     with autocast_for("cpu", "bf16")():
         y = torch.nn.functional.conv2d(x, w, padding=1)
-    exact = torch.nn.functional.conv2d(x.bfloat16().double(), w.bfloat16().double(), padding=1)
-    return round((y == exact.bfloat16()).float().mean().item(), 5)
+    dy = torch.randn(y.shape, generator=g).bfloat16()
+    y.backward(dy)
+    xd, wd = (t.detach().bfloat16().double().requires_grad_() for t in (x, w))
+    exact = torch.nn.functional.conv2d(xd, wd, padding=1)
+    exact.backward(dy.double())
+
+    def share(got: torch.Tensor, sums: torch.Tensor) -> float:
+        return round((got == sums.bfloat16()).float().mean().item(), 5)
+    return {"forward": share(y, exact), "grad_input": share(x.grad, xd.grad),
+            "grad_weight": share(w.grad, wd.grad)}
 
 
 def main() -> None:
