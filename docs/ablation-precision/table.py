@@ -24,7 +24,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 NAME = re.compile(r"(fp32|bf16|emu)-g([0-9.]+)-s([0-9]+)$")
-ARMS = {"bf16": "bf16 autocast", "emu": "bf16, emulated (float32 sums rounded once)"}
+ARMS = {"bf16": "bf16 autocast, the CPU's own kernels",
+        "emu": "bf16, emulated (float32 sums rounded once)"}
 STYLE = {"fp32": ("o", "tab:blue"), "bf16": ("s", "tab:orange"), "emu": ("^", "tab:green")}
 
 
