@@ -52,7 +52,7 @@ def test_the_start_line_says_which_precision_and_why(monkeypatch):
     monkeypatch.setattr(P, "native_bf16", lambda: ["amx_bf16", "avx512_bf16"])
     assert P.precision_words("fp32", "auto", "cpu").startswith(
         "fp32 (auto: native bf16 here (amx_bf16, avx512_bf16), but bf16 on CPUs waits for its "
-        "parity measurement")
+        "speed measured on one")
     assert P.precision_words("bf16", "bf16", "cpu") == "bf16 autocast (asked)"
 
 

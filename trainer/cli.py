@@ -163,7 +163,7 @@ def parser() -> argparse.ArgumentParser:
                         "(convolutions and activations in bfloat16; weights, optimizer state, "
                         "the quantizer's b and e, the size term and BatchNorm statistics stay "
                         "float32). auto (default): bf16 on a GPU, fp32 on a CPU, also on one "
-                        "with native bf16 units until bf16's parity on CPUs is measured; on a "
+                        "with native bf16 units until bf16's speed is measured on one; on a "
                         "CPU without them bf16 is slower (docs/train.md). The start line says "
                         "which and why")
     p.add_argument("--threads", type=int, default=d.threads,

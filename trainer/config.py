@@ -22,8 +22,8 @@ DATASETS = ("cifar10", "synthetic")
 PRESET_NAMES = ("paper", "cpu", "smoke", "demo", "auto")
 # What a step computes in (trainer.precision): fp32, or bf16 autocast (convolutions and
 # activations in bfloat16; parameters, optimizer state, quantizer and loss in float32);
-# auto: bf16 on a CUDA GPU, fp32 on a CPU (also one with native bf16 units, until bf16 on
-# CPUs has its parity measurement: docs/train.md, "Precision"). resolve() turns auto into
+# auto: bf16 on a CUDA GPU, fp32 on a CPU (also one with native bf16 units, until bf16's
+# speed is measured on one: docs/train.md, "Precision"). resolve() turns auto into
 # the one it chose, so a recipe.json or a checkpoint records what ran, and a later change of
 # auto's rule cannot reach a sweep that began under this one.
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -165,7 +165,7 @@ def gpu_available() -> bool:
 
 def auto_precision(has_gpu: bool) -> str:
     """What ``--precision auto`` computes in: bf16 on a CUDA GPU, fp32 on any CPU (native
-    bf16 or not, until its parity measurement: docs/train.md, "Precision")."""
+    bf16 or not, until bf16's speed is measured on one: docs/train.md, "Precision")."""
     return "bf16" if has_gpu else "fp32"
 
 

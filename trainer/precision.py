@@ -11,7 +11,8 @@ tests/test_precision.py checks them on a CPU).
 
 ``--precision auto`` is resolved with the preset (``trainer.config.auto_precision``). Whether
 this CPU has bf16 units is read from ``torch.cpu.get_capabilities()`` (CPUID, via cpuinfo),
-only to say so on the start line: auto stays fp32 on every CPU in this version.
+only to say so on the start line: auto stays fp32 on every CPU in this version (its parity
+is measured, its speed on such a CPU not yet: docs/train.md, "Precision").
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def precision_words(precision: str, asked: str, device_type: str) -> str:
     if not units:
         return f"{what} (auto: this CPU has no native bf16)"
     return (f"{what} (auto: native bf16 here ({', '.join(units)}), but bf16 on CPUs waits for "
-            "its parity measurement, docs/train.md; --precision bf16 to try it)")
+            "its speed measured on one, docs/train.md; --precision bf16 to use it)")
 
 
 def autocast_for(device_type: str, precision: str, graphs: bool = False) -> Callable:
