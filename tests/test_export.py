@@ -730,4 +730,6 @@ def test_the_inference_benchmark_writes_its_side_by_side_medians_into_export_jso
         assert record["timed_by"].startswith("python -m benchmarks.inference --reps 1: ")
         assert record["machine"] == (cpu_model() or old["machine"])
     written = after["int8"]["inference"]["images_per_s"]["8"]
-    assert printed["networks"][0]["images_per_s"]["int8"]["8"] == round(written)
+    # the same median, printed to the unit and written to a tenth (5053.49 prints 5053 and
+    # writes 5053.5), so they agree within half a unit
+    assert abs(printed["networks"][0]["images_per_s"]["int8"]["8"] - written) <= 0.5
