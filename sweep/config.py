@@ -43,8 +43,8 @@ def precision_before(gpu: bool) -> str:
     """What a trial trained in before TrainConfig.precision existed (2026-12): bf16 autocast
     on a GPU, fp32 on every CPU. A recipe.json or a trial's saved config without the field
     resumes in this, named as fp32 or bf16 rather than as "auto": auto's CPU rule is to change
-    once bf16's speed is measured on a CPU with bf16 units (docs/train.md, "Precision"), and a resumed
-    sweep trains in what it began in."""
+    once bf16's speed is measured on a CPU with bf16 units (docs/train.md, "Precision"), and
+    a resumed sweep trains in what it began in."""
     return "bf16" if gpu else "fp32"
 MLFLOW_DB = "mlflow.db"  # the default MLflow store of --mlflow without a URI, in the sweep folder
 # Fields that say how this invocation runs, not what the sweep is: never saved, free on resume.

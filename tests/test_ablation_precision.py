@@ -215,6 +215,8 @@ def test_an_emulated_run_trains_in_bf16_and_says_it_was_emulated(tmp_path):
 
 @pytest.mark.parametrize("args, says", [
     (["--precision", "fp32", "--out", "x"], "emulate.py trains in bf16"),
+    (["--precision=fp32", "--out", "x"], "emulate.py trains in bf16"),
+    (["--out", "x", "--bogus"], "unrecognized arguments: --bogus"),
     (["--device", "cuda", "--out", "x"], "give --device cpu"),
     (["--preset", "smoke"], "give trainer.train's --out"),
 ])

@@ -60,17 +60,18 @@ class EmulatedBF16(TorchFunctionMode):
 
 
 def main(argv: list[str]) -> None:
+    from trainer.cli import parser
     from trainer.cli import run as train_cli
 
-    if "--out" not in argv[:-1]:
+    asked = parser().parse_args(argv)  # trainer.train's own errors first, exit 2
+    if asked.out is None:
         fail("give trainer.train's --out DIR: emulated.json goes there")
-    if "--precision" in argv[:-1] and argv[argv.index("--precision") + 1] != "bf16":
+    if asked.precision not in ("auto", "bf16"):
         fail("emulate.py trains in bf16: leave --precision out or give bf16")
-    if "--device" in argv[:-1] and argv[argv.index("--device") + 1] != "cpu":
+    if asked.device not in ("auto", "cpu"):
         fail("emulate.py emulates a CPU's bf16: give --device cpu or leave it out")
-    out = Path(argv[argv.index("--out") + 1])
-    argv = [*argv, *(["--precision", "bf16"] if "--precision" not in argv else []),
-            *(["--device", "cpu"] if "--device" not in argv else [])]
+    out = Path(asked.out)
+    argv = [*argv, "--precision", "bf16", "--device", "cpu"]  # the last one given counts
     print("emulate.py: bf16 autocast, its convolutions and matmuls summed in float32 and "
           "rounded once (a CPU with bf16 units), computed in float32 arithmetic")
     mode = EmulatedBF16()
