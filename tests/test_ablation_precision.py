@@ -241,3 +241,5 @@ def test_the_table_pairs_emulated_runs_with_fp32_and_compares_fronts(tmp_path):
     (tmp_path / "emu-g0.1-s0" / "emulated.json").unlink()  # a bf16 run named emu
     done = table(str(tmp_path))
     assert done.returncode == 2 and "only they, hold emulated.json" in done.stderr
+    done = table(str(tmp_path), "--fronts")  # a figure's option without the figure
+    assert done.returncode == 2 and "give --plot PNG too" in done.stderr

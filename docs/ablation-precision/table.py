@@ -120,7 +120,9 @@ def fronts(p: pd.DataFrame, arm: str) -> list[str]:
     return lines
 
 
-def plot(runs: pd.DataFrame, path: str, draw_fronts: bool = False) -> None:
+def plot(runs: pd.DataFrame, paired: dict[str, pd.DataFrame], path: str,
+         draw_fronts: bool = False) -> None:
+    """Every run, each arm's pairs (``paired``, from pairs()) joined to fp32 by a line."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -128,8 +130,8 @@ def plot(runs: pd.DataFrame, path: str, draw_fronts: bool = False) -> None:
     from analysis.pareto import pareto_front
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    for arm in ARMS:
-        for r in pairs(runs, arm).itertuples():
+    for p in paired.values():
+        for r in p.itertuples():
             ax.plot([r.bits_fp32, r.bits_arm], [r.accuracy_fp32, r.accuracy_arm], color="0.7",
                     lw=1, zorder=1)
     seeds = runs.seed.nunique() > 1
@@ -167,22 +169,23 @@ def main() -> None:
     ap.add_argument("--fronts", action="store_true",
                     help="with --plot: draw each arm's Pareto front instead of γ labels")
     args = ap.parse_args()
+    if args.fronts and not args.plot:
+        ap.error("--fronts draws on --plot's figure: give --plot PNG too")
     if not args.runs.is_dir():
         ap.error(f"{args.runs}: no such folder; give parity.sh's output folder")
     runs = read(args.runs)
     if runs.empty:
         ap.error(f"{args.runs}: no finished parity.sh run in it")
-    for arm, label in ARMS.items():
-        p = pairs(runs, arm)
-        if not p.empty:
-            print(f"\n{label} against fp32:\n\n{markdown(p, arm)}")
-            hypervolumes = fronts(p, arm)
-            if hypervolumes:
-                print("\n" + "\n".join(hypervolumes))
+    paired = {arm: p for arm in ARMS if not (p := pairs(runs, arm)).empty}
+    for arm, p in paired.items():
+        print(f"\n{ARMS[arm]} against fp32:\n\n{markdown(p, arm)}")
+        hypervolumes = fronts(p, arm)
+        if hypervolumes:
+            print("\n" + "\n".join(hypervolumes))
     print(f"\n{len(runs)} runs finished; code {', '.join(sorted(set(runs.code)))}; "
           f"CPU {', '.join(sorted(set(runs.cpu)))}")
-    if args.plot and any(not pairs(runs, arm).empty for arm in ARMS):
-        plot(runs, args.plot, args.fronts)
+    if args.plot and paired:
+        plot(runs, paired, args.plot, args.fronts)
 
 
 if __name__ == "__main__":
